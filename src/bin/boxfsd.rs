@@ -1,0 +1,2 @@
+//! `boxfsd`: the boxfs vhost-user virtio-fs daemon.
+fn main() {}

@@ -1,0 +1,94 @@
+//! Guest page-cache policy shared by every backend.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::OpenOptions;
+
+/// How much the guest kernel may cache of what a backend serves.
+///
+/// | policy | open flags | entry/attr timeout |
+/// |---|---|---|
+/// | `Never`  | `DIRECT_IO` on files: every read and write reaches the backend | 0 |
+/// | `Auto`   | none: the page cache is dropped on open when the file changed | 1 s |
+/// | `Always` | `KEEP_CACHE` on files, `CACHE_DIR` on directories | 1 day |
+///
+/// Use `Never` when the host changes files behind the guest's back, `Always` when the backend
+/// is the only writer (MemFs, an overlay's private upper layer).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum CachePolicy {
+    /// No caching: direct I/O and zero timeouts.
+    Never,
+    /// Close-to-open consistency with short timeouts.
+    #[default]
+    Auto,
+    /// Cache everything for a long time.
+    Always,
+}
+
+impl CachePolicy {
+    /// Open flags to return from `open` (`is_dir = false`) or `opendir` (`is_dir = true`).
+    pub fn open_options(self, is_dir: bool) -> OpenOptions {
+        match (self, is_dir) {
+            (CachePolicy::Never, false) => OpenOptions::DIRECT_IO,
+            (CachePolicy::Never, true) | (CachePolicy::Auto, _) => OpenOptions::empty(),
+            (CachePolicy::Always, false) => OpenOptions::KEEP_CACHE,
+            (CachePolicy::Always, true) => OpenOptions::KEEP_CACHE | OpenOptions::CACHE_DIR,
+        }
+    }
+
+    /// Entry and attribute timeout handed to the guest with every reply.
+    pub fn timeout(self) -> Duration {
+        match self {
+            CachePolicy::Never => Duration::ZERO,
+            CachePolicy::Auto => Duration::from_secs(1),
+            CachePolicy::Always => Duration::from_secs(86_400),
+        }
+    }
+}
+
+impl FromStr for CachePolicy {
+    type Err = crate::Error;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "never" | "none" => Ok(CachePolicy::Never),
+            "auto" => Ok(CachePolicy::Auto),
+            "always" => Ok(CachePolicy::Always),
+            other => Err(crate::Error::InvalidConfig(format!(
+                "unknown cache policy `{other}` (expected never, auto or always)"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for CachePolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CachePolicy::Never => "never",
+            CachePolicy::Auto => "auto",
+            CachePolicy::Always => "always",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mapping_matches_documentation() {
+        assert_eq!(CachePolicy::Never.open_options(false), OpenOptions::DIRECT_IO);
+        assert_eq!(CachePolicy::Auto.open_options(false), OpenOptions::empty());
+        assert!(CachePolicy::Always
+            .open_options(true)
+            .contains(OpenOptions::CACHE_DIR));
+        assert_eq!(CachePolicy::Never.timeout(), Duration::ZERO);
+        assert!(CachePolicy::Always.timeout() > CachePolicy::Auto.timeout());
+        for p in [CachePolicy::Never, CachePolicy::Auto, CachePolicy::Always] {
+            assert_eq!(p.to_string().parse::<CachePolicy>().ok(), Some(p));
+        }
+        assert!("sometimes".parse::<CachePolicy>().is_err());
+    }
+}

@@ -1,0 +1,1 @@
+//! Two backends under one mount (issue 6: not implemented yet).

@@ -1,0 +1,1 @@
+//! Single-file volumes (issue 7: not implemented yet).

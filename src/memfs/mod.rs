@@ -1,0 +1,3 @@
+//! An in-memory filesystem (in progress).
+/// placeholder
+pub struct MemFs;

@@ -1,0 +1,1 @@
+//! A confined host directory (issue 4: in progress).

@@ -1,0 +1,1 @@
+//! The vhost-user virtio-fs device (issue 5: in progress).
