@@ -1,2 +1,450 @@
 //! `boxfsd`: the boxfs vhost-user virtio-fs daemon.
-fn main() {}
+//!
+//! Serves a host directory (`--shared-dir`, PassthroughFs) or an in-memory filesystem
+//! (`--memfs-size`, MemFs) to one VMM over a vhost-user socket. Flags that virtiofsd also has
+//! keep virtiofsd's names, so VMM configurations written for virtiofsd work unchanged.
+//!
+//! ```text
+//! boxfsd --socket-path /tmp/fs.sock --shared-dir /srv/share --tag share
+//! boxfsd --socket-path /tmp/scratch.sock --memfs-size 512M --tag scratch
+//! ```
+//!
+//! The daemon exits with status 0 when the VMM disconnects (unless `--keep-serving`), or on
+//! SIGTERM, SIGINT or SIGHUP, after removing its socket file; with status 1 and a message on
+//! stderr when it cannot start.
+
+#[cfg(all(feature = "vhost", target_os = "linux"))]
+fn main() {
+    std::process::exit(linux::main());
+}
+
+#[cfg(not(all(feature = "vhost", target_os = "linux")))]
+fn main() {
+    eprintln!("boxfsd: this build has no vhost-user support (Linux with feature `vhost` only)");
+    std::process::exit(1);
+}
+
+#[cfg(all(feature = "vhost", target_os = "linux"))]
+mod linux {
+    use std::io::IsTerminal;
+    use std::os::fd::{FromRawFd, RawFd};
+    use std::os::unix::fs::FileTypeExt;
+    use std::os::unix::net::UnixListener;
+    use std::path::{Path, PathBuf};
+    use std::sync::Arc;
+
+    use boxfs::memfs::MemFs;
+    use boxfs::passthrough::PassthroughFs;
+    use boxfs::vhost::{DeviceHandle, Dispatch, FsDevice, DEFAULT_THREAD_POOL_SIZE};
+    use boxfs::{CachePolicy, DynFileSystem};
+    use clap::{ArgGroup, Parser};
+
+    /// vhost-user virtio-fs daemon serving a host directory or an in-memory filesystem.
+    #[derive(Parser, Debug)]
+    #[command(
+        name = "boxfsd",
+        version,
+        about = "vhost-user virtio-fs daemon: serves a host directory or an in-memory \
+                 filesystem to a VMM"
+    )]
+    #[command(group(ArgGroup::new("backend").args(["shared_dir", "memfs_size"])))]
+    #[command(group(ArgGroup::new("socket").args(["socket_path", "fd"])))]
+    struct Args {
+        /// vhost-user socket path the VMM connects to.
+        #[arg(long, value_name = "PATH", alias = "socket")]
+        socket_path: Option<PathBuf>,
+
+        /// Listening vhost-user socket inherited from the parent, instead of --socket-path.
+        #[arg(long, value_name = "FD")]
+        fd: Option<RawFd>,
+
+        /// Host directory to share (PassthroughFs).
+        #[arg(long, value_name = "DIR")]
+        shared_dir: Option<PathBuf>,
+
+        /// Serve an in-memory filesystem (MemFs) of this capacity instead, e.g. 512M, 2G.
+        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+        memfs_size: Option<u64>,
+
+        /// Most inodes the in-memory filesystem may hold.
+        #[arg(long, value_name = "N", requires = "memfs_size")]
+        memfs_max_inodes: Option<u64>,
+
+        /// Share the directory read-only.
+        #[arg(long, requires = "shared_dir")]
+        readonly: bool,
+
+        /// Guest caching: never, auto or always.
+        #[arg(long, value_name = "POLICY", default_value = "auto")]
+        cache: CachePolicy,
+
+        /// Let the guest cache writes (FUSE writeback cache).
+        #[arg(long, requires = "shared_dir")]
+        writeback: bool,
+
+        /// Request worker threads; 0 serves every request on the virtqueue threads.
+        #[arg(long, value_name = "N", default_value_t = DEFAULT_THREAD_POOL_SIZE)]
+        thread_pool_size: usize,
+
+        /// Which requests the worker threads serve: `slow` (fsync, flush, release, blocking
+        /// locks, fallocate; the rest on the virtqueue threads), `adaptive` (slow ones, and all
+        /// while several are in flight and a worker is free), `all`, or `none`.
+        #[arg(
+            long,
+            value_name = "WHICH",
+            default_value = "slow",
+            value_parser = parse_dispatch
+        )]
+        dispatch: Dispatch,
+
+        /// Tag exposed in the device's config space (at most 36 bytes). Without it the VMM's
+        /// tag is used.
+        #[arg(long, value_name = "TAG")]
+        tag: Option<String>,
+
+        /// Number of request queues offered (besides the hiprio queue).
+        #[arg(long, value_name = "N", default_value_t = 1)]
+        request_queues: usize,
+
+        /// Log level: error, warn, info, debug, trace or off.
+        #[arg(long, value_name = "LEVEL", default_value = "info")]
+        log_level: String,
+
+        /// Sandbox mode. Only `none` is supported: PassthroughFs confines every lookup to the
+        /// shared directory itself.
+        #[arg(long, value_name = "MODE", default_value = "none")]
+        sandbox: String,
+
+        /// Keep accepting VMM connections after one disconnects.
+        #[arg(long)]
+        keep_serving: bool,
+
+        /// Group owning the socket file (name or numeric id).
+        #[arg(long, value_name = "GROUP", requires = "socket_path")]
+        socket_group: Option<String>,
+
+        /// Raise the open-file limit to this (default: the hard limit).
+        #[arg(long, value_name = "N")]
+        rlimit_nofile: Option<u64>,
+
+        /// Print the capabilities as JSON (as virtiofsd does, for libvirt) and exit.
+        #[arg(long)]
+        print_capabilities: bool,
+
+        /// Accepted for virtiofsd compatibility (extended attributes are always on).
+        #[arg(long, hide = true)]
+        xattr: bool,
+
+        /// Accepted for virtiofsd compatibility (ignored).
+        #[arg(long, hide = true)]
+        announce_submounts: bool,
+
+        /// Accepted for virtiofsd compatibility (ignored).
+        #[arg(long, hide = true, value_name = "MODE")]
+        inode_file_handles: Option<String>,
+    }
+
+    fn parse_dispatch(s: &str) -> Result<Dispatch, String> {
+        match s {
+            "adaptive" => Ok(Dispatch::Adaptive),
+            "slow" => Ok(Dispatch::SlowToPool),
+            "all" => Ok(Dispatch::Pool),
+            "none" => Ok(Dispatch::VringThread),
+            other => Err(format!("`{other}`: expected adaptive, slow, all or none")),
+        }
+    }
+
+    /// Parses `1024`, `64K`, `512M`, `2G`, `1T`, with optional `B`/`iB` (binary units).
+    fn parse_size(s: &str) -> Result<u64, String> {
+        let t = s.trim();
+        let lower = t.to_ascii_lowercase();
+        let lower = lower
+            .strip_suffix("ib")
+            .or_else(|| lower.strip_suffix('b'))
+            .unwrap_or(&lower);
+        let (num, shift) = match lower.chars().last() {
+            Some('k') => (&lower[..lower.len() - 1], 10),
+            Some('m') => (&lower[..lower.len() - 1], 20),
+            Some('g') => (&lower[..lower.len() - 1], 30),
+            Some('t') => (&lower[..lower.len() - 1], 40),
+            _ => (lower, 0),
+        };
+        let n: u64 = num
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{s}` is not a size (examples: 1048576, 64K, 512M, 2G)"))?;
+        let v = n
+            .checked_mul(1u64 << shift)
+            .ok_or_else(|| format!("`{s}` is too large"))?;
+        if v == 0 {
+            return Err("size must be larger than 0".into());
+        }
+        Ok(v)
+    }
+
+    fn init_logging(level: &str) -> Result<(), String> {
+        let level = level.to_ascii_lowercase();
+        // fuse-backend-rs logs every error reply at `error` level, which a guest could use to
+        // flood the log: only show its messages when debugging.
+        let fuse = match level.as_str() {
+            "debug" | "trace" => "debug",
+            "error" | "warn" | "info" | "off" => "off",
+            other => return Err(format!("unknown log level `{other}`")),
+        };
+        let directives = format!("{level},fuse_backend_rs={fuse},vhost_user_backend=warn");
+        let filter =
+            tracing_subscriber::EnvFilter::try_new(directives).map_err(|e| e.to_string())?;
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_target(false)
+            .try_init()
+            .map_err(|e| e.to_string())
+    }
+
+    fn raise_nofile(want: Option<u64>) {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: `lim` is a valid, writable rlimit struct.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+            return;
+        }
+        let target = want.unwrap_or(lim.rlim_max).min(lim.rlim_max);
+        if target <= lim.rlim_cur {
+            return;
+        }
+        lim.rlim_cur = target;
+        // SAFETY: `lim` is a valid rlimit struct.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            tracing::warn!(
+                "cannot raise the open-file limit: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+
+    fn set_socket_group(path: &Path, group: &str) -> Result<(), String> {
+        let gid = match group.parse::<libc::gid_t>() {
+            Ok(g) => g,
+            Err(_) => {
+                let c = std::ffi::CString::new(group).map_err(|_| "bad group name".to_string())?;
+                // SAFETY: `c` is a valid C string; the returned pointer is read immediately.
+                let gr = unsafe { libc::getgrnam(c.as_ptr()) };
+                if gr.is_null() {
+                    return Err(format!("unknown group `{group}`"));
+                }
+                // SAFETY: getgrnam returned a non-null pointer to a valid group entry.
+                unsafe { (*gr).gr_gid }
+            }
+        };
+        std::os::unix::fs::chown(path, None, Some(gid))
+            .map_err(|e| format!("{}: cannot set group {group}: {e}", path.display()))
+    }
+
+    fn check_shared_dir(dir: &Path) -> Result<(), String> {
+        let meta = std::fs::metadata(dir)
+            .map_err(|e| format!("shared directory {}: {e}", dir.display()))?;
+        if !meta.is_dir() {
+            return Err(format!(
+                "shared directory {}: not a directory",
+                dir.display()
+            ));
+        }
+        std::fs::read_dir(dir).map_err(|e| format!("shared directory {}: {e}", dir.display()))?;
+        Ok(())
+    }
+
+    fn build_fs(args: &Args) -> Result<Arc<dyn DynFileSystem>, String> {
+        if let Some(dir) = &args.shared_dir {
+            check_shared_dir(dir)?;
+            let fs = PassthroughFs::builder(dir)
+                .readonly(args.readonly)
+                .cache_policy(args.cache)
+                .writeback(args.writeback)
+                .build()
+                .map_err(|e| format!("shared directory {}: {e}", dir.display()))?;
+            return Ok(Arc::new(fs));
+        }
+        let size = args.memfs_size.ok_or("no backend given")?;
+        let mut b = MemFs::builder().capacity(size).cache_policy(args.cache);
+        if let Some(n) = args.memfs_max_inodes {
+            b = b.max_inodes(n);
+        }
+        let fs = b
+            .build()
+            .map_err(|e| format!("in-memory filesystem: {e}"))?;
+        Ok(Arc::new(fs))
+    }
+
+    fn inherited_listener(fd: RawFd) -> Result<UnixListener, String> {
+        // SAFETY: fstat only writes into `st`; an invalid fd is reported as an error.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: `st` is a valid, writable stat buffer.
+        if fd < 0 || unsafe { libc::fstat(fd, &mut st) } != 0 {
+            return Err(format!("--fd {fd}: not an open file descriptor"));
+        }
+        if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+            return Err(format!("--fd {fd}: not a socket"));
+        }
+        // SAFETY: the fd is open and a socket; the daemon takes ownership of it, as virtiofsd
+        // does, and nothing else in this process uses it.
+        Ok(unsafe { UnixListener::from_raw_fd(fd) })
+    }
+
+    fn start(args: &Args) -> Result<DeviceHandle, String> {
+        if args.sandbox != "none" {
+            return Err(format!(
+                "--sandbox {}: not supported; use --sandbox none (PassthroughFs confines \
+                 lookups to the shared directory with openat2 RESOLVE_BENEATH)",
+                args.sandbox
+            ));
+        }
+        if args.inode_file_handles.is_some() || args.announce_submounts || args.xattr {
+            tracing::debug!("ignoring virtiofsd compatibility flags");
+        }
+        raise_nofile(args.rlimit_nofile);
+        if let Some(path) = &args.socket_path {
+            // Fail on a busy socket before touching the shared directory.
+            if let Ok(meta) = std::fs::symlink_metadata(path) {
+                if meta.file_type().is_socket() && boxfs::vhost::socket_in_use(path) {
+                    return Err(format!(
+                        "{}: socket path in use: another process is listening on it",
+                        path.display()
+                    ));
+                }
+            }
+        }
+        let fs = build_fs(args)?;
+        let mut builder = FsDevice::builder(fs)
+            .request_queues(args.request_queues)
+            .thread_pool_size(args.thread_pool_size)
+            .dispatch(args.dispatch)
+            .keep_serving(args.keep_serving);
+        if let Some(tag) = &args.tag {
+            builder = builder.tag(tag.clone());
+        }
+        let device = builder.build().map_err(|e| e.to_string())?;
+        let handle = match (&args.socket_path, args.fd) {
+            (Some(path), _) => device.serve(path).map_err(|e| e.to_string())?,
+            (None, Some(fd)) => device
+                .serve_listener(inherited_listener(fd)?)
+                .map_err(|e| e.to_string())?,
+            (None, None) => return Err("one of --socket-path or --fd is required".into()),
+        };
+        if let (Some(group), Some(path)) = (&args.socket_group, &args.socket_path) {
+            if let Err(e) = set_socket_group(path, group) {
+                let _ = handle.stop();
+                return Err(e);
+            }
+        }
+        Ok(handle)
+    }
+
+    pub(crate) fn main() -> i32 {
+        let args = Args::parse();
+        if args.print_capabilities {
+            println!(
+                "{{\n  \"type\": \"fs\",\n  \"features\": [\n    \"separate-options\"\n  ]\n}}"
+            );
+            return 0;
+        }
+        let missing = if args.shared_dir.is_none() && args.memfs_size.is_none() {
+            Some("one of --shared-dir or --memfs-size is required")
+        } else if args.socket_path.is_none() && args.fd.is_none() {
+            Some("one of --socket-path or --fd is required")
+        } else {
+            None
+        };
+        if let Some(msg) = missing {
+            use clap::CommandFactory;
+            Args::command()
+                .error(clap::error::ErrorKind::MissingRequiredArgument, msg)
+                .exit();
+        }
+        if let Err(e) = init_logging(&args.log_level) {
+            eprintln!("boxfsd: error: --log-level: {e}");
+            return 1;
+        }
+        let handle = match start(&args) {
+            Ok(h) => Arc::new(h),
+            Err(e) => {
+                eprintln!("boxfsd: error: {e}");
+                return 1;
+            }
+        };
+        let what = match (&args.shared_dir, args.memfs_size) {
+            (Some(d), _) => format!("directory {}", d.display()),
+            (None, Some(s)) => format!("in-memory filesystem of {s} bytes"),
+            _ => String::new(),
+        };
+        match handle.socket_path() {
+            Some(p) => tracing::info!("serving {what} on {}", p.display()),
+            None => tracing::info!("serving {what} on inherited fd"),
+        }
+
+        let signals = signal_hook::iterator::Signals::new([
+            signal_hook::consts::SIGTERM,
+            signal_hook::consts::SIGINT,
+            signal_hook::consts::SIGHUP,
+        ]);
+        match signals {
+            Ok(mut signals) => {
+                let h = Arc::clone(&handle);
+                let socket = args.socket_path.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("boxfsd-signals".into())
+                    .spawn(move || {
+                        if let Some(sig) = signals.forever().next() {
+                            tracing::info!("signal {sig}: shutting down");
+                            h.request_stop();
+                            // The device normally ends at once. If it cannot (it found no
+                            // connection to shut down, or a request is stuck in the host
+                            // filesystem), exit anyway rather than ignore the signal.
+                            std::thread::sleep(std::time::Duration::from_secs(10));
+                            tracing::warn!("device did not stop within 10 s; exiting");
+                            if let Some(path) = socket {
+                                let _ = std::fs::remove_file(path);
+                            }
+                            std::process::exit(0);
+                        }
+                    });
+                if let Err(e) = spawned {
+                    tracing::warn!("cannot start the signal thread: {e}");
+                }
+            }
+            Err(e) => tracing::warn!("cannot install signal handlers: {e}"),
+        }
+
+        match handle.wait() {
+            Ok(()) => {
+                tracing::info!("exiting");
+                0
+            }
+            Err(e) => {
+                eprintln!("boxfsd: error: {e}");
+                1
+            }
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::parse_size;
+
+        #[test]
+        fn sizes() {
+            assert_eq!(parse_size("1024"), Ok(1024));
+            assert_eq!(parse_size("64K"), Ok(64 << 10));
+            assert_eq!(parse_size("512M"), Ok(512 << 20));
+            assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+            assert_eq!(parse_size("2g"), Ok(2 << 30));
+            assert_eq!(parse_size("1TB"), Ok(1 << 40));
+            assert!(parse_size("0").is_err());
+            assert!(parse_size("lots").is_err());
+            assert!(parse_size("99999999999T").is_err());
+        }
+    }
+}

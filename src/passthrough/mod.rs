@@ -1,1 +1,342 @@
-//! A confined host directory (issue 4: in progress).
+//! A confined host directory served to a guest by an unprivileged daemon.
+//!
+//! [`PassthroughFs`] serves one host directory. The daemon never follows a symlink or `..`
+//! out of it: the root is opened once, and every name is resolved relative to its parent's
+//! descriptor one component at a time (`openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS |
+//! RESOLVE_NO_MAGICLINKS)` on Linux, `O_NOFOLLOW` elsewhere). Every name the guest sends is
+//! checked with [`crate::name::validate`].
+//!
+//! Ownership is virtual: guest uid, gid, mode, file type and device number live in the xattr
+//! `user.containers.override_stat` (format in [`OverrideStat`]), so `chown`, `chmod` and
+//! `mknod` work for the guest without privileges and without touching host ownership. Special
+//! files are host regular files; guest symlinks are too by default ([`SymlinkMode`]).
+//!
+//! Inodes are identified by the host's (device, inode, mount id); hard links share one
+//! inode. Descriptors are bounded: inode descriptors live in an LRU cache
+//! ([`PassthroughFsBuilder::fd_cache_size`]) and an evicted inode is re-opened from its parent
+//! by name, verifying its identity (`ESTALE` if the host replaced it).
+//!
+//! Guest inode numbers are the host's inode numbers where possible, so `st_ino`, directory
+//! entries and FUSE node ids agree and stay stable across lookups (inodes on submounts inside
+//! the share, or colliding numbers, get private ids above 2^62).
+//!
+//! # Things to know
+//!
+//! * The override xattr is read when the guest first looks an inode up and is cached while the
+//!   guest holds it; host-side edits of the xattr show after the guest forgets the inode.
+//! * If the host renames or replaces a file behind the guest's back, operations on the old inode
+//!   fail with `ESTALE` once its descriptor has been evicted; nothing else is ever served in its
+//!   place. Host errors such as `EMFILE` are passed through unchanged.
+//! * `create` always creates (`EEXIST` for an existing name), like the other backends.
+//! * `quota_bytes` charges the apparent size of regular files (symlink targets included);
+//!   `fallocate(FALLOC_FL_KEEP_SIZE)` is not charged.
+//! * Server-side `copy_file_range` is not offered: fuse-backend-rs 0.14 does not dispatch it.
+//!
+//! ```no_run
+//! use boxfs::passthrough::{HostPermissions, PassthroughFs, SymlinkMode};
+//! use boxfs::{CachePolicy, Context, FileSystem, ROOT_ID};
+//!
+//! let fs = PassthroughFs::builder("/srv/share")
+//!     .readonly(false)
+//!     .cache_policy(CachePolicy::Auto)
+//!     .quota_bytes(Some(1 << 30))
+//!     .default_owner(0, 0)
+//!     .symlinks(SymlinkMode::Virtualized)
+//!     .host_permissions(HostPermissions::Private)
+//!     .build()?;
+//! let (attr, _) = fs.getattr(&Context::new(), ROOT_ID, None)?;
+//! assert_eq!(attr.st_mode & libc::S_IFMT, libc::S_IFDIR);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+// Casts between libc integer types differ per platform (u16 vs u32 modes, i32 vs u64 devices)
+// and are needed for macOS even where they are no-ops on Linux.
+#![allow(clippy::unnecessary_cast)]
+
+mod config;
+mod create_ops;
+mod dir_ops;
+mod fd_cache;
+mod file_ops;
+mod fs_impl;
+mod handles;
+mod inode_store;
+mod metadata;
+mod namespace_ops;
+mod override_stat;
+mod platform;
+mod quota;
+mod resolve;
+mod xattr_ops;
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+pub use config::{HostPermissions, SymlinkMode};
+pub use override_stat::{OverrideStat, OVERRIDE_KEY};
+
+use config::Config;
+use fd_cache::FdCache;
+use handles::HandleTable;
+use inode_store::{InodeData, InodeKey, InodeStore};
+use quota::Quota;
+
+use crate::{CachePolicy, Error, Result, ROOT_ID};
+
+/// Names starting with this prefix are the backend's own scratch files: hidden from the
+/// guest and refused as new names.
+pub const INTERNAL_PREFIX: &[u8] = b".boxfs-internal-";
+
+/// A host directory served to a guest; see the [module documentation](self).
+pub struct PassthroughFs {
+    cfg: Config,
+    root_path: PathBuf,
+    inodes: InodeStore,
+    fds: FdCache,
+    handles: HandleTable,
+    quota: Option<Quota>,
+}
+
+/// Builder for [`PassthroughFs`]; see [`PassthroughFs::builder`].
+#[derive(Clone, Debug)]
+pub struct PassthroughFsBuilder {
+    root: PathBuf,
+    cfg: Config,
+    timeouts_set: bool,
+}
+
+impl PassthroughFs {
+    /// Starts configuring a filesystem serving the host directory `root`.
+    ///
+    /// Defaults: read-write, [`CachePolicy::Auto`], no quota, default owner `0:0`,
+    /// [`SymlinkMode::Virtualized`], [`HostPermissions::Private`], no writeback cache,
+    /// 1024 cached inode descriptors.
+    pub fn builder(root: impl AsRef<Path>) -> PassthroughFsBuilder {
+        let policy = CachePolicy::default();
+        PassthroughFsBuilder {
+            root: root.as_ref().to_path_buf(),
+            cfg: Config {
+                readonly: false,
+                cache_policy: policy,
+                quota_bytes: None,
+                default_uid: 0,
+                default_gid: 0,
+                symlinks: SymlinkMode::default(),
+                host_permissions: HostPermissions::default(),
+                entry_timeout: policy.timeout(),
+                attr_timeout: policy.timeout(),
+                writeback: false,
+                fd_cache_size: 1024,
+            },
+            timeouts_set: false,
+        }
+    }
+
+    /// The host directory being served.
+    pub fn root_path(&self) -> &Path {
+        &self.root_path
+    }
+
+    /// Number of inodes the guest currently holds (the root included).
+    pub fn inode_count(&self) -> usize {
+        self.inodes.len()
+    }
+
+    /// Number of inode descriptors currently cached (bounded by
+    /// [`PassthroughFsBuilder::fd_cache_size`]).
+    pub fn cached_fds(&self) -> usize {
+        self.fds.len()
+    }
+
+    /// Bytes charged against the quota, if one is set.
+    pub fn quota_used(&self) -> Option<u64> {
+        self.quota.as_ref().map(|q| q.used())
+    }
+}
+
+impl PassthroughFsBuilder {
+    /// Refuse every mutation with `EROFS` (default `false`).
+    pub fn readonly(mut self, readonly: bool) -> Self {
+        self.cfg.readonly = readonly;
+        self
+    }
+
+    /// Guest caching policy (default [`CachePolicy::Auto`]); also sets the entry and
+    /// attribute timeouts unless [`timeouts`](Self::timeouts) is called.
+    pub fn cache_policy(mut self, policy: CachePolicy) -> Self {
+        self.cfg.cache_policy = policy;
+        if !self.timeouts_set {
+            self.cfg.entry_timeout = policy.timeout();
+            self.cfg.attr_timeout = policy.timeout();
+        }
+        self
+    }
+
+    /// Explicit entry and attribute timeouts, overriding the cache policy's.
+    pub fn timeouts(mut self, entry: Duration, attr: Duration) -> Self {
+        self.cfg.entry_timeout = entry;
+        self.cfg.attr_timeout = attr;
+        self.timeouts_set = true;
+        self
+    }
+
+    /// Limit on the total apparent size of regular files in the share; guest writes that
+    /// would exceed it fail with `ENOSPC`, and `statfs` reports it. The existing tree is
+    /// measured once at build time.
+    pub fn quota_bytes(mut self, quota: Option<u64>) -> Self {
+        self.cfg.quota_bytes = quota;
+        self
+    }
+
+    /// Owner shown for host files without the override xattr (default `0:0`).
+    pub fn default_owner(mut self, uid: u32, gid: u32) -> Self {
+        self.cfg.default_uid = uid;
+        self.cfg.default_gid = gid;
+        self
+    }
+
+    /// How guest symlinks are stored (default [`SymlinkMode::Virtualized`]).
+    pub fn symlinks(mut self, mode: SymlinkMode) -> Self {
+        self.cfg.symlinks = mode;
+        self
+    }
+
+    /// What host permission bits guest files get (default [`HostPermissions::Private`]).
+    pub fn host_permissions(mut self, p: HostPermissions) -> Self {
+        self.cfg.host_permissions = p;
+        self
+    }
+
+    /// Let the guest use a writeback cache (default `false`). Only safe when nothing on
+    /// the host modifies the share concurrently.
+    pub fn writeback(mut self, on: bool) -> Self {
+        self.cfg.writeback = on;
+        self
+    }
+
+    /// Maximum number of inode descriptors kept open (default 1024, minimum 16). Open
+    /// guest files and directories use one descriptor each on top of this.
+    pub fn fd_cache_size(mut self, n: usize) -> Self {
+        self.cfg.fd_cache_size = n.max(16);
+        self
+    }
+
+    /// Opens the root and checks the host filesystem.
+    ///
+    /// Fails with [`Error::Path`] if the root cannot be opened or is not a directory, and
+    /// with [`Error::Unsupported`] if the host filesystem does not support user xattrs
+    /// (checked unless read-only) or `/proc/self/fd` is unavailable on Linux.
+    pub fn build(self) -> Result<PassthroughFs> {
+        platform::init()
+            .map_err(|e| Error::Unsupported(format!("/proc/self/fd is not available: {e}")))?;
+        let cpath = CString::new(self.root.as_os_str().as_encoded_bytes())
+            .map_err(|_| Error::InvalidConfig("root path contains a NUL byte".into()))?;
+        // SAFETY: `cpath` is NUL-terminated. The root itself may be reached through symlinks:
+        // it is chosen by the host administrator, not the guest.
+        let raw = unsafe {
+            libc::open(
+                cpath.as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
+        if raw < 0 {
+            return Err(Error::path(&self.root, std::io::Error::last_os_error()));
+        }
+        // SAFETY: `raw` is a freshly opened descriptor owned by nobody else.
+        let dir_fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let root_fd = platform::reopen(dir_fd.as_raw_fd(), platform::INODE_FLAGS)
+            .map_err(|e| Error::path(&self.root, e))?;
+        drop(dir_fd);
+        let hs = platform::fstat(root_fd.as_raw_fd()).map_err(|e| Error::path(&self.root, e))?;
+        let host_type = hs.st.st_mode as u32 & resolve::S_IFMT;
+        if host_type != resolve::S_IFDIR {
+            return Err(Error::path(
+                &self.root,
+                std::io::Error::from_raw_os_error(libc::ENOTDIR),
+            ));
+        }
+        if !self.cfg.readonly {
+            probe_xattrs(root_fd.as_raw_fd())?;
+        }
+        let ovr = resolve::read_override(root_fd.as_raw_fd(), host_type)
+            .map_err(|e| Error::path(&self.root, e))?;
+        let root_fd = Arc::new(root_fd);
+        let root = Arc::new(InodeData {
+            id: ROOT_ID,
+            key: InodeKey {
+                dev: hs.st.st_dev as u64,
+                ino: hs.st.st_ino as u64,
+                mnt_id: hs.mnt_id,
+            },
+            host_type,
+            lookups: AtomicU64::new(1),
+            path: Mutex::new(None),
+            pinned: Mutex::new(Some(root_fd.clone())),
+            meta: Mutex::new(ovr),
+        });
+        let quota = match self.cfg.quota_bytes {
+            Some(limit) => {
+                let used = resolve::measure_tree(root_fd.as_raw_fd())
+                    .map_err(|e| Error::io("measuring the share for its quota", e))?;
+                Some(Quota::new(limit, used))
+            }
+            None => None,
+        };
+        Ok(PassthroughFs {
+            fds: FdCache::new(self.cfg.fd_cache_size),
+            cfg: self.cfg,
+            root_path: self.root,
+            inodes: InodeStore::new(root),
+            handles: HandleTable::new(),
+            quota,
+        })
+    }
+}
+
+/// Creates, tags and removes a scratch file to check that the host supports user xattrs.
+fn probe_xattrs(root: RawFd) -> Result<()> {
+    let name = CString::new(format!(
+        "{}probe-{:016x}",
+        String::from_utf8_lossy(INTERNAL_PREFIX),
+        rand::random::<u64>()
+    ))
+    .map_err(|_| Error::InvalidConfig("probe name".into()))?;
+    let fd = platform::open_beneath(
+        root,
+        &name,
+        libc::O_CREAT | libc::O_EXCL | libc::O_RDWR,
+        0o600,
+    )
+    .map_err(|e| Error::io("creating the xattr probe file in the share", e))?;
+    let res = platform::set_xattr(fd.as_raw_fd(), OVERRIDE_KEY, b"0:0:0600:file", 0);
+    // SAFETY: `name` is NUL-terminated; this removes our own scratch file.
+    unsafe { libc::unlinkat(root, name.as_ptr(), 0) };
+    match res {
+        Ok(()) => Ok(()),
+        Err(e) => Err(Error::Unsupported(format!(
+            "cannot set user xattrs in the share ({e}); mount it with user_xattr or serve it read-only"
+        ))),
+    }
+}
+
+/// Whether `name` is one of the backend's scratch files, hidden from the guest.
+pub(crate) fn is_internal(name: &[u8]) -> bool {
+    name.starts_with(INTERNAL_PREFIX)
+}
+
+impl std::fmt::Debug for PassthroughFs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PassthroughFs")
+            .field("root", &self.root_path)
+            .field("readonly", &self.cfg.readonly)
+            .field("symlinks", &self.cfg.symlinks)
+            .field("inodes", &self.inodes.len())
+            .finish()
+    }
+}

@@ -1,0 +1,360 @@
+//! File contents as sparse fixed-size pages, and the zero-copy adapters that move bytes
+//! between pages and guest memory.
+//!
+//! Charging rule: a file is charged for the pages it has allocated, except that the bytes of
+//! the last page beyond end-of-file are not charged. A 10-byte file costs 10 bytes, a 1 GiB
+//! sparse file with one 4 KiB page written costs 4 KiB. Pages never exist wholly beyond EOF.
+
+use std::collections::BTreeMap;
+use std::io;
+
+use crate::{errno, FileReadWriteVolatile, FileVolatileSlice};
+
+/// Page size of file data.
+pub(crate) const PAGE: u64 = 4096;
+const PAGE_USIZE: usize = PAGE as usize;
+static ZEROES: [u8; PAGE_USIZE] = [0; PAGE_USIZE];
+
+/// The largest file size (as on Linux, offsets must fit in `loff_t`).
+pub(crate) const MAX_FILE_SIZE: u64 = i64::MAX as u64;
+
+type Page = [u8; PAGE_USIZE];
+
+fn new_page() -> Box<Page> {
+    Box::new([0; PAGE_USIZE])
+}
+
+/// The contents of a regular file.
+#[derive(Default)]
+pub(crate) struct FileData {
+    pages: BTreeMap<u64, Box<Page>>,
+    size: u64,
+    /// Bytes currently charged to the capacity for this file.
+    charged: u64,
+}
+
+/// The charge of `n_pages` pages whose highest index is `last`, for a file of `size` bytes.
+fn charge_of(n_pages: u64, last: Option<u64>, size: u64) -> u64 {
+    match last {
+        None => 0,
+        Some(last) => {
+            let end = (last + 1) * PAGE;
+            n_pages * PAGE - end.saturating_sub(size).min(PAGE)
+        }
+    }
+}
+
+impl FileData {
+    pub(crate) fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub(crate) fn charged(&self) -> u64 {
+        self.charged
+    }
+
+    pub(crate) fn allocated_bytes(&self) -> u64 {
+        self.pages.len() as u64 * PAGE
+    }
+
+    fn last_page(&self) -> Option<u64> {
+        self.pages.keys().next_back().copied()
+    }
+
+    fn charge_now(&self) -> u64 {
+        charge_of(self.pages.len() as u64, self.last_page(), self.size)
+    }
+
+    /// The charge this file would have once `[off, off + len)` is allocated and the size is
+    /// at least `off + len` (or unchanged when `keep_size`, clipping the range at EOF).
+    pub(crate) fn charge_after_alloc(&self, off: u64, len: u64, keep_size: bool) -> u64 {
+        let end = if keep_size {
+            (off + len).min(self.size)
+        } else {
+            off + len
+        };
+        if end <= off {
+            return self.charge_now();
+        }
+        let first = off / PAGE;
+        let last = (end - 1) / PAGE;
+        let present = self.pages.range(first..=last).count() as u64;
+        let n_pages = self.pages.len() as u64 + (last - first + 1 - present);
+        let new_last = self.last_page().map_or(last, |l| l.max(last));
+        charge_of(n_pages, Some(new_last), self.size.max(end))
+    }
+
+    /// The charge this file would have at `size` bytes.
+    pub(crate) fn charge_after_truncate(&self, size: u64) -> u64 {
+        if size >= self.size {
+            return charge_of(self.pages.len() as u64, self.last_page(), size);
+        }
+        let keep = size.div_ceil(PAGE);
+        let n = self.pages.range(..keep).count() as u64;
+        let last = self.pages.range(..keep).next_back().map(|(k, _)| *k);
+        charge_of(n, last, size)
+    }
+
+    /// Re-derives the charge after a change; returns `(old, new)`.
+    pub(crate) fn recharge(&mut self) -> (u64, u64) {
+        let old = self.charged;
+        self.charged = self.charge_now();
+        (old, self.charged)
+    }
+
+    /// Sets the size, freeing pages beyond it and zeroing the tail of the last one.
+    pub(crate) fn set_size(&mut self, size: u64) {
+        if size < self.size {
+            let keep = size.div_ceil(PAGE);
+            self.pages.split_off(&keep);
+            let tail = (size % PAGE) as usize;
+            if tail != 0 {
+                if let Some(p) = self.pages.get_mut(&(size / PAGE)) {
+                    p[tail..].fill(0);
+                }
+            }
+        }
+        self.size = size;
+    }
+
+    /// Allocates zeroed pages over `[off, off + len)` (clipped at EOF when `keep_size`) and
+    /// extends the size unless `keep_size`.
+    pub(crate) fn allocate(&mut self, off: u64, len: u64, keep_size: bool) {
+        let end = if keep_size {
+            (off + len).min(self.size)
+        } else {
+            off + len
+        };
+        if end > off {
+            for idx in off / PAGE..=(end - 1) / PAGE {
+                self.pages.entry(idx).or_insert_with(new_page);
+            }
+        }
+        if !keep_size && end > self.size {
+            self.size = end;
+        }
+    }
+
+    /// Zeroes `[off, off + len)` within EOF, freeing whole pages.
+    pub(crate) fn punch_hole(&mut self, off: u64, len: u64) {
+        let end = (off + len).min(self.size);
+        if end <= off {
+            return;
+        }
+        let first_full = off.div_ceil(PAGE);
+        let end_full = end / PAGE;
+        if first_full < end_full {
+            let doomed: Vec<u64> = self
+                .pages
+                .range(first_full..end_full)
+                .map(|(k, _)| *k)
+                .collect();
+            for k in doomed {
+                self.pages.remove(&k);
+            }
+        }
+        self.zero_partial(off, end.min(first_full * PAGE));
+        self.zero_partial((end_full * PAGE).max(off), end);
+    }
+
+    /// Zeroes `[off, end)` where both lie within one page.
+    fn zero_partial(&mut self, off: u64, end: u64) {
+        if end <= off {
+            return;
+        }
+        if let Some(p) = self.pages.get_mut(&(off / PAGE)) {
+            let s = (off % PAGE) as usize;
+            p[s..s + (end - off) as usize].fill(0);
+        }
+    }
+
+    /// `SEEK_DATA`: the first offset at or after `off` backed by a page.
+    pub(crate) fn seek_data(&self, off: u64) -> io::Result<u64> {
+        if off >= self.size {
+            return Err(errno(libc::ENXIO));
+        }
+        self.pages
+            .range(off / PAGE..)
+            .next()
+            .map(|(k, _)| (k * PAGE).max(off))
+            .filter(|&o| o < self.size)
+            .ok_or_else(|| errno(libc::ENXIO))
+    }
+
+    /// `SEEK_HOLE`: the first offset at or after `off` not backed by a page (EOF counts).
+    pub(crate) fn seek_hole(&self, off: u64) -> io::Result<u64> {
+        if off >= self.size {
+            return Err(errno(libc::ENXIO));
+        }
+        let mut idx = off / PAGE;
+        for (k, _) in self.pages.range(idx..) {
+            if *k != idx {
+                break;
+            }
+            idx += 1;
+        }
+        Ok((idx * PAGE).max(off).min(self.size))
+    }
+
+    /// Copies file bytes at `off` into `dst` (holes read as zeroes), up to EOF.
+    fn read_into(&self, dst: &FileVolatileSlice, off: u64) -> usize {
+        let want = (dst.len() as u64).min(self.size.saturating_sub(off)) as usize;
+        let vs = dst.as_volatile_slice();
+        let mut done = 0usize;
+        while done < want {
+            let pos = off + done as u64;
+            let in_page = (pos % PAGE) as usize;
+            let n = (PAGE_USIZE - in_page).min(want - done);
+            let src = match self.pages.get(&(pos / PAGE)) {
+                Some(p) => &p[in_page..in_page + n],
+                None => &ZEROES[..n],
+            };
+            match vs.subslice(done, n) {
+                Ok(part) => part.copy_from(src),
+                Err(_) => break,
+            }
+            done += n;
+        }
+        done
+    }
+
+    /// Copies `src` into the file at `off`, allocating pages, never past `limit`.
+    fn write_from(&mut self, src: &FileVolatileSlice, off: u64, limit: u64) -> usize {
+        let want = (src.len() as u64).min(limit.saturating_sub(off)) as usize;
+        let vs = src.as_volatile_slice();
+        let mut done = 0usize;
+        while done < want {
+            let pos = off + done as u64;
+            let in_page = (pos % PAGE) as usize;
+            let n = (PAGE_USIZE - in_page).min(want - done);
+            let page = self.pages.entry(pos / PAGE).or_insert_with(new_page);
+            match vs.subslice(done, n) {
+                Ok(part) => {
+                    part.copy_to(&mut page[in_page..in_page + n]);
+                }
+                Err(_) => break,
+            }
+            done += n;
+        }
+        let end = off + done as u64;
+        if end > self.size {
+            self.size = end;
+        }
+        done
+    }
+}
+
+/// Reads file pages into guest buffers (the `FileReadWriteVolatile` a `ZeroCopyWriter` pulls
+/// from).
+pub(crate) struct PageReader<'a>(pub(crate) &'a FileData);
+
+impl FileReadWriteVolatile for PageReader<'_> {
+    fn read_volatile(&mut self, _slice: FileVolatileSlice) -> io::Result<usize> {
+        Err(errno(libc::EINVAL))
+    }
+    fn write_volatile(&mut self, _slice: FileVolatileSlice) -> io::Result<usize> {
+        Err(errno(libc::EBADF))
+    }
+    fn read_at_volatile(&mut self, slice: FileVolatileSlice, offset: u64) -> io::Result<usize> {
+        Ok(self.0.read_into(&slice, offset))
+    }
+    fn read_vectored_at_volatile(
+        &mut self,
+        bufs: &[FileVolatileSlice],
+        offset: u64,
+    ) -> io::Result<usize> {
+        let mut done = 0usize;
+        for b in bufs {
+            let n = self.0.read_into(b, offset + done as u64);
+            done += n;
+            if n < b.len() {
+                break;
+            }
+        }
+        Ok(done)
+    }
+    fn write_at_volatile(&mut self, _slice: FileVolatileSlice, _offset: u64) -> io::Result<usize> {
+        Err(errno(libc::EBADF))
+    }
+}
+
+/// Writes guest buffers into file pages (the `FileReadWriteVolatile` a `ZeroCopyReader`
+/// pushes into), never beyond `limit`, the end of the range the caller reserved capacity for.
+pub(crate) struct PageWriter<'a> {
+    pub(crate) data: &'a mut FileData,
+    pub(crate) limit: u64,
+}
+
+impl FileReadWriteVolatile for PageWriter<'_> {
+    fn read_volatile(&mut self, _slice: FileVolatileSlice) -> io::Result<usize> {
+        Err(errno(libc::EBADF))
+    }
+    fn write_volatile(&mut self, _slice: FileVolatileSlice) -> io::Result<usize> {
+        Err(errno(libc::EINVAL))
+    }
+    fn read_at_volatile(&mut self, _slice: FileVolatileSlice, _offset: u64) -> io::Result<usize> {
+        Err(errno(libc::EBADF))
+    }
+    fn write_at_volatile(&mut self, slice: FileVolatileSlice, offset: u64) -> io::Result<usize> {
+        Ok(self.data.write_from(&slice, offset, self.limit))
+    }
+    fn write_vectored_at_volatile(
+        &mut self,
+        bufs: &[FileVolatileSlice],
+        offset: u64,
+    ) -> io::Result<usize> {
+        let mut done = 0usize;
+        for b in bufs {
+            let n = self.data.write_from(b, offset + done as u64, self.limit);
+            done += n;
+            if n < b.len() {
+                break;
+            }
+        }
+        Ok(done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn charge_rule() {
+        let mut f = FileData::default();
+        assert_eq!(f.charge_after_alloc(0, 10, false), 10);
+        f.allocate(0, 10, false);
+        f.recharge();
+        assert_eq!(f.charged(), 10);
+        // Sparse: one page far away.
+        assert_eq!(f.charge_after_alloc(1 << 30, 4096, false), 4096 + 4096);
+        f.allocate(1 << 30, 4096, false);
+        f.recharge();
+        assert_eq!(f.charged(), 8192);
+        assert_eq!(f.charge_after_truncate(5), 5);
+        f.set_size(5);
+        f.recharge();
+        assert_eq!(f.charged(), 5);
+        f.punch_hole(0, 5);
+        f.recharge();
+        assert_eq!(f.size(), 5);
+        assert_eq!(f.seek_hole(0).ok(), Some(0));
+    }
+
+    #[test]
+    fn punch_hole_frees_whole_pages_and_zeroes_edges() {
+        let mut f = FileData::default();
+        f.allocate(0, 3 * PAGE, false);
+        for p in f.pages.values_mut() {
+            p.fill(1);
+        }
+        f.punch_hole(100, 2 * PAGE);
+        assert_eq!(f.pages.len(), 2);
+        assert_eq!(f.pages[&0][99], 1);
+        assert_eq!(f.pages[&0][100], 0);
+        assert_eq!(f.pages[&2][99], 0);
+        assert_eq!(f.pages[&2][100], 1);
+        assert_eq!(f.seek_hole(0).ok(), Some(PAGE));
+        assert_eq!(f.seek_data(PAGE).ok(), Some(2 * PAGE));
+    }
+}

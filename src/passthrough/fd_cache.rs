@@ -1,0 +1,134 @@
+//! A bounded least-recently-used cache of inode descriptors.
+//!
+//! Inodes do not own descriptors: a lookup puts the inode's descriptor here, and an inode
+//! whose descriptor was evicted is re-resolved from its parent (see `resolve.rs`). Callers
+//! get an `Arc`, so an evicted descriptor stays open until the operation using it finishes
+//! and is closed outside the cache lock.
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+/// Shared, reference-counted host descriptor.
+pub(crate) type SharedFd = Arc<OwnedFd>;
+
+struct Inner {
+    map: HashMap<u64, (SharedFd, u64)>,
+    order: BTreeMap<u64, u64>,
+    tick: u64,
+}
+
+/// LRU map from guest inode number to descriptor, holding at most `capacity` entries.
+pub(crate) struct FdCache {
+    inner: Mutex<Inner>,
+    capacity: usize,
+}
+
+impl FdCache {
+    pub fn new(capacity: usize) -> Self {
+        FdCache {
+            inner: Mutex::new(Inner {
+                map: HashMap::new(),
+                order: BTreeMap::new(),
+                tick: 0,
+            }),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// The cached descriptor of `ino`, marking it recently used.
+    pub fn get(&self, ino: u64) -> Option<SharedFd> {
+        let mut g = self.inner.lock();
+        let Inner { map, order, tick } = &mut *g;
+        let (fd, stamp) = map.get_mut(&ino)?;
+        order.remove(stamp);
+        *tick += 1;
+        *stamp = *tick;
+        order.insert(*tick, ino);
+        Some(fd.clone())
+    }
+
+    /// Caches `fd` for `ino`, evicting the least recently used entries beyond capacity.
+    pub fn insert(&self, ino: u64, fd: SharedFd) {
+        let mut evicted = Vec::new();
+        {
+            let mut g = self.inner.lock();
+            let Inner { map, order, tick } = &mut *g;
+            *tick += 1;
+            if let Some((old, stamp)) = map.insert(ino, (fd, *tick)) {
+                order.remove(&stamp);
+                evicted.push(old);
+            }
+            order.insert(*tick, ino);
+            while map.len() > self.capacity {
+                let Some((_, victim)) = order.pop_first() else {
+                    break;
+                };
+                if let Some((old, _)) = map.remove(&victim) {
+                    evicted.push(old);
+                }
+            }
+        }
+        drop(evicted);
+    }
+
+    /// Drops the entry of `ino`.
+    pub fn remove(&self, ino: u64) -> Option<SharedFd> {
+        let mut g = self.inner.lock();
+        let (fd, stamp) = g.map.remove(&ino)?;
+        g.order.remove(&stamp);
+        Some(fd)
+    }
+
+    /// Evicts up to half of the entries (after `EMFILE`/`ENFILE`).
+    pub fn shrink(&self) {
+        let mut evicted = Vec::new();
+        {
+            let mut g = self.inner.lock();
+            let n = g.map.len().div_ceil(2);
+            for _ in 0..n {
+                let Some((_, victim)) = g.order.pop_first() else {
+                    break;
+                };
+                if let Some((old, _)) = g.map.remove(&victim) {
+                    evicted.push(old);
+                }
+            }
+        }
+        drop(evicted);
+    }
+
+    /// Number of cached descriptors.
+    pub fn len(&self) -> usize {
+        self.inner.lock().map.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    fn fd() -> SharedFd {
+        let f = std::fs::File::open("/").expect("open /");
+        Arc::new(f.as_fd().try_clone_to_owned().expect("dup"))
+    }
+
+    #[test]
+    fn evicts_least_recently_used() {
+        let c = FdCache::new(2);
+        c.insert(1, fd());
+        c.insert(2, fd());
+        assert!(c.get(1).is_some());
+        c.insert(3, fd());
+        assert!(c.get(2).is_none());
+        assert!(c.get(1).is_some());
+        assert!(c.get(3).is_some());
+        assert_eq!(c.len(), 2);
+        c.shrink();
+        assert_eq!(c.len(), 1);
+        assert!(c.remove(3).is_some() || c.remove(1).is_some());
+    }
+}

@@ -1,0 +1,241 @@
+//! open, read, write, flush, fsync, fallocate, lseek, release and readlink.
+//!
+//! Reads and writes go straight between the host descriptor and the request's buffers with
+//! `preadv`/`pwritev` ([`crate::FileReadWriteVolatile`] for `std::fs::File`); the handle table
+//! lock is released before the syscall, so one slow file never blocks another.
+
+use std::fs::File;
+use std::io;
+use std::mem::ManuallyDrop;
+use std::os::fd::{AsRawFd, FromRawFd};
+
+use super::handles::{Handle, HandleKind};
+use super::platform;
+use super::resolve::{S_IFDIR, S_IFLNK, S_IFREG};
+use super::PassthroughFs;
+use crate::{errno, Context, OpenOptions, ZeroCopyReader, ZeroCopyWriter};
+
+/// `WRITE_KILL_PRIV` in a FUSE write's flags.
+const WRITE_KILL_PRIV: u32 = 4;
+const FALLOC_FL_KEEP_SIZE: u32 = 1;
+
+/// Borrows an open `File` as the `&mut File` the volatile I/O traits want, without taking
+/// ownership of the descriptor.
+fn borrow_file(f: &File) -> ManuallyDrop<File> {
+    // SAFETY: the descriptor stays open for as long as `f` is borrowed, and `ManuallyDrop`
+    // guarantees the alias is never closed.
+    ManuallyDrop::new(unsafe { File::from_raw_fd(f.as_raw_fd()) })
+}
+
+impl PassthroughFs {
+    /// Host open flags for a guest open: access mode plus the flags that matter for I/O.
+    pub(crate) fn io_flags(&self, flags: i32) -> i32 {
+        let mut f = flags
+            & (libc::O_ACCMODE | libc::O_APPEND | libc::O_TRUNC | libc::O_SYNC | libc::O_DSYNC);
+        if self.cfg.writeback {
+            // The guest page cache may read back pages of write-only files and does append
+            // itself.
+            if f & libc::O_ACCMODE == libc::O_WRONLY {
+                f = (f & !libc::O_ACCMODE) | libc::O_RDWR;
+            }
+            f &= !libc::O_APPEND;
+        }
+        f | libc::O_CLOEXEC
+    }
+
+    pub(crate) fn do_open(
+        &self,
+        ctx: &Context,
+        id: u64,
+        flags: u32,
+    ) -> io::Result<(Option<u64>, OpenOptions, Option<u32>)> {
+        let flags = flags as i32;
+        let inode = self.inode(id)?;
+        match self.guest_type(&inode)? {
+            S_IFREG => {}
+            S_IFDIR => return Err(errno(libc::EISDIR)),
+            S_IFLNK => return Err(errno(libc::ELOOP)),
+            _ => return Err(errno(libc::ENXIO)),
+        }
+        let truncate = flags & libc::O_TRUNC != 0;
+        if self.cfg.readonly && (flags & libc::O_ACCMODE != libc::O_RDONLY || truncate) {
+            return Err(errno(libc::EROFS));
+        }
+        let fd = self.fd_of(&inode)?;
+        let old_size = if truncate && self.quota.is_some() {
+            platform::fstat(fd.as_raw_fd())?.st.st_size as u64
+        } else {
+            0
+        };
+        let io_flags = self.io_flags(flags);
+        let file = self.with_fd_retry(|| platform::reopen(fd.as_raw_fd(), io_flags))?;
+        if truncate {
+            if let Some(q) = &self.quota {
+                q.release(old_size);
+            }
+            if ctx.uid != 0 {
+                self.kill_priv_of(&inode)?;
+            }
+        }
+        let fh = self.handles.insert(Handle {
+            inode,
+            kind: HandleKind::File(File::from(file)),
+            flags: io_flags,
+        });
+        Ok((Some(fh), self.cfg.cache_policy.open_options(false), None))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn do_read(
+        &self,
+        id: u64,
+        fh: u64,
+        w: &mut dyn ZeroCopyWriter,
+        size: u32,
+        offset: u64,
+    ) -> io::Result<usize> {
+        let h = self.file_handle(id, fh)?;
+        let HandleKind::File(f) = &h.kind else {
+            return Err(errno(libc::EBADF));
+        };
+        if offset >= i64::MAX as u64 {
+            return Ok(0);
+        }
+        let size = (size as u64).min(i64::MAX as u64 - offset) as usize;
+        let mut file = borrow_file(f);
+        w.write_from(&mut *file, size, offset)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn do_write(
+        &self,
+        ctx: &Context,
+        id: u64,
+        fh: u64,
+        r: &mut dyn ZeroCopyReader,
+        size: u32,
+        offset: u64,
+        fuse_flags: u32,
+    ) -> io::Result<usize> {
+        if self.cfg.readonly {
+            return Err(errno(libc::EROFS));
+        }
+        let h = self.file_handle(id, fh)?;
+        let HandleKind::File(f) = &h.kind else {
+            return Err(errno(libc::EBADF));
+        };
+        if !matches!(offset.checked_add(size as u64), Some(end) if end <= i64::MAX as u64) {
+            return Err(errno(libc::EFBIG));
+        }
+        if ctx.uid != 0 || fuse_flags & WRITE_KILL_PRIV != 0 {
+            self.kill_priv_of(&h.inode)?;
+        }
+        let mut reserved = 0;
+        let mut cur = 0;
+        if let Some(q) = &self.quota {
+            cur = platform::fstat(f.as_raw_fd())?.st.st_size as u64;
+            let start = if h.flags & libc::O_APPEND != 0 {
+                cur
+            } else {
+                offset
+            };
+            let end = start.saturating_add(size as u64);
+            reserved = end.saturating_sub(cur);
+            q.reserve(reserved)?;
+        }
+        let mut file = borrow_file(f);
+        let res = r.read_to(&mut *file, size as usize, offset);
+        if let Some(q) = &self.quota {
+            let used = match &res {
+                Ok(_) => platform::fstat(f.as_raw_fd())
+                    .map(|hs| (hs.st.st_size as u64).saturating_sub(cur))
+                    .unwrap_or(reserved),
+                Err(_) => 0,
+            };
+            q.release(reserved.saturating_sub(used));
+        }
+        res
+    }
+
+    pub(crate) fn do_fsync(&self, id: u64, datasync: bool, fh: u64) -> io::Result<()> {
+        let h = self.file_handle(id, fh)?;
+        let HandleKind::File(f) = &h.kind else {
+            return Err(errno(libc::EBADF));
+        };
+        if datasync {
+            f.sync_data()
+        } else {
+            f.sync_all()
+        }
+    }
+
+    pub(crate) fn do_fallocate(
+        &self,
+        id: u64,
+        fh: u64,
+        mode: u32,
+        offset: u64,
+        length: u64,
+    ) -> io::Result<()> {
+        if self.cfg.readonly {
+            return Err(errno(libc::EROFS));
+        }
+        let h = self.file_handle(id, fh)?;
+        let HandleKind::File(f) = &h.kind else {
+            return Err(errno(libc::EBADF));
+        };
+        let mut reserved = 0;
+        if let Some(q) = &self.quota {
+            if mode & FALLOC_FL_KEEP_SIZE == 0 {
+                let cur = platform::fstat(f.as_raw_fd())?.st.st_size as u64;
+                reserved = offset.saturating_add(length).saturating_sub(cur);
+                q.reserve(reserved)?;
+            }
+        }
+        let res = platform::fallocate(f.as_raw_fd(), mode, offset, length);
+        if res.is_err() {
+            if let Some(q) = &self.quota {
+                q.release(reserved);
+            }
+        }
+        res
+    }
+
+    pub(crate) fn do_lseek(&self, id: u64, fh: u64, offset: u64, whence: u32) -> io::Result<u64> {
+        let h = self.file_handle(id, fh)?;
+        let HandleKind::File(f) = &h.kind else {
+            return Err(errno(libc::EBADF));
+        };
+        platform::lseek(f.as_raw_fd(), offset, whence)
+    }
+
+    pub(crate) fn do_release(&self, id: u64, fh: u64) -> io::Result<()> {
+        self.file_handle(id, fh)?;
+        self.handles.remove(fh);
+        Ok(())
+    }
+
+    pub(crate) fn do_readlink(&self, id: u64) -> io::Result<Vec<u8>> {
+        let inode = self.inode(id)?;
+        if self.guest_type(&inode)? != S_IFLNK {
+            return Err(errno(libc::EINVAL));
+        }
+        let fd = self.fd_of(&inode)?;
+        if inode.host_type == S_IFLNK {
+            return platform::readlink_inode(fd.as_raw_fd());
+        }
+        let file =
+            File::from(self.with_fd_retry(|| platform::reopen(fd.as_raw_fd(), libc::O_RDONLY))?);
+        let mut buf = vec![0u8; 4096];
+        let mut n = 0;
+        while n < buf.len() {
+            let got = std::os::unix::fs::FileExt::read_at(&file, &mut buf[n..], n as u64)?;
+            if got == 0 {
+                break;
+            }
+            n += got;
+        }
+        buf.truncate(n);
+        Ok(buf)
+    }
+}

@@ -1,0 +1,60 @@
+//! Open files and directories.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+
+use super::inode_store::InodeData;
+use super::platform::DirStream;
+
+/// What a handle holds.
+pub(crate) enum HandleKind {
+    /// An open regular file (I/O uses `pread`/`pwrite`, so it needs no lock).
+    File(File),
+    /// A directory listing (seek + read, so it is locked per handle).
+    Dir(Mutex<DirStream>),
+}
+
+/// One open handle.
+pub(crate) struct Handle {
+    pub inode: Arc<InodeData>,
+    pub kind: HandleKind,
+    /// Host open flags (`O_APPEND` matters for quota accounting).
+    pub flags: i32,
+}
+
+/// Handle number → handle. The lock is held only to find the handle, never across I/O.
+pub(crate) struct HandleTable {
+    map: RwLock<HashMap<u64, Arc<Handle>>>,
+    next: AtomicU64,
+}
+
+impl HandleTable {
+    pub fn new() -> Self {
+        HandleTable {
+            map: RwLock::new(HashMap::new()),
+            next: AtomicU64::new(1),
+        }
+    }
+
+    pub fn insert(&self, h: Handle) -> u64 {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        self.map.write().insert(id, Arc::new(h));
+        id
+    }
+
+    pub fn get(&self, id: u64) -> Option<Arc<Handle>> {
+        self.map.read().get(&id).cloned()
+    }
+
+    pub fn remove(&self, id: u64) -> Option<Arc<Handle>> {
+        self.map.write().remove(&id)
+    }
+
+    pub fn clear(&self) {
+        self.map.write().clear();
+    }
+}

@@ -1,0 +1,163 @@
+//! Inode table: guest inode numbers ↔ host identities, lookup counts, paths for
+//! re-resolution and the cached ownership override.
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+
+use super::fd_cache::SharedFd;
+use super::override_stat::OverrideStat;
+
+/// Host identity of an inode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct InodeKey {
+    pub dev: u64,
+    pub ino: u64,
+    pub mnt_id: u64,
+}
+
+/// The ownership override as last read from the host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Override {
+    /// No xattr: default owner and host mode.
+    Absent,
+    /// A valid override.
+    Present(OverrideStat),
+    /// The xattr is malformed: every attribute request fails with `EIO`.
+    Malformed,
+}
+
+/// Where an inode was last seen: parent inode and name. `None` for the root and for inodes
+/// whose descriptor is pinned because their last known name went away.
+pub(crate) type InodePath = Option<(Arc<InodeData>, CString)>;
+
+/// One inode the guest knows about.
+pub(crate) struct InodeData {
+    /// Guest inode number (FUSE node id).
+    pub id: u64,
+    /// Host identity.
+    pub key: InodeKey,
+    /// `S_IFMT` bits of the host object (fixed for its lifetime).
+    pub host_type: u32,
+    /// Outstanding lookups.
+    pub lookups: AtomicU64,
+    /// Path for re-resolution after the descriptor was evicted from the cache.
+    pub path: Mutex<InodePath>,
+    /// A descriptor that is never evicted (the root, unlinked inodes).
+    pub pinned: Mutex<Option<SharedFd>>,
+    /// Cached ownership override; also serialises read-modify-write of it.
+    pub meta: Mutex<Override>,
+}
+
+/// Start of the node ids used when the host inode number is taken or unusable.
+const PRIVATE_IDS: u64 = 1 << 62;
+
+struct Inner {
+    by_id: HashMap<u64, Arc<InodeData>>,
+    by_key: HashMap<InodeKey, u64>,
+}
+
+/// All inodes with a non-zero lookup count.
+pub(crate) struct InodeStore {
+    inner: RwLock<Inner>,
+    next: AtomicU64,
+}
+
+impl InodeStore {
+    pub fn new(root: Arc<InodeData>) -> Self {
+        let mut by_id = HashMap::new();
+        let mut by_key = HashMap::new();
+        by_key.insert(root.key, root.id);
+        let next = PRIVATE_IDS;
+        by_id.insert(root.id, root);
+        InodeStore {
+            inner: RwLock::new(Inner { by_id, by_key }),
+            next: AtomicU64::new(next),
+        }
+    }
+
+    pub fn get(&self, id: u64) -> Option<Arc<InodeData>> {
+        self.inner.read().by_id.get(&id).cloned()
+    }
+
+    /// The inode with host identity `key`, without touching its lookup count.
+    pub fn get_by_key(&self, key: &InodeKey) -> Option<Arc<InodeData>> {
+        let g = self.inner.read();
+        g.by_key.get(key).and_then(|id| g.by_id.get(id)).cloned()
+    }
+
+    /// The inode with host identity `key` with one lookup added, if it exists.
+    pub fn lookup_existing(&self, key: &InodeKey) -> Option<Arc<InodeData>> {
+        let g = self.inner.read();
+        let d = g.by_key.get(key).and_then(|id| g.by_id.get(id))?;
+        d.lookups.fetch_add(1, Ordering::Relaxed);
+        Some(d.clone())
+    }
+
+    /// Finds the inode with `key` and adds one lookup, or creates it with `make(id)`.
+    /// Returns the inode and whether it was created.
+    ///
+    /// A new inode's number is the host inode number when that is free (so the guest's
+    /// `st_ino`, directory entries and FUSE node ids agree and stay stable), otherwise one
+    /// from a private range above 2^62.
+    pub fn lookup_or_insert(
+        &self,
+        key: InodeKey,
+        make: impl FnOnce(u64) -> InodeData,
+    ) -> (Arc<InodeData>, bool) {
+        {
+            let g = self.inner.read();
+            if let Some(d) = g.by_key.get(&key).and_then(|id| g.by_id.get(id)) {
+                d.lookups.fetch_add(1, Ordering::Relaxed);
+                return (d.clone(), false);
+            }
+        }
+        let mut g = self.inner.write();
+        if let Some(d) = g.by_key.get(&key).and_then(|id| g.by_id.get(id)).cloned() {
+            d.lookups.fetch_add(1, Ordering::Relaxed);
+            return (d, false);
+        }
+        let mut id = key.ino;
+        if id <= fuse_backend_rs::api::filesystem::ROOT_ID
+            || id >= PRIVATE_IDS
+            || g.by_id.contains_key(&id)
+        {
+            loop {
+                id = self.next.fetch_add(1, Ordering::Relaxed);
+                if !g.by_id.contains_key(&id) {
+                    break;
+                }
+            }
+        }
+        let d = Arc::new(make(id));
+        d.lookups.store(1, Ordering::Relaxed);
+        g.by_key.insert(key, id);
+        g.by_id.insert(id, d.clone());
+        (d, true)
+    }
+
+    /// Subtracts `count` lookups; returns the inode if it was removed.
+    pub fn forget(&self, id: u64, count: u64) -> Option<Arc<InodeData>> {
+        let mut g = self.inner.write();
+        let d = g.by_id.get(&id)?;
+        let cur = d.lookups.load(Ordering::Relaxed);
+        let new = cur.saturating_sub(count);
+        d.lookups.store(new, Ordering::Relaxed);
+        if new > 0 || id == fuse_backend_rs::api::filesystem::ROOT_ID {
+            return None;
+        }
+        let d = g.by_id.remove(&id)?;
+        if g.by_key.get(&d.key) == Some(&id) {
+            g.by_key.remove(&d.key);
+        }
+        Some(d)
+    }
+
+    /// Number of inodes known (including the root).
+    pub fn len(&self) -> usize {
+        self.inner.read().by_id.len()
+    }
+}

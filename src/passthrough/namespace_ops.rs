@@ -1,0 +1,152 @@
+//! unlink, rmdir and rename.
+
+use std::ffi::CStr;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+
+use super::inode_store::InodeData;
+use super::platform::{self, HostStat};
+use super::resolve::{key_of, S_IFDIR, S_IFMT, S_IFREG};
+use super::{is_internal, PassthroughFs};
+use crate::errno;
+
+/// Flags `rename` accepts (`RENAME_NOREPLACE`, `RENAME_EXCHANGE`).
+const RENAME_NOREPLACE: u32 = 1;
+const RENAME_EXCHANGE: u32 = 2;
+
+impl PassthroughFs {
+    /// Parent inode and descriptor for an operation on existing `name`.
+    fn prepare_remove(
+        &self,
+        parent: u64,
+        name: &CStr,
+    ) -> io::Result<(Arc<InodeData>, super::fd_cache::SharedFd)> {
+        let bytes = crate::name::validate(name)?;
+        if self.cfg.readonly {
+            return Err(errno(libc::EROFS));
+        }
+        let p = self.inode(parent)?;
+        if p.host_type != S_IFDIR {
+            return Err(errno(libc::ENOTDIR));
+        }
+        if is_internal(bytes) {
+            return Err(errno(libc::ENOENT));
+        }
+        let pfd = self.fd_of(&p)?;
+        Ok((p, pfd))
+    }
+
+    /// The known inode that `name` in `parent` refers to, if its recorded path is this name
+    /// (it will lose that path): its descriptor is opened now so it can be pinned later.
+    fn doomed(
+        &self,
+        parent: &Arc<InodeData>,
+        name: &CStr,
+        hs: &HostStat,
+    ) -> Option<(Arc<InodeData>, super::fd_cache::SharedFd)> {
+        let inode = self.inodes.get_by_key(&key_of(hs))?;
+        let same = match &*inode.path.lock() {
+            Some((p, n)) => p.id == parent.id && n.as_c_str() == name,
+            None => false,
+        };
+        if !same {
+            return None;
+        }
+        let fd = self.fd_of(&inode).ok()?;
+        Some((inode, fd))
+    }
+
+    fn remove(&self, parent: u64, name: &CStr, dir: bool) -> io::Result<()> {
+        let (p, pfd) = self.prepare_remove(parent, name)?;
+        let hs = platform::stat_at(pfd.as_raw_fd(), name)?;
+        let is_dir = hs.st.st_mode as u32 & S_IFMT == S_IFDIR;
+        if dir && !is_dir {
+            return Err(errno(libc::ENOTDIR));
+        }
+        if !dir && is_dir {
+            return Err(errno(libc::EISDIR));
+        }
+        let doomed = self.doomed(&p, name, &hs);
+        let flags = if dir { libc::AT_REMOVEDIR } else { 0 };
+        // SAFETY: `name` is a validated, NUL-terminated single component.
+        if unsafe { libc::unlinkat(pfd.as_raw_fd(), name.as_ptr(), flags) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if let Some((inode, fd)) = doomed {
+            self.pin(&inode, fd);
+        }
+        if let Some(q) = &self.quota {
+            if hs.st.st_mode as u32 & S_IFMT == S_IFREG && hs.st.st_nlink <= 1 {
+                q.release(hs.st.st_size as u64);
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn do_unlink(&self, parent: u64, name: &CStr) -> io::Result<()> {
+        self.remove(parent, name, false)
+    }
+
+    pub(crate) fn do_rmdir(&self, parent: u64, name: &CStr) -> io::Result<()> {
+        self.remove(parent, name, true)
+    }
+
+    pub(crate) fn do_rename(
+        &self,
+        olddir: u64,
+        oldname: &CStr,
+        newdir: u64,
+        newname: &CStr,
+        flags: u32,
+    ) -> io::Result<()> {
+        crate::name::validate(oldname)?;
+        crate::name::validate(newname)?;
+        if flags & !(RENAME_NOREPLACE | RENAME_EXCHANGE) != 0
+            || flags == RENAME_NOREPLACE | RENAME_EXCHANGE
+        {
+            return Err(errno(libc::EINVAL));
+        }
+        let (op, ofd) = self.prepare_remove(olddir, oldname)?;
+        let (np, nfd) = self.prepare_remove(newdir, newname)?;
+        let old_hs = platform::stat_at(ofd.as_raw_fd(), oldname)?;
+        let new_hs = platform::stat_at(nfd.as_raw_fd(), newname).ok();
+        let moved = self.inodes.get_by_key(&key_of(&old_hs));
+        let target = match (&new_hs, flags & RENAME_EXCHANGE != 0) {
+            (Some(hs), false) if key_of(hs) != key_of(&old_hs) => self.doomed(&np, newname, hs),
+            _ => None,
+        };
+        let exchanged = match (&new_hs, flags & RENAME_EXCHANGE != 0) {
+            (Some(hs), true) => self.inodes.get_by_key(&key_of(hs)),
+            _ => None,
+        };
+        platform::rename(ofd.as_raw_fd(), oldname, nfd.as_raw_fd(), newname, flags)?;
+        if let Some((inode, fd)) = target {
+            self.pin(&inode, fd);
+        }
+        if let Some(q) = &self.quota {
+            if let Some(hs) = &new_hs {
+                if flags & RENAME_EXCHANGE == 0
+                    && key_of(hs) != key_of(&old_hs)
+                    && hs.st.st_mode as u32 & S_IFMT == S_IFREG
+                    && hs.st.st_nlink <= 1
+                {
+                    q.release(hs.st.st_size as u64);
+                }
+            }
+        }
+        if let Some(inode) = moved {
+            let mut path = inode.path.lock();
+            if path.is_some() {
+                *path = Some((np.clone(), newname.to_owned()));
+            }
+        }
+        if let Some(inode) = exchanged {
+            let mut path = inode.path.lock();
+            if path.is_some() {
+                *path = Some((op.clone(), oldname.to_owned()));
+            }
+        }
+        Ok(())
+    }
+}

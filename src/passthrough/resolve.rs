@@ -1,0 +1,373 @@
+//! Lookup, inode registration, descriptor re-resolution and guest attributes.
+
+use std::ffi::{CStr, CString};
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use super::fd_cache::SharedFd;
+use super::inode_store::{InodeData, InodeKey, Override};
+use super::override_stat::{OverrideStat, OVERRIDE_KEY};
+use super::platform::{self, HostStat};
+use super::{is_internal, PassthroughFs};
+use crate::{errno, stat64, Entry};
+
+pub(crate) const S_IFMT: u32 = libc::S_IFMT as u32;
+pub(crate) const S_IFDIR: u32 = libc::S_IFDIR as u32;
+pub(crate) const S_IFREG: u32 = libc::S_IFREG as u32;
+pub(crate) const S_IFLNK: u32 = libc::S_IFLNK as u32;
+
+#[cfg(target_os = "linux")]
+pub(crate) const ENOXATTR: i32 = libc::ENODATA;
+#[cfg(not(target_os = "linux"))]
+pub(crate) const ENOXATTR: i32 = libc::ENOATTR;
+
+/// Reads the override xattr of a host file or directory (`host_type` = its `S_IFMT`).
+pub(crate) fn read_override(fd: RawFd, host_type: u32) -> io::Result<Override> {
+    if host_type != S_IFREG && host_type != S_IFDIR {
+        return Ok(Override::Absent);
+    }
+    let mut buf = [0u8; 128];
+    match platform::get_xattr(fd, OVERRIDE_KEY, &mut buf) {
+        Ok(n) => Ok(match OverrideStat::parse(&buf[..n], host_type) {
+            Ok(o) => Override::Present(o),
+            Err(_) => Override::Malformed,
+        }),
+        Err(e) => match e.raw_os_error() {
+            Some(c) if c == ENOXATTR => Ok(Override::Absent),
+            Some(libc::ERANGE) => Ok(Override::Malformed),
+            Some(libc::ENOTSUP | libc::EACCES | libc::EPERM) => Ok(Override::Absent),
+            _ => Err(e),
+        },
+    }
+}
+
+/// Guest type of a directory entry from its override xattr (`DT_UNKNOWN` if unreadable).
+pub(crate) fn guest_dtype_at(dir: RawFd, name: &[u8]) -> u32 {
+    let mut buf = [0u8; 128];
+    match platform::get_xattr_at(dir, name, OVERRIDE_KEY, &mut buf) {
+        Ok(n) => match OverrideStat::parse(&buf[..n], S_IFREG) {
+            Ok(o) => o.file_type() >> 12,
+            Err(_) => libc::DT_UNKNOWN as u32,
+        },
+        Err(e) if e.raw_os_error() == Some(ENOXATTR) => libc::DT_REG as u32,
+        Err(_) => libc::DT_UNKNOWN as u32,
+    }
+}
+
+/// Sums the sizes of regular files under `root`, never following symlinks. Depth-first
+/// with one open descriptor per level, so wide trees do not exhaust descriptors.
+pub(crate) fn measure_tree(root: RawFd) -> io::Result<u64> {
+    fn scan(dir: RawFd, total: &mut u64) -> io::Result<Vec<CString>> {
+        let mut stream = platform::DirStream::open(dir)?;
+        let mut subdirs = Vec::new();
+        stream.for_each_from(0, &mut |e| {
+            if e.name == b"." || e.name == b".." {
+                return Ok(true);
+            }
+            let Ok(name) = CString::new(e.name) else {
+                return Ok(true);
+            };
+            if let Ok(hs) = platform::stat_at(dir, &name) {
+                let t = hs.st.st_mode as u32 & S_IFMT;
+                if t == S_IFREG {
+                    *total = total.saturating_add(hs.st.st_size as u64);
+                } else if t == S_IFDIR {
+                    subdirs.push(name);
+                }
+            }
+            Ok(true)
+        })?;
+        Ok(subdirs)
+    }
+    let mut total = 0u64;
+    let top = platform::reopen(root, libc::O_RDONLY | libc::O_DIRECTORY)?;
+    let pending = scan(top.as_raw_fd(), &mut total)?;
+    let mut stack: Vec<(OwnedFd, Vec<CString>)> = vec![(top, pending)];
+    while let Some((dir, pending)) = stack.last_mut() {
+        let Some(name) = pending.pop() else {
+            stack.pop();
+            continue;
+        };
+        let Ok(fd) = platform::open_beneath(
+            dir.as_raw_fd(),
+            &name,
+            libc::O_RDONLY | libc::O_DIRECTORY,
+            0,
+        ) else {
+            continue;
+        };
+        let sub = scan(fd.as_raw_fd(), &mut total)?;
+        stack.push((fd, sub));
+    }
+    Ok(total)
+}
+
+fn is_fd_exhaustion(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
+impl PassthroughFs {
+    /// The inode with guest number `id`.
+    pub(crate) fn inode(&self, id: u64) -> io::Result<Arc<InodeData>> {
+        self.inodes.get(id).ok_or_else(|| errno(libc::EBADF))
+    }
+
+    /// Runs an operation that opens descriptors; on `EMFILE`/`ENFILE` evicts half of the
+    /// descriptor cache and retries once. The error stays what the host said.
+    pub(crate) fn with_fd_retry<T>(&self, mut f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+        match f() {
+            Err(e) if is_fd_exhaustion(&e) => {
+                self.fds.shrink();
+                f()
+            }
+            r => r,
+        }
+    }
+
+    /// The inode's descriptor: pinned, cached, or re-resolved from its parent with its
+    /// identity verified (`ESTALE` if the name now refers to something else).
+    pub(crate) fn fd_of(&self, inode: &Arc<InodeData>) -> io::Result<SharedFd> {
+        if let Some(fd) = inode.pinned.lock().clone() {
+            return Ok(fd);
+        }
+        if let Some(fd) = self.fds.get(inode.id) {
+            return Ok(fd);
+        }
+        // Walk up to the nearest ancestor with a descriptor, then back down.
+        let mut chain: Vec<(Arc<InodeData>, Arc<InodeData>, CString)> = Vec::new();
+        let mut cur = inode.clone();
+        let mut base = loop {
+            let Some((parent, name)) = cur.path.lock().clone() else {
+                // Pinned-or-root inodes have no path; anything else here lost its name.
+                if let Some(fd) = cur.pinned.lock().clone() {
+                    break fd;
+                }
+                return Err(errno(libc::ESTALE));
+            };
+            chain.push((cur.clone(), parent.clone(), name));
+            if let Some(fd) = parent.pinned.lock().clone() {
+                break fd;
+            }
+            if let Some(fd) = self.fds.get(parent.id) {
+                break fd;
+            }
+            cur = parent;
+        };
+        while let Some((node, _parent, name)) = chain.pop() {
+            // The inode exists; only its remembered name is gone: that is a stale handle,
+            // not a missing file.
+            let fd = self
+                .with_fd_retry(|| platform::open_inode(base.as_raw_fd(), &name))
+                .map_err(|e| match e.raw_os_error() {
+                    Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP) => errno(libc::ESTALE),
+                    _ => e,
+                })?;
+            let hs = platform::fstat(fd.as_raw_fd())?;
+            if key_of(&hs) != node.key {
+                return Err(errno(libc::ESTALE));
+            }
+            let fd = Arc::new(fd);
+            if self.inodes.get(node.id).is_some() {
+                self.fds.insert(node.id, fd.clone());
+            }
+            base = fd;
+        }
+        Ok(base)
+    }
+
+    /// Looks `name` up in `parent`, adding one lookup to the result.
+    pub(crate) fn do_lookup(&self, parent: u64, name: &CStr) -> io::Result<Entry> {
+        let bytes = crate::name::validate(name)?;
+        let p = self.inode(parent)?;
+        if p.host_type != S_IFDIR {
+            return Err(errno(libc::ENOTDIR));
+        }
+        if is_internal(bytes) {
+            return Err(errno(libc::ENOENT));
+        }
+        let pfd = self.fd_of(&p)?;
+        self.lookup_at(&p, pfd.as_raw_fd(), name)
+    }
+
+    /// Looks `name` up in directory descriptor `dirfd` of inode `parent`.
+    pub(crate) fn lookup_at(
+        &self,
+        parent: &Arc<InodeData>,
+        dirfd: RawFd,
+        name: &CStr,
+    ) -> io::Result<Entry> {
+        let fd = self.with_fd_retry(|| platform::open_inode(dirfd, name))?;
+        let hs = platform::fstat(fd.as_raw_fd())?;
+        let (inode, _) = self.register(parent, name, fd, &hs, None)?;
+        self.entry(&inode, &hs)
+    }
+
+    /// Adds one lookup of the host object `fd` (found as `name` in `parent`), creating its
+    /// inode if new. `known` is an override the caller just wrote.
+    ///
+    /// The override xattr is read when an inode is first seen and then cached while the
+    /// guest holds the inode (all guest changes go through the cache); a host-side change
+    /// of the xattr is picked up once the guest has forgotten the inode.
+    pub(crate) fn register(
+        &self,
+        parent: &Arc<InodeData>,
+        name: &CStr,
+        fd: OwnedFd,
+        hs: &HostStat,
+        known: Option<Override>,
+    ) -> io::Result<(Arc<InodeData>, bool)> {
+        let key = key_of(hs);
+        let path = Some((parent.clone(), name.to_owned()));
+        let fd = Arc::new(fd);
+        let existing = match known {
+            None => self.inodes.lookup_existing(&key),
+            Some(_) => None,
+        };
+        let (inode, created) = match existing {
+            Some(inode) => (inode, false),
+            None => {
+                let host_type = hs.st.st_mode as u32 & S_IFMT;
+                let ovr = match known {
+                    Some(o) => o,
+                    None => read_override(fd.as_raw_fd(), host_type)?,
+                };
+                let (inode, created) = self.inodes.lookup_or_insert(key, |id| InodeData {
+                    id,
+                    key,
+                    host_type,
+                    lookups: AtomicU64::new(0),
+                    path: Mutex::new(path.clone()),
+                    pinned: Mutex::new(None),
+                    meta: Mutex::new(ovr),
+                });
+                if !created {
+                    *inode.meta.lock() = ovr;
+                }
+                (inode, created)
+            }
+        };
+        if !created && inode.pinned.lock().is_none() {
+            *inode.path.lock() = path;
+        }
+        if inode.pinned.lock().is_none() {
+            self.fds.insert(inode.id, fd);
+        }
+        Ok((inode, created))
+    }
+
+    /// Drops `count` lookups of `id`, freeing the inode at zero.
+    pub(crate) fn do_forget(&self, id: u64, count: u64) {
+        if let Some(d) = self.inodes.forget(id, count) {
+            self.fds.remove(d.id);
+            d.pinned.lock().take();
+            d.path.lock().take();
+        }
+    }
+
+    /// Keeps the inode's current descriptor open for good (its name is about to go away).
+    pub(crate) fn pin(&self, inode: &Arc<InodeData>, fd: SharedFd) {
+        *inode.pinned.lock() = Some(fd);
+        inode.path.lock().take();
+        self.fds.remove(inode.id);
+    }
+
+    /// The guest-visible attributes of `inode` given its host `stat`.
+    pub(crate) fn attr(&self, inode: &InodeData, hs: &HostStat) -> io::Result<stat64> {
+        let ovr = *inode.meta.lock();
+        let mut st = self.attr_with(ovr, hs)?;
+        st.st_ino = inode.id as _;
+        Ok(st)
+    }
+
+    pub(crate) fn attr_with(&self, ovr: Override, hs: &HostStat) -> io::Result<stat64> {
+        let mut st = hs.st;
+        match ovr {
+            Override::Malformed => return Err(errno(libc::EIO)),
+            Override::Present(o) => {
+                st.st_uid = o.uid;
+                st.st_gid = o.gid;
+                st.st_mode = o.mode as _;
+                st.st_rdev = o.rdev as _;
+            }
+            Override::Absent => {
+                st.st_uid = self.cfg.default_uid;
+                st.st_gid = self.cfg.default_gid;
+                if st.st_mode as u32 & S_IFMT == S_IFLNK {
+                    st.st_mode = (S_IFLNK | 0o777) as _;
+                }
+            }
+        }
+        Ok(st)
+    }
+
+    /// Guest ownership/mode/type of `inode` (the override, or what it shows without one).
+    pub(crate) fn guest_meta(
+        &self,
+        inode: &InodeData,
+        ovr: Override,
+        hs: Option<&HostStat>,
+    ) -> io::Result<OverrideStat> {
+        match ovr {
+            Override::Present(o) => Ok(o),
+            Override::Malformed => Err(errno(libc::EIO)),
+            Override::Absent => {
+                let mode = match hs {
+                    Some(hs) => hs.st.st_mode as u32,
+                    None => inode.host_type | 0o755,
+                };
+                let mode = if mode & S_IFMT == S_IFLNK {
+                    S_IFLNK | 0o777
+                } else {
+                    mode
+                };
+                Ok(OverrideStat {
+                    uid: self.cfg.default_uid,
+                    gid: self.cfg.default_gid,
+                    mode: mode & (S_IFMT | 0o7777),
+                    rdev: 0,
+                })
+            }
+        }
+    }
+
+    /// The guest file type (`S_IFMT` bits) of `inode`.
+    pub(crate) fn guest_type(&self, inode: &InodeData) -> io::Result<u32> {
+        match *inode.meta.lock() {
+            Override::Present(o) => Ok(o.file_type()),
+            Override::Malformed => Err(errno(libc::EIO)),
+            Override::Absent => Ok(inode.host_type),
+        }
+    }
+
+    /// An `Entry` for `inode`.
+    pub(crate) fn entry(&self, inode: &InodeData, hs: &HostStat) -> io::Result<Entry> {
+        let attr = match self.attr(inode, hs) {
+            Ok(a) => a,
+            Err(e) => {
+                self.do_forget(inode.id, 1);
+                return Err(e);
+            }
+        };
+        Ok(Entry {
+            inode: inode.id,
+            generation: 0,
+            attr,
+            attr_flags: 0,
+            attr_timeout: self.cfg.attr_timeout,
+            entry_timeout: self.cfg.entry_timeout,
+        })
+    }
+}
+
+/// Host identity from a `stat`.
+pub(crate) fn key_of(hs: &HostStat) -> InodeKey {
+    InodeKey {
+        dev: hs.st.st_dev as u64,
+        ino: hs.st.st_ino as u64,
+        mnt_id: hs.mnt_id,
+    }
+}

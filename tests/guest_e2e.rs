@@ -1,0 +1,904 @@
+//! Real-guest end-to-end tests: a Linux guest under QEMU (TCG) mounts a share served by `boxfsd`
+//! over vhost-user virtio-fs, runs the scenario script and pjdfstest.
+//!
+//! These tests are `#[ignore]`d (they need QEMU, a kernel and pjdfstest, and take minutes under
+//! TCG); `scripts/test.sh` runs them with `--ignored`. By hand:
+//!
+//! ```text
+//! cargo test --test guest_e2e -- --ignored --nocapture --test-threads=1
+//! ```
+//!
+//! What they do, for each backend (PassthroughFs, MemFs):
+//! 1. install missing guest dependencies (`scripts/guest/install-deps.sh`) and build the busybox
+//!    initramfs (`scripts/guest/build-initramfs.sh`, cached under `target/guest/`);
+//! 2. start `boxfsd` **unprivileged** (uid/gid 65534 when the tests run as root) on a socket in a
+//!    fresh temporary directory; for PassthroughFs the shared directory is owned by 65534 and holds
+//!    files created on the host before boot;
+//! 3. boot the guest with `scripts/guest/run-guest.sh`, which runs `scripts/guest/guest/scenario.sh`
+//!    and `scripts/guest/guest/pjdfstest.sh`;
+//! 4. assert every scenario check printed `PASS`, pjdfstest's summary says `0 failed`, the file the
+//!    guest wrote is on the host, and the daemon exited cleanly leaving no socket behind.
+//!
+//! Console and daemon logs are copied to `target/guest/logs/`.
+//!
+//! Environment knobs (all optional):
+//! - `BOXFS_E2E_DAEMON=/path/to/virtiofsd`: serve with the reference daemon instead (virtiofsd
+//!   flags; the MemFs test is skipped) to validate the harness itself.
+//! - `BOXFS_E2E_PRIVILEGED=1`: keep the daemon as root (reference numbers for virtiofsd).
+//! - `BOXFS_E2E_MEMFS_ARGS="..."`: the `boxfsd` flags selecting the in-memory share.
+//! - `BOXFS_E2E_DAEMON_ARGS="..."`: extra flags for the daemon.
+//! - `BOXFS_E2E_CACHE=never|auto|always`: `boxfsd --cache` (default auto).
+//! - `BOXFS_E2E_TIMEOUT=SECONDS`: hard limit for one guest run (default 1200).
+//! - `BOXFS_E2E_SCRIPTS=scenario,pjdfstest`: which guest scripts to run.
+//! - `BOXFS_E2E_PJDFSTEST_FILTER=PATTERN`: only the pjdfstest cases whose name contains PATTERN.
+#![cfg(target_os = "linux")]
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{chown, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// The uid/gid the daemon runs as when the tests run as root ("nobody").
+const DAEMON_ID: u32 = 65534;
+/// The guest side's ownership key of PassthroughFs: must be invisible from the guest.
+const OVERRIDE_XATTR: &str = "user.containers.override_stat";
+/// Scenario checks that must be among the PASS lines (so a script that silently skipped a section
+/// does not count as passing).
+const REQUIRED_CHECKS: &[&str] = &[
+    "big_checksum",
+    "big_shrink_content",
+    "append_content",
+    "truncate_shrink_content",
+    "chmod_640",
+    "chown",
+    "mknod_char_type",
+    "mknod_block_type",
+    "mkfifo_type",
+    "symlink_readlink",
+    "hardlink_inode",
+    "rename_over_content",
+    "xattr_get",
+    "xattr_list",
+    "readdir_count",
+    "readdir_names",
+    "cleanup",
+];
+const HOST_CHECKS: &[&str] = &[
+    "host_to_guest_file",
+    "host_to_guest_dir",
+    "guest_to_host_write",
+    "guest_to_host_owner",
+];
+
+/// TCG guests are CPU-heavy: one at a time.
+static GUEST_LOCK: Mutex<()> = Mutex::new(());
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Backend {
+    Passthrough,
+    MemFs,
+}
+
+impl Backend {
+    fn name(self) -> &'static str {
+        match self {
+            Backend::Passthrough => "passthrough",
+            Backend::MemFs => "memfs",
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs QEMU; run by scripts/test.sh"]
+fn guest_e2e_passthrough() {
+    run_e2e(Backend::Passthrough);
+}
+
+#[test]
+#[ignore = "needs QEMU; run by scripts/test.sh"]
+fn guest_e2e_memfs() {
+    run_e2e(Backend::MemFs);
+}
+
+/// Writes to the stdout fd directly, not with `print!`: libtest captures `print!` output of
+/// passing tests, and CI logs must show the summaries even without `--nocapture`.
+fn say(text: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(text.as_bytes());
+    if !text.ends_with('\n') {
+        let _ = stdout.write_all(b"\n");
+    }
+    let _ = stdout.flush();
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn guest_dir() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target"));
+    let target = if target.is_relative() {
+        repo().join(target)
+    } else {
+        target
+    };
+    target.join("guest")
+}
+
+fn env_nonempty(key: &str) -> Option<String> {
+    std::env::var(key).ok().filter(|v| !v.trim().is_empty())
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn on_path(tool: &str) -> bool {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    if let Some(home) = std::env::var_os("HOME") {
+        dirs.push(PathBuf::from(home).join(".cargo/bin"));
+    }
+    dirs.iter().any(|d| d.join(tool).is_file())
+}
+
+/// The scripts find `pjdfstest` under `~/.cargo/bin` even when PATH lacks it.
+fn script_command(script: &str) -> Command {
+    let mut cmd = Command::new(repo().join("scripts/guest").join(script));
+    let mut path: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    if let Some(home) = std::env::var_os("HOME") {
+        path.push(PathBuf::from(home).join(".cargo/bin"));
+    }
+    cmd.env("PATH", std::env::join_paths(path).expect("PATH"));
+    cmd
+}
+
+/// Installs what is missing (once per test binary) and returns the initramfs path.
+fn prepare_guest() -> PathBuf {
+    static INITRD: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    INITRD
+        .get_or_init(|| {
+            let tools = ["qemu-system-x86_64", "pjdfstest", "setfattr", "cpio"];
+            if tools.iter().any(|t| !on_path(t))
+                || !Path::new("/boot").read_dir().is_ok_and(|mut d| {
+                    d.any(|e| {
+                        e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with("vmlinuz-"))
+                    })
+                })
+            {
+                say("guest_e2e: installing guest dependencies (scripts/guest/install-deps.sh)");
+                let status = script_command("install-deps.sh")
+                    .env("CI", "true")
+                    .env("DEBIAN_FRONTEND", "noninteractive")
+                    .stdin(Stdio::null())
+                    .status()
+                    .map_err(|e| format!("cannot run install-deps.sh: {e}"))?;
+                if !status.success() {
+                    return Err(format!("scripts/guest/install-deps.sh failed: {status}"));
+                }
+            }
+            let out = script_command("build-initramfs.sh")
+                .stdin(Stdio::null())
+                .stderr(Stdio::inherit())
+                .output()
+                .map_err(|e| format!("cannot run build-initramfs.sh: {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "scripts/guest/build-initramfs.sh failed: {}",
+                    out.status
+                ));
+            }
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let path = stdout.lines().last().unwrap_or_default().trim().to_owned();
+            if path.is_empty() || !Path::new(&path).is_file() {
+                return Err(format!(
+                    "build-initramfs.sh printed no initramfs path: {stdout:?}"
+                ));
+            }
+            Ok(PathBuf::from(path))
+        })
+        .clone()
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Which daemon serves the share, and how.
+struct DaemonSpec {
+    program: PathBuf,
+    args: Vec<OsString>,
+    /// `boxfsd` (as opposed to the reference virtiofsd given by BOXFS_E2E_DAEMON).
+    is_boxfsd: bool,
+    unprivileged: bool,
+}
+
+fn split_args(s: &str) -> Vec<OsString> {
+    s.split_whitespace().map(OsString::from).collect()
+}
+
+fn daemon_spec(backend: Backend, socket: &Path, share: &Path, tag: &str) -> Option<DaemonSpec> {
+    let unprivileged = is_root() && env_nonempty("BOXFS_E2E_PRIVILEGED").is_none();
+    let extra = env_nonempty("BOXFS_E2E_DAEMON_ARGS")
+        .map(|s| split_args(&s))
+        .unwrap_or_default();
+    if let Some(program) = env_nonempty("BOXFS_E2E_DAEMON") {
+        // The reference daemon (virtiofsd): validates the harness itself.
+        if backend != Backend::Passthrough {
+            return None;
+        }
+        let mut args: Vec<OsString> = vec![
+            "--socket-path".into(),
+            socket.into(),
+            "--shared-dir".into(),
+            share.into(),
+        ];
+        args.extend(split_args("--sandbox=none --cache=auto --xattr"));
+        args.extend(extra);
+        return Some(DaemonSpec {
+            program: program.into(),
+            args,
+            is_boxfsd: false,
+            unprivileged,
+        });
+    }
+    let mut args: Vec<OsString> = vec!["--socket-path".into(), socket.into()];
+    match backend {
+        Backend::Passthrough => {
+            args.push("--shared-dir".into());
+            args.push(share.into());
+        }
+        Backend::MemFs => {
+            let memfs = env_nonempty("BOXFS_E2E_MEMFS_ARGS")
+                .unwrap_or_else(|| "--memfs-size 2G".to_owned());
+            args.extend(split_args(&memfs));
+        }
+    }
+    let cache = env_nonempty("BOXFS_E2E_CACHE").unwrap_or_else(|| "auto".to_owned());
+    args.extend(["--cache".into(), cache.into(), "--tag".into()]);
+    args.push(tag.into());
+    args.extend(extra);
+    Some(DaemonSpec {
+        program: PathBuf::from(env!("CARGO_BIN_EXE_boxfsd")),
+        args,
+        is_boxfsd: true,
+        unprivileged,
+    })
+}
+
+/// Everything learned from one guest console log.
+#[derive(Default, Debug)]
+struct GuestReport {
+    passed: Vec<String>,
+    failed: Vec<String>,
+    scenario_done: Option<String>,
+    pjdfstest_summary: Option<String>,
+    pjdfstest_counts: BTreeMap<String, u64>,
+    /// Failed pjdfstest cases with the indented detail lines that follow them.
+    pjdfstest_failures: Vec<String>,
+    pjdfstest_done: Option<String>,
+    script_ends: Vec<String>,
+    guest_done: Option<String>,
+    infos: Vec<String>,
+}
+
+/// Removes ANSI colour sequences (pjdfstest colours its output when it sees a terminal).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for c in chars.by_ref() {
+                    if ('@'..='~').contains(&c) {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        if c != '\r' {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn parse_console(log: &str) -> GuestReport {
+    let mut r = GuestReport::default();
+    let mut in_failure = false;
+    for raw in log.lines() {
+        let line = strip_ansi(raw);
+        let trimmed = line.trim_end();
+        if in_failure {
+            if line.starts_with('\t') || line.starts_with("    ") {
+                if let Some(last) = r.pjdfstest_failures.last_mut() {
+                    last.push_str("\n    ");
+                    last.push_str(trimmed.trim_start());
+                }
+                continue;
+            }
+            in_failure = false;
+        }
+        if let Some(rest) = trimmed.strip_prefix("PASS ") {
+            r.passed.push(rest.trim().to_owned());
+        } else if let Some(rest) = trimmed.strip_prefix("FAIL ") {
+            r.failed.push(rest.trim().to_owned());
+        } else if trimmed.starts_with("SCENARIO-DONE") {
+            r.scenario_done = Some(trimmed.to_owned());
+        } else if trimmed.starts_with("PJDFSTEST-DONE") {
+            r.pjdfstest_done = Some(trimmed.to_owned());
+        } else if trimmed.starts_with("BOXFS-GUEST-DONE") {
+            r.guest_done = Some(trimmed.to_owned());
+        } else if let Some(rest) = trimmed.strip_prefix("BOXFS-GUEST: end ") {
+            r.script_ends.push(rest.to_owned());
+        } else if let Some(rest) = trimmed.strip_prefix("INFO ") {
+            r.infos.push(rest.to_owned());
+        } else if let Some(pos) = trimmed.find("Summary:") {
+            // "Summary: 0 failed, 23 skipped, 375 passed, 0 expected failures, 398 total"
+            let summary = trimmed[pos..].to_owned();
+            for part in summary["Summary:".len()..].split(',') {
+                let mut words = part.split_whitespace();
+                if let (Some(n), Some(_)) = (words.next(), words.clone().next()) {
+                    if let Ok(n) = n.parse::<u64>() {
+                        r.pjdfstest_counts
+                            .insert(words.collect::<Vec<_>>().join(" "), n);
+                    }
+                }
+            }
+            r.pjdfstest_summary = Some(summary);
+        } else if trimmed.ends_with(" FAILED") || trimmed.ends_with(" PASSED UNEXPECTEDLY") {
+            r.pjdfstest_failures.push(
+                trimmed
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned(),
+            );
+            in_failure = true;
+        }
+    }
+    r
+}
+
+/// Whether `dir`'s filesystem accepts `user.*` extended attributes.
+fn supports_user_xattrs(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    let name = c"user.boxfs-e2e-probe";
+    // SAFETY: valid NUL-terminated strings and a 1-byte value buffer.
+    let set = unsafe { libc::setxattr(path.as_ptr(), name.as_ptr(), b"1".as_ptr().cast(), 1, 0) };
+    if set != 0 {
+        return false;
+    }
+    // SAFETY: as above.
+    unsafe { libc::removexattr(path.as_ptr(), name.as_ptr()) };
+    true
+}
+
+/// A file's extended attribute as text, if it has it.
+fn read_xattr(path: &Path, name: &str) -> Option<String> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let name = std::ffi::CString::new(name).ok()?;
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: valid NUL-terminated strings; `buf` is writable for its length.
+    let n = unsafe {
+        libc::getxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        return None;
+    }
+    buf.truncate(n as usize);
+    Some(String::from_utf8_lossy(&buf).into_owned())
+}
+
+fn unique_token() -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("{:x}{:x}", nanos, std::process::id())
+}
+
+fn wait_for_socket(daemon: &mut Child, socket: &Path, timeout: Duration) -> Result<(), String> {
+    let start = Instant::now();
+    loop {
+        if fs::symlink_metadata(socket).is_ok() {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = daemon.try_wait() {
+            return Err(format!(
+                "daemon exited before creating its socket: {status}"
+            ));
+        }
+        if start.elapsed() > timeout {
+            return Err(format!(
+                "daemon did not create {} within {timeout:?}",
+                socket.display()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+const EXITED_ON_DISCONNECT: &str = "exited when the VMM disconnected";
+
+/// Waits for the daemon to exit by itself (it should, once the VMM disconnects), then SIGTERM,
+/// then SIGKILL. Returns its status and how it ended.
+fn stop_daemon(daemon: &mut Child) -> (Option<ExitStatus>, &'static str) {
+    let wait = |daemon: &mut Child, d: Duration| -> Option<ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < d {
+            if let Ok(Some(s)) = daemon.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    };
+    if let Some(s) = wait(daemon, Duration::from_secs(5)) {
+        return (Some(s), EXITED_ON_DISCONNECT);
+    }
+    let pid = daemon.id() as libc::pid_t;
+    // SAFETY: signalling our own child by pid.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    if let Some(s) = wait(daemon, Duration::from_secs(10)) {
+        return (Some(s), "exited on SIGTERM");
+    }
+    let _ = daemon.kill();
+    (daemon.wait().ok(), "had to be killed (SIGKILL)")
+}
+
+/// Waits for the guest run to finish. If the daemon dies first, the guest would wait on its
+/// FUSE requests until the hard timeout: give it a few seconds (it may be powering off and the
+/// daemon exiting on the disconnect), then stop QEMU.
+fn watch_guest(guest: &mut Child, daemon: &mut Child) -> (ExitStatus, Option<ExitStatus>) {
+    let mut daemon_died: Option<(ExitStatus, Instant)> = None;
+    loop {
+        if let Some(status) = guest.try_wait().expect("wait run-guest.sh") {
+            // A daemon that exited only because the VMM went away is not a crash.
+            let died_early = daemon_died
+                .filter(|(_, at)| at.elapsed() > Duration::from_secs(2))
+                .map(|(s, _)| s);
+            return (status, died_early);
+        }
+        if daemon_died.is_none() {
+            if let Ok(Some(status)) = daemon.try_wait() {
+                daemon_died = Some((status, Instant::now()));
+            }
+        }
+        if let Some((status, at)) = daemon_died {
+            if at.elapsed() > Duration::from_secs(15) {
+                say(&format!(
+                    "guest_e2e: daemon exited ({status}) while the guest runs: stopping QEMU"
+                ));
+                let pgid = guest.id() as libc::pid_t;
+                // SAFETY: signalling the process group of our own child.
+                unsafe { libc::kill(-pgid, libc::SIGTERM) };
+                return (guest.wait().expect("wait run-guest.sh"), Some(status));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn copy_log(from: &Path, name: &str) -> PathBuf {
+    let dir = guest_dir().join("logs");
+    let _ = fs::create_dir_all(&dir);
+    let to = dir.join(name);
+    let _ = fs::copy(from, &to);
+    to
+}
+
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn run_e2e(backend: Backend) {
+    let _guard = GUEST_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let label = backend.name();
+    let initrd = prepare_guest();
+
+    let work = tempfile::Builder::new()
+        .prefix("boxfs-e2e-")
+        .tempdir()
+        .expect("tempdir");
+    let socket = work.path().join("vhost.sock");
+    let console = work.path().join("console.log");
+    let daemon_log = work.path().join("daemon.log");
+    let tag = format!("boxfs-{label}");
+    let token = unique_token();
+    // PassthroughFs keeps ownership in user.* xattrs: the share must be on a filesystem that
+    // has them (tmpfs only since Linux 6.6). Fall back to the target directory otherwise.
+    let _share_holder;
+    let share = if supports_user_xattrs(work.path()) {
+        _share_holder = None;
+        work.path().join("share")
+    } else {
+        fs::create_dir_all(guest_dir()).expect("mkdir target/guest");
+        let dir = tempfile::Builder::new()
+            .prefix("share-")
+            .tempdir_in(guest_dir())
+            .expect("tempdir in target/guest");
+        let share = dir.path().join("share");
+        say(&format!(
+            "[{label}] {} has no user xattrs: sharing {} instead",
+            work.path().display(),
+            share.display()
+        ));
+        if is_root() {
+            chown(dir.path(), Some(DAEMON_ID), Some(DAEMON_ID)).expect("chown share parent");
+        }
+        _share_holder = Some(dir);
+        share
+    };
+    fs::create_dir(&share).expect("mkdir share");
+    fs::set_permissions(&share, fs::Permissions::from_mode(0o755)).expect("chmod share");
+
+    let Some(spec) = daemon_spec(backend, &socket, &share, &tag) else {
+        say(&format!(
+            "[{label}] skipped: BOXFS_E2E_DAEMON serves host directories only"
+        ));
+        return;
+    };
+
+    // Files created on the host before boot; the guest must see them.
+    if backend == Backend::Passthrough {
+        fs::write(
+            share.join("host-to-guest.txt"),
+            format!("boxfs host->guest {token}\n"),
+        )
+        .expect("host file");
+        fs::create_dir(share.join("host-dir")).expect("host dir");
+        for name in ["a", "b", "c"] {
+            fs::write(share.join("host-dir").join(name), name).expect("host dir file");
+        }
+    }
+    if spec.unprivileged {
+        // The unprivileged daemon owns its socket directory and the share.
+        chown(work.path(), Some(DAEMON_ID), Some(DAEMON_ID)).expect("chown work dir");
+        for entry in [
+            "",
+            "host-to-guest.txt",
+            "host-dir",
+            "host-dir/a",
+            "host-dir/b",
+            "host-dir/c",
+        ] {
+            let p = if entry.is_empty() {
+                share.clone()
+            } else {
+                share.join(entry)
+            };
+            if p.exists() {
+                chown(&p, Some(DAEMON_ID), Some(DAEMON_ID)).expect("chown share");
+            }
+        }
+    }
+
+    // The unprivileged daemon may not be able to reach its binary (a checkout or ~/.cargo/bin under
+    // a 0700 home directory): run a copy from the work directory it owns.
+    let program = if spec.unprivileged {
+        let copy = work.path().join("daemon-bin");
+        fs::copy(&spec.program, &copy)
+            .unwrap_or_else(|e| panic!("copy {}: {e}", spec.program.display()));
+        fs::set_permissions(&copy, fs::Permissions::from_mode(0o755)).expect("chmod daemon copy");
+        copy
+    } else {
+        spec.program.clone()
+    };
+    // One log for both streams, opened for appending so they interleave without overwriting.
+    let log_file = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&daemon_log)
+        .expect("daemon log");
+    let mut cmd = Command::new(&program);
+    cmd.args(&spec.args)
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone().expect("dup daemon log"))
+        .stderr(log_file);
+    if spec.unprivileged {
+        // std drops supplementary groups (setgroups(0)) when it changes uid as root.
+        cmd.uid(DAEMON_ID).gid(DAEMON_ID);
+    }
+    say(&format!(
+        "[{label}] daemon: {} {}{}",
+        spec.program.display(),
+        spec.args
+            .iter()
+            .map(|a| a.to_string_lossy())
+            .collect::<Vec<_>>()
+            .join(" "),
+        if spec.unprivileged {
+            format!("  (as uid/gid {DAEMON_ID})")
+        } else {
+            String::from("  (as the current user)")
+        }
+    ));
+    let started = Instant::now();
+    let mut daemon = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", spec.program.display()));
+    if let Err(e) = wait_for_socket(&mut daemon, &socket, Duration::from_secs(30)) {
+        let _ = daemon.kill();
+        let _ = daemon.wait();
+        panic!(
+            "[{label}] {e}\n--- daemon log ---\n{}",
+            fs::read_to_string(&daemon_log).unwrap_or_default()
+        );
+    }
+
+    let scripts =
+        env_nonempty("BOXFS_E2E_SCRIPTS").unwrap_or_else(|| "scenario,pjdfstest".to_owned());
+    let timeout = env_nonempty("BOXFS_E2E_TIMEOUT").unwrap_or_else(|| "1200".to_owned());
+    let mut run = script_command("run-guest.sh");
+    run.arg("--socket")
+        .arg(&socket)
+        .arg("--tag")
+        .arg(&tag)
+        .arg("--scripts")
+        .arg(&scripts)
+        .arg("--initrd")
+        .arg(&initrd)
+        .arg("--timeout")
+        .arg(&timeout)
+        .arg("--log")
+        .arg(&console)
+        .arg("--quiet")
+        .stdin(Stdio::null());
+    if backend == Backend::Passthrough {
+        run.arg("--param").arg(format!("token={token}"));
+        if spec.is_boxfsd {
+            run.arg("--param")
+                .arg(format!("hidden_xattr={OVERRIDE_XATTR}"));
+        }
+    }
+    if let Some(filter) = env_nonempty("BOXFS_E2E_PJDFSTEST_FILTER") {
+        run.arg("--param").arg(format!("pjdfstest_filter={filter}"));
+    }
+    let guest_start = Instant::now();
+    // Own process group, so QEMU (a grandchild, under `timeout`) can be stopped with it.
+    run.process_group(0);
+    let mut guest = run.spawn().expect("run-guest.sh");
+    let (run_status, daemon_died) = watch_guest(&mut guest, &mut daemon);
+    let guest_secs = guest_start.elapsed().as_secs_f64();
+    let (daemon_status, daemon_how) = match daemon_died {
+        Some(status) => (Some(status), "died while the guest was running"),
+        None => stop_daemon(&mut daemon),
+    };
+    let total_secs = started.elapsed().as_secs_f64();
+
+    let console_text = fs::read_to_string(&console).unwrap_or_default();
+    let daemon_text = fs::read_to_string(&daemon_log).unwrap_or_default();
+    let console_copy = copy_log(&console, &format!("{label}-console.log"));
+    let daemon_copy = copy_log(&daemon_log, &format!("{label}-daemon.log"));
+    let report = parse_console(&console_text);
+
+    // ---- report ---------------------------------------------------------------------------------
+    let mut problems: Vec<String> = Vec::new();
+    let mut out = String::new();
+    use std::fmt::Write as _;
+    let _ = writeln!(out, "[{label}] guest run {guest_secs:.1}s (daemon up {total_secs:.1}s); run-guest.sh {run_status}");
+    for end in &report.script_ends {
+        let _ = writeln!(out, "[{label}] script {end}");
+    }
+    for info in report.infos.iter().filter(|i| !i.starts_with("big_sha256")) {
+        let _ = writeln!(out, "[{label}] info {info}");
+    }
+    if scripts.split(',').any(|s| s == "scenario") {
+        let _ = writeln!(
+            out,
+            "[{label}] scenario: {} PASS, {} FAIL ({})",
+            report.passed.len(),
+            report.failed.len(),
+            report
+                .scenario_done
+                .as_deref()
+                .unwrap_or("no SCENARIO-DONE line")
+        );
+    }
+    match &report.pjdfstest_summary {
+        Some(s) => {
+            let _ = writeln!(out, "[{label}] pjdfstest {s}");
+        }
+        None if scripts.split(',').any(|s| s == "pjdfstest") => {
+            let _ = writeln!(out, "[{label}] pjdfstest: no Summary line");
+        }
+        None => {}
+    }
+    let _ = writeln!(out, "[{label}] daemon {daemon_how}: {daemon_status:?}");
+    let _ = writeln!(
+        out,
+        "[{label}] logs: {} {}",
+        console_copy.display(),
+        daemon_copy.display()
+    );
+    say(&out);
+
+    if report.guest_done.is_none() {
+        problems.push(format!(
+            "guest did not reach BOXFS-GUEST-DONE ({run_status}); last console lines:\n{}",
+            tail(&console_text, 40)
+        ));
+    }
+    if scripts.split(',').any(|s| s == "scenario") {
+        if report.scenario_done.is_none() {
+            problems.push("scenario did not finish (no SCENARIO-DONE line)".to_owned());
+        }
+        for f in &report.failed {
+            problems.push(format!("scenario FAIL {f}"));
+        }
+        let mut required: Vec<&str> = REQUIRED_CHECKS.to_vec();
+        if backend == Backend::Passthrough {
+            required.extend_from_slice(HOST_CHECKS);
+        }
+        // (Only meaningful when the script ran to its end; otherwise that is reported above.)
+        for name in required
+            .into_iter()
+            .filter(|_| report.scenario_done.is_some())
+        {
+            if !report.passed.iter().any(|p| p == name)
+                && !report
+                    .failed
+                    .iter()
+                    .any(|f| f.split_whitespace().next() == Some(name))
+            {
+                problems.push(format!("scenario check {name} never ran"));
+            }
+        }
+        if backend == Backend::Passthrough && report.scenario_done.is_some() {
+            let got = fs::read_to_string(share.join("guest-to-host.txt"))
+                .unwrap_or_else(|e| format!("<{e}>"));
+            if got != format!("boxfs guest->host {token}\n") {
+                problems.push(format!(
+                    "host does not see the guest's file: guest-to-host.txt = {got:?}"
+                ));
+            }
+            // Guest chown/chmod: real ownership only when the daemon is privileged; an
+            // unprivileged boxfsd keeps it in its xattr and leaves the host owner alone.
+            use std::os::unix::fs::MetadataExt;
+            if let Ok(meta) = fs::metadata(share.join("guest-to-host.txt")) {
+                let want = if spec.unprivileged {
+                    (DAEMON_ID, DAEMON_ID)
+                } else {
+                    (1234, 5678)
+                };
+                if (meta.uid(), meta.gid()) != want {
+                    problems.push(format!(
+                        "guest-to-host.txt host owner {}:{}, expected {}:{}",
+                        meta.uid(),
+                        meta.gid(),
+                        want.0,
+                        want.1
+                    ));
+                }
+                if spec.is_boxfsd {
+                    let value = read_xattr(&share.join("guest-to-host.txt"), OVERRIDE_XATTR);
+                    match value {
+                        Some(v) if v.starts_with("1234:5678:") => {}
+                        other => problems.push(format!(
+                            "guest-to-host.txt {OVERRIDE_XATTR} = {other:?}, expected 1234:5678:..."
+                        )),
+                    }
+                }
+            }
+            let host_file = fs::read_to_string(share.join("host-to-guest.txt")).unwrap_or_default();
+            if host_file != format!("boxfs host->guest {token}\n") {
+                problems.push(format!("host file changed: {host_file:?}"));
+            }
+        }
+    } else {
+        // Also account for FAIL lines printed by /init (mount failures) when the scenario was not run.
+        for f in &report.failed {
+            problems.push(format!("guest FAIL {f}"));
+        }
+    }
+    if scripts.split(',').any(|s| s == "pjdfstest") {
+        match report.pjdfstest_counts.get("failed") {
+            Some(0) => {}
+            Some(n) => problems.push(format!(
+                "pjdfstest: {n} failed:\n  {}",
+                report.pjdfstest_failures.join("\n  ")
+            )),
+            None => problems.push(format!(
+                "pjdfstest printed no summary ({}); failures so far:\n  {}",
+                report
+                    .pjdfstest_done
+                    .as_deref()
+                    .unwrap_or("no PJDFSTEST-DONE line"),
+                report.pjdfstest_failures.join("\n  ")
+            )),
+        }
+        if report.pjdfstest_counts.get("passed").copied().unwrap_or(0) == 0
+            && report.pjdfstest_counts.contains_key("failed")
+        {
+            problems.push("pjdfstest passed nothing".to_owned());
+        }
+    }
+    if daemon_died.is_some() {
+        problems.push(format!(
+            "the daemon died while the guest was running: {daemon_status:?}"
+        ));
+    }
+    if spec.is_boxfsd {
+        match daemon_status {
+            Some(s) if s.success() => {}
+            other => problems.push(format!(
+                "boxfsd did not exit cleanly: {other:?} ({daemon_how})"
+            )),
+        }
+        // The VMM (QEMU) exits after the guest powers off: boxfsd must exit by itself then.
+        if report.guest_done.is_some()
+            && daemon_died.is_none()
+            && daemon_how != EXITED_ON_DISCONNECT
+        {
+            problems.push(format!(
+                "boxfsd did not exit when the VMM disconnected: it {daemon_how}"
+            ));
+        }
+        if fs::symlink_metadata(&socket).is_ok() {
+            problems.push(format!(
+                "boxfsd left its socket behind: {}",
+                socket.display()
+            ));
+        }
+    }
+    if !problems.is_empty() {
+        panic!(
+            "[{label}] {} problem(s):\n- {}\n--- daemon log (tail) ---\n{}",
+            problems.len(),
+            problems.join("\n- "),
+            tail(&daemon_text, 30)
+        );
+    }
+}
+
+#[test]
+fn console_parser() {
+    let log = "\
+BOXFS-GUEST: begin scenario\n\
+PASS mkdir\n\
+FAIL chown got '0:0' want '1:2'\n\
+SCENARIO-DONE pass=1 fail=1\n\
+BOXFS-GUEST: end scenario rc=1 seconds=3.0\n\
+\x1b[34mchmod::foo\x1b[0m                 \x1b[31mFAILED\x1b[0m\n\
+\tassertion failed: x == y\n\
+chmod::bar                  ok\n\
+\n\
+\x1b[1mSummary\x1b[0m: 1 \x1b[31mfailed\x1b[0m, 23 skipped, 374 passed, 0 expected failures, 398 total\n\
+PJDFSTEST-DONE rc=1\n\
+BOXFS-GUEST-DONE ok\n";
+    let r = parse_console(log);
+    assert_eq!(r.passed, ["mkdir"]);
+    assert_eq!(r.failed, ["chown got '0:0' want '1:2'"]);
+    assert_eq!(r.pjdfstest_counts.get("failed"), Some(&1));
+    assert_eq!(r.pjdfstest_counts.get("skipped"), Some(&23));
+    assert_eq!(r.pjdfstest_counts.get("passed"), Some(&374));
+    assert_eq!(r.pjdfstest_counts.get("total"), Some(&398));
+    assert_eq!(
+        r.pjdfstest_failures,
+        ["chmod::foo\n    assertion failed: x == y"]
+    );
+    assert!(r.guest_done.is_some() && r.scenario_done.is_some() && r.pjdfstest_done.is_some());
+    assert_eq!(r.script_ends, ["scenario rc=1 seconds=3.0"]);
+}

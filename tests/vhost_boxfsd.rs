@@ -1,0 +1,360 @@
+//! The `boxfsd` daemon: command-line errors, serving both backends to the test VMM, and clean
+//! shutdown (VMM disconnect, SIGTERM) with the socket file removed.
+#![cfg(all(feature = "vhost", target_os = "linux"))]
+
+mod vmm;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use boxfs::ROOT_ID;
+use vmm::FuseClient;
+
+fn boxfsd() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_boxfsd"))
+}
+
+fn run(args: &[&str]) -> Output {
+    boxfsd()
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run boxfsd")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn spawn(args: &[&str]) -> Child {
+    boxfsd()
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn boxfsd")
+}
+
+fn wait_for_socket(path: &Path, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !path.exists() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("boxfsd exited early: {status}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "boxfsd did not create its socket"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("boxfsd did not exit within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn sock(dir: &tempfile::TempDir) -> PathBuf {
+    dir.path().join("boxfsd.sock")
+}
+
+#[test]
+fn bad_shared_dir_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = sock(&dir);
+    let o = run(&[
+        "--socket-path",
+        s.to_str().unwrap(),
+        "--shared-dir",
+        "/nonexistent/boxfs-test",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert!(
+        e.contains("shared directory /nonexistent/boxfs-test"),
+        "{e}"
+    );
+    assert!(e.contains("No such file or directory"), "{e}");
+    assert!(!s.exists(), "no socket left behind");
+
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"x").unwrap();
+    let o = run(&[
+        "--socket-path",
+        s.to_str().unwrap(),
+        "--shared-dir",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("not a directory"), "{}", stderr(&o));
+    assert!(!s.exists());
+}
+
+#[test]
+fn usage_errors() {
+    // Neither backend.
+    let o = run(&["--socket-path", "/tmp/x.sock"]);
+    assert_eq!(o.status.code(), Some(2));
+    // Both backends.
+    let o = run(&[
+        "--socket-path",
+        "/tmp/x.sock",
+        "--shared-dir",
+        "/",
+        "--memfs-size",
+        "1M",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    // Bad size and cache policy.
+    let o = run(&["--socket-path", "/tmp/x.sock", "--memfs-size", "lots"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("not a size"), "{}", stderr(&o));
+    let o = run(&[
+        "--socket-path",
+        "/tmp/x.sock",
+        "--memfs-size",
+        "1M",
+        "--cache",
+        "sometimes",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    // Sandboxes other than none.
+    let dir = tempfile::tempdir().unwrap();
+    let s = sock(&dir);
+    let o = run(&[
+        "--socket-path",
+        s.to_str().unwrap(),
+        "--memfs-size",
+        "1M",
+        "--sandbox",
+        "namespace",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("--sandbox none"), "{}", stderr(&o));
+    // Tag too long.
+    let long = "t".repeat(37);
+    let o = run(&[
+        "--socket-path",
+        s.to_str().unwrap(),
+        "--memfs-size",
+        "1M",
+        "--tag",
+        &long,
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("tag"), "{}", stderr(&o));
+    assert!(!s.exists());
+}
+
+#[test]
+fn socket_in_use_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = sock(&dir);
+    let mut first = spawn(&["--socket-path", s.to_str().unwrap(), "--memfs-size", "16M"]);
+    wait_for_socket(&s, &mut first);
+    let o = run(&["--socket-path", s.to_str().unwrap(), "--memfs-size", "16M"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("in use"), "{}", stderr(&o));
+    assert!(s.exists(), "the running daemon's socket is untouched");
+    // The first daemon still serves.
+    let mut c = FuseClient::connect(&s).expect("connect");
+    c.getattr(ROOT_ID).expect("getattr");
+    drop(c);
+    assert!(wait_exit(&mut first, Duration::from_secs(10)).success());
+}
+
+#[test]
+fn memfs_share_exits_cleanly_when_the_vmm_disconnects() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = sock(&dir);
+    let mut child = spawn(&[
+        "--socket-path",
+        s.to_str().unwrap(),
+        "--memfs-size",
+        "64M",
+        "--tag",
+        "scratch",
+        "--thread-pool-size",
+        "2",
+        "--log-level",
+        "debug",
+    ]);
+    wait_for_socket(&s, &mut child);
+    {
+        let mut c = FuseClient::connect(&s).expect("connect");
+        assert_eq!(c.vmm.tag().as_deref(), Some("scratch"));
+        let (e, o) = c
+            .create(ROOT_ID, "hello", 0o644 | libc::S_IFREG, libc::O_RDWR as u32)
+            .expect("create");
+        c.write(e.nodeid, o.fh, 0, b"hello, guest").expect("write");
+        assert_eq!(
+            c.read(e.nodeid, o.fh, 0, 64).expect("read"),
+            b"hello, guest"
+        );
+        let st = c.statfs(ROOT_ID).expect("statfs");
+        assert!(st.blocks * u64::from(st.bsize) <= 64 << 20);
+    }
+    let status = wait_exit(&mut child, Duration::from_secs(10));
+    assert!(status.success(), "{status}");
+    assert!(!s.exists(), "socket removed");
+}
+
+#[test]
+fn shared_dir_serves_host_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let share = tempfile::tempdir().unwrap();
+    std::fs::write(share.path().join("host.txt"), b"from the host").unwrap();
+    let s = sock(&dir);
+    let mut child = spawn(&[
+        "--socket-path",
+        s.to_str().unwrap(),
+        "--shared-dir",
+        share.path().to_str().unwrap(),
+        "--cache",
+        "never",
+        "--thread-pool-size",
+        "0",
+    ]);
+    wait_for_socket(&s, &mut child);
+    {
+        let mut c = FuseClient::connect(&s).expect("connect");
+        let e = c.lookup(ROOT_ID, "host.txt").expect("lookup host file");
+        let o = c.open(e.nodeid, libc::O_RDONLY as u32).expect("open");
+        assert_eq!(
+            c.read(e.nodeid, o.fh, 0, 100).expect("read"),
+            b"from the host"
+        );
+        c.release(e.nodeid, o.fh).expect("release");
+        let (g, go) = c
+            .create(
+                ROOT_ID,
+                "guest.txt",
+                0o644 | libc::S_IFREG,
+                libc::O_RDWR as u32,
+            )
+            .expect("create");
+        c.write(g.nodeid, go.fh, 0, b"from the guest")
+            .expect("write");
+        c.release(g.nodeid, go.fh).expect("release");
+    }
+    assert!(wait_exit(&mut child, Duration::from_secs(10)).success());
+    assert_eq!(
+        std::fs::read(share.path().join("guest.txt")).unwrap(),
+        b"from the guest"
+    );
+    assert!(!s.exists());
+}
+
+fn sigterm(child: &Child) {
+    // SAFETY: kill(2) with a pid of a child we spawned and have not reaped.
+    let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(rc, 0);
+}
+
+#[test]
+fn sigterm_stops_the_daemon_and_removes_the_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = sock(&dir);
+    // Idle daemon.
+    let mut child = spawn(&["--socket-path", s.to_str().unwrap(), "--memfs-size", "8M"]);
+    wait_for_socket(&s, &mut child);
+    sigterm(&child);
+    assert!(wait_exit(&mut child, Duration::from_secs(5)).success());
+    assert!(!s.exists());
+
+    // Daemon with a VMM attached.
+    let mut child = spawn(&[
+        "--socket-path",
+        s.to_str().unwrap(),
+        "--memfs-size",
+        "8M",
+        "--keep-serving",
+    ]);
+    wait_for_socket(&s, &mut child);
+    let mut c = FuseClient::connect(&s).expect("connect");
+    c.getattr(ROOT_ID).expect("getattr");
+    sigterm(&child);
+    let status = wait_exit(&mut child, Duration::from_secs(5));
+    assert!(status.success(), "{status}");
+    assert!(!s.exists());
+}
+
+#[test]
+fn keep_serving_survives_a_vmm_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = sock(&dir);
+    let mut child = spawn(&[
+        "--socket-path",
+        s.to_str().unwrap(),
+        "--memfs-size",
+        "8M",
+        "--keep-serving",
+    ]);
+    wait_for_socket(&s, &mut child);
+    let fds = |pid: u32| {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count()
+    };
+    let mut after_first = 0;
+    for round in 0..6 {
+        let mut c = FuseClient::connect(&s).expect("connect");
+        match round {
+            0 => {
+                c.mkdir(ROOT_ID, "made-before", 0o755).expect("mkdir");
+            }
+            _ => {
+                c.lookup(ROOT_ID, "made-before").expect("still there");
+            }
+        }
+        drop(c);
+        std::thread::sleep(Duration::from_millis(100));
+        if round == 1 {
+            after_first = fds(child.id());
+        }
+    }
+    assert_eq!(
+        fds(child.id()),
+        after_first,
+        "descriptors leak across connections"
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(child.try_wait().unwrap().is_none(), "still running");
+    sigterm(&child);
+    assert!(wait_exit(&mut child, Duration::from_secs(5)).success());
+    assert!(!s.exists());
+}
+
+#[test]
+fn serves_an_inherited_listening_socket() {
+    use std::os::fd::AsRawFd;
+    let dir = tempfile::tempdir().unwrap();
+    let s = sock(&dir);
+    let listener = std::os::unix::net::UnixListener::bind(&s).unwrap();
+    let fd = listener.as_raw_fd();
+    // Let the child inherit it.
+    // SAFETY: fcntl on a descriptor we own; clearing FD_CLOEXEC has no memory effects.
+    unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
+    let mut child = spawn(&["--fd", &fd.to_string(), "--memfs-size", "8M"]);
+    drop(listener);
+    {
+        let mut c = FuseClient::connect(&s).expect("connect");
+        c.getattr(ROOT_ID).expect("getattr");
+    }
+    assert!(wait_exit(&mut child, Duration::from_secs(10)).success());
+
+    let o = run(&["--fd", "999", "--memfs-size", "8M"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("--fd 999"), "{}", stderr(&o));
+}
