@@ -34,7 +34,11 @@ impl CachePolicy {
             (CachePolicy::Never, false) => OpenOptions::DIRECT_IO,
             (CachePolicy::Never, true) | (CachePolicy::Auto, _) => OpenOptions::empty(),
             (CachePolicy::Always, false) => OpenOptions::KEEP_CACHE,
+            #[cfg(target_os = "linux")]
             (CachePolicy::Always, true) => OpenOptions::KEEP_CACHE | OpenOptions::CACHE_DIR,
+            // Other platforms' FUSE has no directory cache flag.
+            #[cfg(not(target_os = "linux"))]
+            (CachePolicy::Always, true) => OpenOptions::KEEP_CACHE,
         }
     }
 
@@ -79,7 +83,10 @@ mod tests {
 
     #[test]
     fn mapping_matches_documentation() {
-        assert_eq!(CachePolicy::Never.open_options(false), OpenOptions::DIRECT_IO);
+        assert_eq!(
+            CachePolicy::Never.open_options(false),
+            OpenOptions::DIRECT_IO
+        );
         assert_eq!(CachePolicy::Auto.open_options(false), OpenOptions::empty());
         assert!(CachePolicy::Always
             .open_options(true)

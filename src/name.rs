@@ -65,6 +65,6 @@ mod tests {
         assert_eq!(errno(b"/etc"), Some(libc::EINVAL));
         assert_eq!(errno(&[b'x'; 256]), Some(libc::ENAMETOOLONG));
         assert_eq!(errno(&[b'x'; 255]), None);
-        assert_eq!(errno(b"...") , None);
+        assert_eq!(errno(b"..."), None);
     }
 }

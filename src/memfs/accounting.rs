@@ -83,7 +83,7 @@ mod tests {
         assert_eq!(granted as u64 * 7, c.used());
         assert_eq!(c.used(), 1000 / 7 * 7);
         assert_eq!(
-            c.reserve(7).unwrap_err().raw_os_error(),
+            c.reserve(7).err().and_then(|e| e.raw_os_error()),
             Some(libc::ENOSPC)
         );
     }

@@ -240,7 +240,10 @@ impl MemFs {
     }
 
     pub(super) fn do_release(&self, handle: u64) -> io::Result<()> {
-        let h: Arc<Handle> = self.handles.remove(handle).ok_or_else(|| errno(libc::EBADF))?;
+        let h: Arc<Handle> = self
+            .handles
+            .remove(handle)
+            .ok_or_else(|| errno(libc::EBADF))?;
         // Dropping the handle may drop the last reference of an unlinked inode, which
         // returns its charges.
         drop(h);

@@ -137,12 +137,17 @@ impl FileData {
 
     /// Zeroes `[off, off + len)` within EOF, freeing whole pages.
     pub(crate) fn punch_hole(&mut self, off: u64, len: u64) {
-        let end = (off + len).min(self.size);
+        let end = off.saturating_add(len).min(self.size);
         if end <= off {
             return;
         }
         let first_full = off.div_ceil(PAGE);
-        let end_full = end / PAGE;
+        // A hole reaching end-of-file frees the last page too: its bytes past EOF hold nothing.
+        let end_full = if end == self.size {
+            end.div_ceil(PAGE)
+        } else {
+            end / PAGE
+        };
         if first_full < end_full {
             let doomed: Vec<u64> = self
                 .pages

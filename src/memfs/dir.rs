@@ -53,7 +53,9 @@ impl Dir {
 
     /// Points an existing name at another inode, keeping its cookie (rename over a name).
     pub(crate) fn replace(&mut self, name: &[u8], ino: u64) -> Option<u64> {
-        self.by_name.get_mut(name).map(|l| std::mem::replace(&mut l.ino, ino))
+        self.by_name
+            .get_mut(name)
+            .map(|l| std::mem::replace(&mut l.ino, ino))
     }
 
     pub(crate) fn remove(&mut self, name: &[u8]) -> Option<Link> {

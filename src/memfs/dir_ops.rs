@@ -186,8 +186,7 @@ impl MemFs {
         flags: u32,
     ) -> io::Result<()> {
         if flags & !(RENAME_NOREPLACE | RENAME_EXCHANGE | RENAME_WHITEOUT) != 0
-            || (flags & RENAME_EXCHANGE != 0
-                && flags & (RENAME_NOREPLACE | RENAME_WHITEOUT) != 0)
+            || (flags & RENAME_EXCHANGE != 0 && flags & (RENAME_NOREPLACE | RENAME_WHITEOUT) != 0)
         {
             return Err(errno(libc::EINVAL));
         }
@@ -209,7 +208,10 @@ impl MemFs {
         };
 
         let src_link = g1.get(oname).ok_or_else(|| errno(libc::ENOENT))?;
-        let src = self.nodes.get(src_link.ino).ok_or_else(|| errno(libc::EIO))?;
+        let src = self
+            .nodes
+            .get(src_link.ino)
+            .ok_or_else(|| errno(libc::EIO))?;
         if p2.meta.lock().nlink == 0 {
             return Err(errno(libc::ENOENT));
         }

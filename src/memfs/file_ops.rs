@@ -162,7 +162,9 @@ impl MemFs {
         if length == 0 || offset > i64::MAX as u64 || length > i64::MAX as u64 {
             return Err(errno(libc::EINVAL));
         }
-        let end = offset.checked_add(length).ok_or_else(|| errno(libc::EFBIG))?;
+        let end = offset
+            .checked_add(length)
+            .ok_or_else(|| errno(libc::EFBIG))?;
         if end > MAX_FILE_SIZE {
             return Err(errno(libc::EFBIG));
         }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::data::MAX_FILE_SIZE;
 use super::node::{Body, Ts};
-use super::MemFs;
+use super::{platform, MemFs};
 use crate::{errno, stat64, statvfs64, Context, SetattrValid};
 
 const BLOCK: u64 = 4096;
@@ -58,7 +58,7 @@ impl MemFs {
             drop(data);
             let mut m = node.meta.lock();
             m.touch_mc();
-            if valid.contains(SetattrValid::KILL_SUIDGID) {
+            if platform::kill_suidgid(valid) {
                 m.kill_suid();
             }
         }
@@ -81,8 +81,7 @@ impl MemFs {
             changed = true;
             // chown clears set-user-ID (and group-exec set-group-ID) of non-directories,
             // unless the same request sets the mode explicitly.
-            if !valid.contains(SetattrValid::MODE) || valid.contains(SetattrValid::KILL_SUIDGID)
-            {
+            if !valid.contains(SetattrValid::MODE) || platform::kill_suidgid(valid) {
                 m.kill_suid();
             }
         }
@@ -100,7 +99,7 @@ impl MemFs {
             m.mtime = ts_of(attr.st_mtime as i64, attr.st_mtime_nsec as i64);
             changed = true;
         }
-        if valid.contains(SetattrValid::CTIME) {
+        if platform::sets_ctime(valid) {
             m.ctime = ts_of(attr.st_ctime as i64, attr.st_ctime_nsec as i64);
         } else if changed {
             m.ctime = now;

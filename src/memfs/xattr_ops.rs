@@ -32,9 +32,7 @@ impl MemFs {
         let mut m = node.meta.lock();
         // Linux allows user.* only on regular files and directories.
         let fmt = m.mode & libc::S_IFMT as u32;
-        if name.starts_with(b"user.")
-            && fmt != libc::S_IFREG as u32
-            && fmt != libc::S_IFDIR as u32
+        if name.starts_with(b"user.") && fmt != libc::S_IFREG as u32 && fmt != libc::S_IFDIR as u32
         {
             return Err(errno(libc::EPERM));
         }

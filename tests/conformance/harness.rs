@@ -50,7 +50,7 @@ pub fn errno<T>(r: io::Result<T>) -> i32 {
 }
 
 pub fn mode_of(st: &stat64) -> u32 {
-    st.st_mode as u32
+    st.st_mode
 }
 
 pub const ROOT: u64 = ROOT_ID;
@@ -70,7 +70,7 @@ pub struct H<'a> {
 }
 
 impl H<'_> {
-    pub fn as_user(mut self, uid: u32, gid: u32) -> Self {
+    pub fn with_user(mut self, uid: u32, gid: u32) -> Self {
         self.ctx.uid = uid;
         self.ctx.gid = gid;
         self
@@ -148,9 +148,7 @@ impl H<'_> {
         let size = self.getattr(ino).st_size as u64;
         let mut out = Vec::new();
         while (out.len() as u64) < size {
-            let chunk = self
-                .read(ino, fh, out.len() as u64, 1 << 20)
-                .expect("read");
+            let chunk = self.read(ino, fh, out.len() as u64, 1 << 20).expect("read");
             if chunk.is_empty() {
                 break;
             }
@@ -168,7 +166,12 @@ impl H<'_> {
         self.fs.getattr(&self.ctx, ino, None).map(|(st, _)| st)
     }
 
-    pub fn setattr(&self, ino: u64, f: impl FnOnce(&mut stat64), valid: SetattrValid) -> io::Result<stat64> {
+    pub fn setattr(
+        &self,
+        ino: u64,
+        f: impl FnOnce(&mut stat64),
+        valid: SetattrValid,
+    ) -> io::Result<stat64> {
         // SAFETY: stat64 is a plain C struct; all-zero is valid.
         let mut st: stat64 = unsafe { std::mem::zeroed() };
         f(&mut st);
@@ -236,7 +239,13 @@ impl H<'_> {
 
     /// Lists at most `max_calls` buffers starting at `offset`; returns entries and the offset
     /// to resume from.
-    pub fn list_from(&self, dir: u64, budget: usize, mut offset: u64, max_calls: usize) -> (Vec<Listed>, u64) {
+    pub fn list_from(
+        &self,
+        dir: u64,
+        budget: usize,
+        mut offset: u64,
+        max_calls: usize,
+    ) -> (Vec<Listed>, u64) {
         let (fh, _) = self.fs.opendir(&self.ctx, dir, 0).expect("opendir");
         let fh = fh.unwrap_or(0);
         let mut out = Vec::new();
@@ -244,20 +253,27 @@ impl H<'_> {
             let mut used = 0usize;
             let mut batch = Vec::new();
             self.fs
-                .readdir(&self.ctx, dir, fh, budget as u32, offset, &mut |d: DirEntry| {
-                    let len = (24 + d.name.len() + 7) & !7;
-                    if used + len > budget {
-                        return Ok(0);
-                    }
-                    used += len;
-                    batch.push(Listed {
-                        name: d.name.to_vec(),
-                        ino: d.ino,
-                        offset: d.offset,
-                        dtype: d.type_,
-                    });
-                    Ok(len)
-                })
+                .readdir(
+                    &self.ctx,
+                    dir,
+                    fh,
+                    budget as u32,
+                    offset,
+                    &mut |d: DirEntry| {
+                        let len = (24 + d.name.len() + 7) & !7;
+                        if used + len > budget {
+                            return Ok(0);
+                        }
+                        used += len;
+                        batch.push(Listed {
+                            name: d.name.to_vec(),
+                            ino: d.ino,
+                            offset: d.offset,
+                            dtype: d.type_,
+                        });
+                        Ok(len)
+                    },
+                )
                 .expect("readdir");
             if batch.is_empty() {
                 break;
@@ -281,23 +297,30 @@ impl H<'_> {
             let mut used = 0usize;
             let mut batch = Vec::new();
             self.fs
-                .readdirplus(&self.ctx, dir, fh, budget as u32, offset, &mut |d: DirEntry, e: Entry| {
-                    let len = ((24 + d.name.len() + 7) & !7) + 128;
-                    if used + len > budget {
-                        return Ok(0);
-                    }
-                    used += len;
-                    batch.push((
-                        Listed {
-                            name: d.name.to_vec(),
-                            ino: d.ino,
-                            offset: d.offset,
-                            dtype: d.type_,
-                        },
-                        e,
-                    ));
-                    Ok(len)
-                })
+                .readdirplus(
+                    &self.ctx,
+                    dir,
+                    fh,
+                    budget as u32,
+                    offset,
+                    &mut |d: DirEntry, e: Entry| {
+                        let len = ((24 + d.name.len() + 7) & !7) + 128;
+                        if used + len > budget {
+                            return Ok(0);
+                        }
+                        used += len;
+                        batch.push((
+                            Listed {
+                                name: d.name.to_vec(),
+                                ino: d.ino,
+                                offset: d.offset,
+                                dtype: d.type_,
+                            },
+                            e,
+                        ));
+                        Ok(len)
+                    },
+                )
                 .expect("readdirplus");
             if batch.is_empty() {
                 break;

@@ -61,7 +61,10 @@ pub fn lookup_forget_refcounts(fx: &Fixture) {
     h.unlink(ROOT, "f").expect("unlink");
     assert!(h.try_getattr(ino).is_ok(), "still referenced once");
     h.forget(ino, 1);
-    assert!(h.try_getattr(ino).is_err(), "forgotten unlinked inode is gone");
+    assert!(
+        h.try_getattr(ino).is_err(),
+        "forgotten unlinked inode is gone"
+    );
     // Forgetting more than was looked up, or an unknown inode, is harmless.
     h.forget(ino, 100);
     h.forget(u64::MAX, 1);
@@ -75,10 +78,16 @@ pub fn create_write_read(fx: &Fixture) {
     assert_eq!(mode_of(&e.attr) & 0o7777, 0o640);
     assert_eq!(h.write(e.inode, fh, 0, b"hello").expect("write"), 5);
     assert_eq!(h.write(e.inode, fh, 10, b"world").expect("write"), 5);
-    assert_eq!(h.read(e.inode, fh, 0, 100).expect("read"), b"hello\0\0\0\0\0world");
+    assert_eq!(
+        h.read(e.inode, fh, 0, 100).expect("read"),
+        b"hello\0\0\0\0\0world"
+    );
     assert_eq!(h.read(e.inode, fh, 3, 4).expect("read"), b"lo\0\0");
     assert!(h.read(e.inode, fh, 15, 10).expect("read at EOF").is_empty());
-    assert!(h.read(e.inode, fh, u64::MAX - 1, 10).expect("read far").is_empty());
+    assert!(h
+        .read(e.inode, fh, u64::MAX - 1, 10)
+        .expect("read far")
+        .is_empty());
     assert_eq!(h.getattr(e.inode).st_size, 15);
     h.release(e.inode, fh);
     // A 1 MiB pattern round-trips through many pages.
@@ -93,7 +102,9 @@ pub fn create_write_read(fx: &Fixture) {
     assert_eq!(errno(h.read(ino, wo, 0, 1)), libc::EBADF);
     h.release(ino, wo);
     // O_TRUNC empties the file.
-    let t = h.open(ino, libc::O_RDWR | libc::O_TRUNC).expect("open trunc");
+    let t = h
+        .open(ino, libc::O_RDWR | libc::O_TRUNC)
+        .expect("open trunc");
     h.release(ino, t);
     assert_eq!(h.getattr(ino).st_size, 0);
 }
@@ -104,7 +115,10 @@ pub fn sparse_reads_zeroes(fx: &Fixture) {
     let far = 1u64 << 30;
     h.write(e.inode, fh, far, b"end").expect("write far");
     assert_eq!(h.getattr(e.inode).st_size as u64, far + 3);
-    assert_eq!(h.read(e.inode, fh, 4096 * 7, 16).expect("read hole"), vec![0; 16]);
+    assert_eq!(
+        h.read(e.inode, fh, 4096 * 7, 16).expect("read hole"),
+        vec![0; 16]
+    );
     assert_eq!(h.read(e.inode, fh, far - 2, 5).expect("read"), b"\0\0end");
     h.release(e.inode, fh);
 }
@@ -118,7 +132,10 @@ pub fn truncate_shrinks_and_zero_extends(fx: &Fixture) {
     let data = h.read(e.inode, fh, 0, 6000).expect("read");
     assert_eq!(data.len(), 5000);
     assert!(data[..100].iter().all(|&b| b == 7));
-    assert!(data[100..].iter().all(|&b| b == 0), "bytes past a shrink read back as zero");
+    assert!(
+        data[100..].iter().all(|&b| b == 0),
+        "bytes past a shrink read back as zero"
+    );
     h.release(e.inode, fh);
     let d = h.mkdir(ROOT, "d", 0o755).expect("mkdir");
     assert_eq!(errno(h.truncate(d.inode, 0)), libc::EISDIR);
@@ -128,19 +145,31 @@ pub fn fallocate_modes(fx: &Fixture) {
     let h = fx.h();
     let (e, fh) = h.create(ROOT, "fa", 0o644).expect("create");
     let fs = fx.fs.as_ref();
-    fs.fallocate(&h.ctx, e.inode, fh, 0, 0, 8192).expect("fallocate");
+    fs.fallocate(&h.ctx, e.inode, fh, 0, 0, 8192)
+        .expect("fallocate");
     assert_eq!(h.getattr(e.inode).st_size, 8192);
-    fs.fallocate(&h.ctx, e.inode, fh, 1, 8192, 8192).expect("keep size");
+    fs.fallocate(&h.ctx, e.inode, fh, 1, 8192, 8192)
+        .expect("keep size");
     assert_eq!(h.getattr(e.inode).st_size, 8192, "KEEP_SIZE keeps the size");
     h.write(e.inode, fh, 0, &[1u8; 8192]).expect("write");
-    fs.fallocate(&h.ctx, e.inode, fh, 3, 100, 4000).expect("punch hole");
+    fs.fallocate(&h.ctx, e.inode, fh, 3, 100, 4000)
+        .expect("punch hole");
     let data = h.read(e.inode, fh, 0, 8192).expect("read");
     assert!(data[..100].iter().all(|&b| b == 1));
-    assert!(data[100..4100].iter().all(|&b| b == 0), "punched range reads zero");
+    assert!(
+        data[100..4100].iter().all(|&b| b == 0),
+        "punched range reads zero"
+    );
     assert!(data[4100..].iter().all(|&b| b == 1));
     assert_eq!(h.getattr(e.inode).st_size, 8192);
-    assert_eq!(errno(fs.fallocate(&h.ctx, e.inode, fh, 2, 0, 10)), libc::EOPNOTSUPP);
-    assert_eq!(errno(fs.fallocate(&h.ctx, e.inode, fh, 0, 0, 0)), libc::EINVAL);
+    assert_eq!(
+        errno(fs.fallocate(&h.ctx, e.inode, fh, 2, 0, 10)),
+        libc::EOPNOTSUPP
+    );
+    assert_eq!(
+        errno(fs.fallocate(&h.ctx, e.inode, fh, 0, 0, 0)),
+        libc::EINVAL
+    );
     h.release(e.inode, fh);
 }
 
@@ -155,8 +184,15 @@ pub fn seek_data_and_hole(fx: &Fixture) {
     // A filesystem may report the leading hole as data, never the reverse.
     assert!(data <= mb, "data at or before the written block");
     assert!(hole == 0 || hole >= mb + 4096);
-    assert_eq!(fs.lseek(&h.ctx, e.inode, fh, mb, 4).expect("hole after data"), mb + 4096);
-    assert_eq!(errno(fs.lseek(&h.ctx, e.inode, fh, mb + 4096, 3)), libc::ENXIO);
+    assert_eq!(
+        fs.lseek(&h.ctx, e.inode, fh, mb, 4)
+            .expect("hole after data"),
+        mb + 4096
+    );
+    assert_eq!(
+        errno(fs.lseek(&h.ctx, e.inode, fh, mb + 4096, 3)),
+        libc::ENXIO
+    );
     h.release(e.inode, fh);
 }
 
@@ -167,7 +203,11 @@ pub fn mkdir_rmdir(fx: &Fixture) {
     assert_eq!(mode_of(&d.attr) & S_IFMT, libc::S_IFDIR);
     assert_eq!(mode_of(&d.attr) & 0o7777, 0o750);
     assert_eq!(d.attr.st_nlink, 2);
-    assert_eq!(h.getattr(ROOT).st_nlink, nlink0 + 1, "a subdirectory links its parent");
+    assert_eq!(
+        h.getattr(ROOT).st_nlink,
+        nlink0 + 1,
+        "a subdirectory links its parent"
+    );
     assert_eq!(errno(h.mkdir(ROOT, "dir", 0o755)), libc::EEXIST);
     h.put(d.inode, "inner", b"1");
     assert_eq!(errno(h.rmdir(ROOT, "dir")), libc::ENOTEMPTY);
@@ -189,7 +229,10 @@ pub fn unlink_and_open_after_unlink(fx: &Fixture) {
     h.unlink(ROOT, "tmp").expect("unlink");
     assert_eq!(errno(h.lookup(ROOT, "tmp")), libc::ENOENT);
     assert_eq!(errno(h.unlink(ROOT, "tmp")), libc::ENOENT);
-    assert_eq!(h.read(e.inode, fh, 0, 64).expect("read after unlink"), b"still here");
+    assert_eq!(
+        h.read(e.inode, fh, 0, 64).expect("read after unlink"),
+        b"still here"
+    );
     h.write(e.inode, fh, 10, b"!").expect("write after unlink");
     assert_eq!(h.read(e.inode, fh, 0, 64).expect("read"), b"still here!");
     assert_eq!(h.getattr(e.inode).st_nlink, 0);
@@ -213,7 +256,8 @@ pub fn rename_basic_and_overwrite(fx: &Fixture) {
     let _ = b;
     // Renaming a name onto itself (or another link of the same inode) changes nothing.
     h.link(a, ROOT, "b-link").expect("link");
-    h.rename(ROOT, "b", ROOT, "b-link", 0).expect("rename onto same inode");
+    h.rename(ROOT, "b", ROOT, "b-link", 0)
+        .expect("rename onto same inode");
     assert_eq!(h.ino(ROOT, "b"), a);
     assert_eq!(h.ino(ROOT, "b-link"), a);
     assert_eq!(errno(h.rename(ROOT, "missing", ROOT, "x", 0)), libc::ENOENT);
@@ -223,17 +267,26 @@ pub fn rename_noreplace_and_exchange(fx: &Fixture) {
     let h = fx.h();
     let x = h.put(ROOT, "x", b"X");
     let y = h.put(ROOT, "y", b"Y");
-    assert_eq!(errno(h.rename(ROOT, "x", ROOT, "y", RENAME_NOREPLACE)), libc::EEXIST);
+    assert_eq!(
+        errno(h.rename(ROOT, "x", ROOT, "y", RENAME_NOREPLACE)),
+        libc::EEXIST
+    );
     assert_eq!(h.get(h.ino(ROOT, "y")), b"Y");
-    h.rename(ROOT, "x", ROOT, "z", RENAME_NOREPLACE).expect("noreplace to free name");
-    h.rename(ROOT, "z", ROOT, "y", RENAME_EXCHANGE).expect("exchange");
+    h.rename(ROOT, "x", ROOT, "z", RENAME_NOREPLACE)
+        .expect("noreplace to free name");
+    h.rename(ROOT, "z", ROOT, "y", RENAME_EXCHANGE)
+        .expect("exchange");
     assert_eq!(h.ino(ROOT, "y"), x);
     assert_eq!(h.ino(ROOT, "z"), y);
     let d = h.mkdir(ROOT, "dx", 0o755).expect("mkdir").inode;
-    h.rename(ROOT, "dx", ROOT, "z", RENAME_EXCHANGE).expect("exchange dir and file");
+    h.rename(ROOT, "dx", ROOT, "z", RENAME_EXCHANGE)
+        .expect("exchange dir and file");
     assert_eq!(h.ino(ROOT, "z"), d);
     assert_eq!(h.ino(ROOT, "dx"), y);
-    assert_eq!(errno(h.rename(ROOT, "y", ROOT, "nope", RENAME_EXCHANGE)), libc::ENOENT);
+    assert_eq!(
+        errno(h.rename(ROOT, "y", ROOT, "nope", RENAME_EXCHANGE)),
+        libc::ENOENT
+    );
     assert_eq!(
         errno(h.rename(ROOT, "y", ROOT, "z", RENAME_EXCHANGE | RENAME_NOREPLACE)),
         libc::EINVAL
@@ -244,7 +297,11 @@ pub fn rename_directory_rules(fx: &Fixture) {
     let h = fx.h();
     let p = h.mkdir(ROOT, "p", 0o755).expect("mkdir").inode;
     let c = h.mkdir(p, "c", 0o755).expect("mkdir").inode;
-    assert_eq!(errno(h.rename(ROOT, "p", c, "p", 0)), libc::EINVAL, "into own subtree");
+    assert_eq!(
+        errno(h.rename(ROOT, "p", c, "p", 0)),
+        libc::EINVAL,
+        "into own subtree"
+    );
     h.put(ROOT, "f", b"");
     assert_eq!(errno(h.rename(ROOT, "p", ROOT, "f", 0)), libc::ENOTDIR);
     assert_eq!(errno(h.rename(ROOT, "f", ROOT, "p", 0)), libc::EISDIR);
@@ -264,7 +321,8 @@ pub fn rename_directory_rules(fx: &Fixture) {
     assert_eq!(dotdot.ino, ROOT);
     h.rmdir(ROOT, "p").expect("p is empty now");
     h.mkdir(ROOT, "e", 0o755).expect("mkdir");
-    h.rename(ROOT, "c", ROOT, "e", 0).expect("replace empty dir");
+    h.rename(ROOT, "c", ROOT, "e", 0)
+        .expect("replace empty dir");
     assert_eq!(h.ino(ROOT, "e"), c);
 }
 
@@ -288,7 +346,10 @@ pub fn symlink_readlink(fx: &Fixture) {
     let e = h.symlink("../some/where", ROOT, "ln").expect("symlink");
     assert_eq!(mode_of(&e.attr) & S_IFMT, libc::S_IFLNK);
     assert_eq!(e.attr.st_size, 13);
-    assert_eq!(fx.fs.readlink(&h.ctx, e.inode).expect("readlink"), b"../some/where");
+    assert_eq!(
+        fx.fs.readlink(&h.ctx, e.inode).expect("readlink"),
+        b"../some/where"
+    );
     let f = h.put(ROOT, "plain", b"");
     assert_eq!(errno(fx.fs.readlink(&h.ctx, f)), libc::EINVAL);
     assert_eq!(errno(h.symlink("x", ROOT, "ln")), libc::EEXIST);
@@ -309,12 +370,19 @@ pub fn mknod_special_files(fx: &Fixture) {
         let st = h.getattr(e.inode);
         assert_eq!(mode_of(&st), mode, "{name} mode");
         if mode & S_IFMT == libc::S_IFCHR || mode & S_IFMT == libc::S_IFBLK {
-            assert_eq!(st.st_rdev as u64, u64::from(rdev), "{name} rdev");
+            assert_eq!(st.st_rdev, u64::from(rdev), "{name} rdev");
         }
-        let listed = h.list(ROOT, 4096).into_iter().find(|l| l.name == name.as_bytes()).expect("listed");
+        let listed = h
+            .list(ROOT, 4096)
+            .into_iter()
+            .find(|l| l.name == name.as_bytes())
+            .expect("listed");
         assert_eq!(listed.dtype, (mode & S_IFMT) >> 12, "{name} d_type");
     }
-    assert_eq!(errno(h.mknod(ROOT, "fifo", libc::S_IFIFO | 0o644, 0)), libc::EEXIST);
+    assert_eq!(
+        errno(h.mknod(ROOT, "fifo", libc::S_IFIFO | 0o644, 0)),
+        libc::EEXIST
+    );
 }
 
 pub fn setattr_chmod_chown_utimens(fx: &Fixture) {
@@ -345,10 +413,16 @@ pub fn setattr_chmod_chown_utimens(fx: &Fixture) {
     let st = h
         .setattr(ino, |_| {}, SetattrValid::MTIME_NOW)
         .expect("utimens now");
-    assert!(st.st_mtime > before.st_mtime, "UTIME_NOW sets the current time");
+    assert!(
+        st.st_mtime > before.st_mtime,
+        "UTIME_NOW sets the current time"
+    );
     assert!(st.st_ctime >= before.st_ctime);
     // Ownership of a file created by a user comes from the request context.
-    let (e, fh) = h.as_user(1000, 100).create(ROOT, "mine", 0o600).expect("create as user");
+    let (e, fh) = h
+        .with_user(1000, 100)
+        .create(ROOT, "mine", 0o600)
+        .expect("create as user");
     assert_eq!((e.attr.st_uid, e.attr.st_gid), (1000, 100));
     fx.h().release(e.inode, fh);
 }
@@ -358,10 +432,14 @@ pub fn chown_clears_setuid(fx: &Fixture) {
     let ino = h.put(ROOT, "suid", b"#!");
     h.chmod(ino, 0o6755).expect("chmod");
     let st = h.chown(ino, 1, 1).expect("chown");
-    assert_eq!(mode_of(&st) & 0o7777, 0o0755, "chown clears setuid and group-exec setgid");
+    assert_eq!(
+        mode_of(&st) & 0o7777,
+        0o0755,
+        "chown clears setuid and group-exec setgid"
+    );
     // A write by an unprivileged user clears setuid too.
     h.chmod(ino, 0o4777).expect("chmod");
-    let u = fx.h().as_user(1, 1);
+    let u = fx.h().with_user(1, 1);
     let fh = u.open(ino, libc::O_WRONLY).expect("open");
     u.write(ino, fh, 0, b"x").expect("write");
     u.release(ino, fh);
@@ -374,13 +452,18 @@ pub fn xattr_flags_and_sizes(fx: &Fixture) {
     let ino = h.put(ROOT, "x", b"");
     let name = c("user.test");
     fs.setxattr(&h.ctx, ino, &name, b"value1", 0).expect("set");
-    assert_eq!(errno(fs.setxattr(&h.ctx, ino, &name, b"v", 1)), libc::EEXIST, "XATTR_CREATE");
+    assert_eq!(
+        errno(fs.setxattr(&h.ctx, ino, &name, b"v", 1)),
+        libc::EEXIST,
+        "XATTR_CREATE"
+    );
     assert_eq!(
         errno(fs.setxattr(&h.ctx, ino, &c("user.none"), b"v", 2)),
         libc::ENODATA,
         "XATTR_REPLACE"
     );
-    fs.setxattr(&h.ctx, ino, &name, b"value22", 2).expect("replace");
+    fs.setxattr(&h.ctx, ino, &name, b"value22", 2)
+        .expect("replace");
     match fs.getxattr(&h.ctx, ino, &name, 0).expect("size query") {
         boxfs::GetxattrReply::Count(n) => assert_eq!(n, 7),
         _ => panic!("size 0 must return the length"),
@@ -390,7 +473,8 @@ pub fn xattr_flags_and_sizes(fx: &Fixture) {
         boxfs::GetxattrReply::Value(v) => assert_eq!(v, b"value22"),
         _ => panic!("expected a value"),
     }
-    fs.setxattr(&h.ctx, ino, &c("user.other"), b"", 0).expect("empty value");
+    fs.setxattr(&h.ctx, ino, &c("user.other"), b"", 0)
+        .expect("empty value");
     let names = match fs.listxattr(&h.ctx, ino, 1024).expect("list") {
         boxfs::ListxattrReply::Names(n) => n,
         _ => panic!("expected names"),
@@ -409,7 +493,8 @@ pub fn xattr_flags_and_sizes(fx: &Fixture) {
     assert_eq!(errno(fs.removexattr(&h.ctx, ino, &name)), libc::ENODATA);
     // Directories carry xattrs too.
     let d = h.mkdir(ROOT, "xd", 0o755).expect("mkdir").inode;
-    fs.setxattr(&h.ctx, d, &c("user.dir"), b"1", 0).expect("set on dir");
+    fs.setxattr(&h.ctx, d, &c("user.dir"), b"1", 0)
+        .expect("set on dir");
 }
 
 pub fn readdir_large_resumed(fx: &Fixture) {
@@ -426,7 +511,11 @@ pub fn readdir_large_resumed(fx: &Fixture) {
     let listed = h.list(d, 512);
     let mut seen = HashSet::new();
     for l in &listed {
-        assert!(seen.insert(l.name.clone()), "duplicate entry {:?}", String::from_utf8_lossy(&l.name));
+        assert!(
+            seen.insert(l.name.clone()),
+            "duplicate entry {:?}",
+            String::from_utf8_lossy(&l.name)
+        );
     }
     let names: BTreeSet<String> = listed
         .iter()
@@ -434,7 +523,7 @@ pub fn readdir_large_resumed(fx: &Fixture) {
         .map(|l| String::from_utf8_lossy(&l.name).into_owned())
         .collect();
     assert_eq!(names, expected, "every entry exactly once");
-    assert!(seen.contains(&b"."[..].to_vec()) && seen.contains(&b".."[..].to_vec()));
+    assert!(seen.contains(&b"."[..]) && seen.contains(&b".."[..]));
     for l in &listed {
         if l.name != b"." && l.name != b".." {
             assert_eq!(l.dtype, libc::DT_REG as u32);
@@ -456,7 +545,9 @@ pub fn readdirplus_counts_lookups(fx: &Fixture) {
     assert_eq!(real.len(), 50);
     for (l, e) in &real {
         assert_eq!(e.inode, l.ino, "entry and dirent agree");
-        let i: usize = String::from_utf8_lossy(&l.name[1..]).parse().expect("index");
+        let i: usize = String::from_utf8_lossy(&l.name[1..])
+            .parse()
+            .expect("index");
         assert_eq!(e.attr.st_size as usize, i, "attributes come with the entry");
     }
     // Each entry counted one reference: unlink, forget it once (plus the create's), and the
@@ -466,7 +557,10 @@ pub fn readdirplus_counts_lookups(fx: &Fixture) {
     let name = String::from_utf8_lossy(&l.name).into_owned();
     h.unlink(d, &name).expect("unlink");
     h.forget(l.ino, 1); // the create's reference
-    assert!(h.try_getattr(l.ino).is_ok(), "readdirplus reference keeps the inode");
+    assert!(
+        h.try_getattr(l.ino).is_ok(),
+        "readdirplus reference keeps the inode"
+    );
     h.forget(l.ino, 1);
     assert!(h.try_getattr(l.ino).is_err());
 }
@@ -501,14 +595,21 @@ pub fn readdir_stable_under_mutation(fx: &Fixture) {
     all.extend(rest.iter().map(|l| l.name.clone()));
     let mut seen = HashSet::new();
     for n in &all {
-        assert!(seen.insert(n.clone()), "entry listed twice: {}", String::from_utf8_lossy(n));
+        assert!(
+            seen.insert(n.clone()),
+            "entry listed twice: {}",
+            String::from_utf8_lossy(n)
+        );
     }
     for n in &unlisted {
         if *n != gone_unlisted {
             assert!(seen.contains(n.as_bytes()), "entry skipped: {n}");
         }
     }
-    assert!(!rest.iter().any(|l| l.name == gone_unlisted.as_bytes()), "removed entry listed");
+    assert!(
+        !rest.iter().any(|l| l.name == gone_unlisted.as_bytes()),
+        "removed entry listed"
+    );
 }
 
 pub fn statfs_reports_limits(fx: &Fixture) {
@@ -525,23 +626,49 @@ pub fn bad_names_rejected_everywhere(fx: &Fixture) {
     let fs = fx.fs.as_ref();
     let f = h.put(ROOT, "victim", b"v");
     let long = "n".repeat(256);
-    for (bad, want) in [("..", libc::EINVAL), (".", libc::EINVAL), ("a/b", libc::EINVAL), ("/etc", libc::EINVAL), ("", libc::EINVAL), (long.as_str(), libc::ENAMETOOLONG)] {
+    for (bad, want) in [
+        ("..", libc::EINVAL),
+        (".", libc::EINVAL),
+        ("a/b", libc::EINVAL),
+        ("/etc", libc::EINVAL),
+        ("", libc::EINVAL),
+        (long.as_str(), libc::ENAMETOOLONG),
+    ] {
         let n = c(bad);
         assert_eq!(errno(fs.lookup(&h.ctx, ROOT, &n)), want, "lookup {bad:?}");
         assert_eq!(errno(h.create(ROOT, bad, 0o644)), want, "create {bad:?}");
         assert_eq!(errno(h.mkdir(ROOT, bad, 0o755)), want, "mkdir {bad:?}");
-        assert_eq!(errno(h.mknod(ROOT, bad, libc::S_IFIFO | 0o644, 0)), want, "mknod {bad:?}");
+        assert_eq!(
+            errno(h.mknod(ROOT, bad, libc::S_IFIFO | 0o644, 0)),
+            want,
+            "mknod {bad:?}"
+        );
         assert_eq!(errno(h.symlink("t", ROOT, bad)), want, "symlink {bad:?}");
         assert_eq!(errno(h.link(f, ROOT, bad)), want, "link {bad:?}");
-        assert_eq!(errno(h.rename(ROOT, "victim", ROOT, bad, 0)), want, "rename to {bad:?}");
-        assert_eq!(errno(h.rename(ROOT, bad, ROOT, "x", 0)), want, "rename from {bad:?}");
+        assert_eq!(
+            errno(h.rename(ROOT, "victim", ROOT, bad, 0)),
+            want,
+            "rename to {bad:?}"
+        );
+        assert_eq!(
+            errno(h.rename(ROOT, bad, ROOT, "x", 0)),
+            want,
+            "rename from {bad:?}"
+        );
         assert_eq!(errno(h.unlink(ROOT, bad)), want, "unlink {bad:?}");
         assert_eq!(errno(h.rmdir(ROOT, bad)), want, "rmdir {bad:?}");
     }
-    assert_eq!(h.get(h.ino(ROOT, "victim")), b"v", "nothing happened to the victim");
+    assert_eq!(
+        h.get(h.ino(ROOT, "victim")),
+        b"v",
+        "nothing happened to the victim"
+    );
     let max = "m".repeat(255);
     h.put(ROOT, &max, b"ok");
-    assert_eq!(h.ino(ROOT, &max), h.lookup(ROOT, &max).expect("lookup").inode);
+    assert_eq!(
+        h.ino(ROOT, &max),
+        h.lookup(ROOT, &max).expect("lookup").inode
+    );
 }
 
 pub fn errno_paths(fx: &Fixture) {
@@ -568,7 +695,10 @@ pub fn concurrent_writers_keep_every_byte(fx: &Fixture) {
         .map(|t| {
             let fs = fs.clone();
             std::thread::spawn(move || {
-                let h = H { fs: &*fs, ctx: boxfs::Context::new() };
+                let h = H {
+                    fs: &*fs,
+                    ctx: boxfs::Context::new(),
+                };
                 let (e, fh) = h.create(ROOT, &format!("w{t}"), 0o644).expect("create");
                 for i in 0..64u64 {
                     let block = vec![t.wrapping_mul(31).wrapping_add(i as u8); 4096];
@@ -579,7 +709,10 @@ pub fn concurrent_writers_keep_every_byte(fx: &Fixture) {
             })
         })
         .collect();
-    let inos: Vec<u64> = threads.into_iter().map(|t| t.join().expect("thread")).collect();
+    let inos: Vec<u64> = threads
+        .into_iter()
+        .map(|t| t.join().expect("thread"))
+        .collect();
     let h = fx.h();
     for (t, ino) in inos.into_iter().enumerate() {
         let data = h.get(ino);

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The whole boxfs test suite: one command on a fresh machine (README, `.ci/run`).
+#
+#   scripts/test.sh            everything: install what is missing, fmt, clippy, the macOS
+#                              check, every test, and the real-guest end-to-end tests
+#   scripts/test.sh --no-guest skip the QEMU guest tests (quick local loop)
+#
+# Installs what it needs when missing (non-interactive): the rustfmt/clippy components and the
+# aarch64-apple-darwin std (rustup), the Debian packages and pjdfstest the guest test uses
+# (scripts/guest/install-deps.sh). Exits non-zero on the first failing step.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+GUEST=1
+for arg in "$@"; do
+    case "$arg" in
+        --no-guest) GUEST=0 ;;
+        -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+        *) echo "test.sh: unknown argument: $arg" >&2; exit 2 ;;
+    esac
+done
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+START=$(date +%s)
+
+step "toolchain components"
+if command -v rustup >/dev/null 2>&1; then
+    rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt </dev/null
+    rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy </dev/null
+    rustup target list --installed | grep -qx aarch64-apple-darwin \
+        || rustup target add aarch64-apple-darwin </dev/null
+fi
+
+if [ "$GUEST" = 1 ]; then
+    step "guest test dependencies (QEMU, kernel, busybox, pjdfstest)"
+    scripts/guest/install-deps.sh
+fi
+
+step "cargo fmt --check"
+cargo fmt --all --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets -- -D warnings
+
+step "cargo check --target aarch64-apple-darwin --no-default-features (backends on macOS)"
+cargo check --target aarch64-apple-darwin --no-default-features
+
+step "cargo test (unit, doc, integration; benchmarks built and run once as tests)"
+cargo test --all-targets --no-fail-fast
+cargo test --doc
+
+if [ "$GUEST" = 1 ]; then
+    step "real-guest end-to-end tests (QEMU/TCG, pjdfstest; daemon unprivileged)"
+    cargo test --test guest_e2e -- --ignored --nocapture --test-threads=1
+fi
+
+step "all green in $(( $(date +%s) - START )) s"
