@@ -9,6 +9,7 @@
 //!
 //! | backend | what it serves |
 //! |---|---|
+//! | [`passthrough::PassthroughFs`] | a confined host directory; guest ownership and modes kept in an xattr, so the daemon runs unprivileged |
 //! | [`memfs::MemFs`] | a complete in-memory filesystem with hard byte and inode limits |
 //!
 //! ```
@@ -40,6 +41,11 @@ pub mod passthrough;
 
 #[cfg(all(feature = "vhost", target_os = "linux"))]
 pub mod vhost;
+
+/// The README's examples, compiled and run as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
 
 pub use cache::CachePolicy;
 pub use error::{Error, Result};

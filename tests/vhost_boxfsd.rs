@@ -358,3 +358,72 @@ fn serves_an_inherited_listening_socket() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("--fd 999"), "{}", stderr(&o));
 }
+
+#[test]
+fn passthrough_options_take_effect() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let share = tempfile::tempdir().unwrap();
+    std::fs::write(share.path().join("host.txt"), b"x").unwrap();
+    let s = sock(&dir);
+    let mut child = spawn(&[
+        "--socket-path",
+        s.to_str().unwrap(),
+        "--shared-dir",
+        share.path().to_str().unwrap(),
+        "--default-owner",
+        "1234:5678",
+        "--quota",
+        "4K",
+        "--host-permissions",
+        "mirror",
+        "--symlinks",
+        "host",
+        "--fd-cache-size",
+        "16",
+        "--thread-pool-size",
+        "0",
+    ]);
+    wait_for_socket(&s, &mut child);
+    {
+        let mut c = FuseClient::connect(&s).expect("connect");
+        let e = c.lookup(ROOT_ID, "host.txt").expect("lookup host file");
+        assert_eq!((e.attr.uid, e.attr.gid), (1234, 5678), "--default-owner");
+        let (g, go) = c
+            .create(ROOT_ID, "g.txt", 0o640 | libc::S_IFREG, libc::O_RDWR as u32)
+            .expect("create");
+        assert_eq!(c.write(g.nodeid, go.fh, 0, &[7u8; 2048]), Ok(2048));
+        // 1 byte already used by host.txt: 2048 more would exceed 4 KiB.
+        assert_eq!(
+            c.write(g.nodeid, go.fh, 2048, &[7u8; 2048]),
+            Err(libc::ENOSPC),
+            "--quota"
+        );
+        c.release(g.nodeid, go.fh).expect("release");
+    }
+    assert!(wait_exit(&mut child, Duration::from_secs(10)).success());
+    let mode = std::fs::metadata(share.path().join("g.txt"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o640, "--host-permissions mirror");
+}
+
+#[test]
+fn bad_passthrough_option_values_are_usage_errors() {
+    let share = tempfile::tempdir().unwrap();
+    let d = share.path().to_str().unwrap();
+    for args in [
+        &["--default-owner", "12"][..],
+        &["--default-owner", "a:b"][..],
+        &["--symlinks", "weird"][..],
+        &["--host-permissions", "open"][..],
+        &["--quota", "lots"][..],
+    ] {
+        let mut all = vec!["--socket-path", "/nonexistent/x.sock", "--shared-dir", d];
+        all.extend_from_slice(args);
+        let o = run(&all);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(args[0]), "{args:?}: {}", stderr(&o));
+    }
+}

@@ -34,7 +34,7 @@ mod linux {
     use std::sync::Arc;
 
     use boxfs::memfs::MemFs;
-    use boxfs::passthrough::PassthroughFs;
+    use boxfs::passthrough::{HostPermissions, PassthroughFs, SymlinkMode};
     use boxfs::vhost::{DeviceHandle, Dispatch, FsDevice, DEFAULT_THREAD_POOL_SIZE};
     use boxfs::{CachePolicy, DynFileSystem};
     use clap::{ArgGroup, Parser};
@@ -81,6 +81,33 @@ mod linux {
         /// Let the guest cache writes (FUSE writeback cache).
         #[arg(long, requires = "shared_dir")]
         writeback: bool,
+
+        /// Limit on the bytes of regular files and symlink targets in the shared directory
+        /// (e.g. 10G); writes past it fail with ENOSPC. Default: no limit.
+        #[arg(long, value_name = "SIZE", value_parser = parse_size, requires = "shared_dir")]
+        quota: Option<u64>,
+
+        /// Guest-visible owner `UID:GID` of host files that carry no ownership xattr.
+        #[arg(long, value_name = "UID:GID", value_parser = parse_owner, default_value = "0:0",
+              requires = "shared_dir")]
+        default_owner: (u32, u32),
+
+        /// How guest symlinks are stored on the host: `virtualized` (a small regular file with
+        /// the link's owner in the ownership xattr; full POSIX semantics) or `host` (real host
+        /// symlinks, owned by the default owner).
+        #[arg(long, value_name = "MODE", value_parser = parse_symlinks, default_value = "virtualized",
+              requires = "shared_dir")]
+        symlinks: SymlinkMode,
+
+        /// Host permission bits of files the guest creates: `private` (0600/0700, never
+        /// changed) or `mirror` (the guest's bits, always with owner read/write).
+        #[arg(long, value_name = "MODE", value_parser = parse_host_permissions,
+              default_value = "private", requires = "shared_dir")]
+        host_permissions: HostPermissions,
+
+        /// Most inode descriptors kept open at once (an LRU; evicted inodes are re-opened).
+        #[arg(long, value_name = "N", requires = "shared_dir")]
+        fd_cache_size: Option<usize>,
 
         /// Request worker threads; 0 serves every request on the virtqueue threads.
         #[arg(long, value_name = "N", default_value_t = DEFAULT_THREAD_POOL_SIZE)]
@@ -151,6 +178,30 @@ mod linux {
             "all" => Ok(Dispatch::Pool),
             "none" => Ok(Dispatch::VringThread),
             other => Err(format!("`{other}`: expected adaptive, slow, all or none")),
+        }
+    }
+
+    /// Parses `UID:GID`.
+    fn parse_owner(s: &str) -> Result<(u32, u32), String> {
+        let (u, g) = s.split_once(':').ok_or("expected UID:GID")?;
+        let u = u.parse().map_err(|_| format!("`{u}`: not a uid"))?;
+        let g = g.parse().map_err(|_| format!("`{g}`: not a gid"))?;
+        Ok((u, g))
+    }
+
+    fn parse_symlinks(s: &str) -> Result<SymlinkMode, String> {
+        match s {
+            "virtualized" => Ok(SymlinkMode::Virtualized),
+            "host" => Ok(SymlinkMode::Host),
+            other => Err(format!("`{other}`: expected virtualized or host")),
+        }
+    }
+
+    fn parse_host_permissions(s: &str) -> Result<HostPermissions, String> {
+        match s {
+            "private" => Ok(HostPermissions::Private),
+            "mirror" => Ok(HostPermissions::Mirror),
+            other => Err(format!("`{other}`: expected private or mirror")),
         }
     }
 
@@ -260,10 +311,18 @@ mod linux {
     fn build_fs(args: &Args) -> Result<Arc<dyn DynFileSystem>, String> {
         if let Some(dir) = &args.shared_dir {
             check_shared_dir(dir)?;
-            let fs = PassthroughFs::builder(dir)
+            let mut b = PassthroughFs::builder(dir)
                 .readonly(args.readonly)
                 .cache_policy(args.cache)
                 .writeback(args.writeback)
+                .quota_bytes(args.quota)
+                .default_owner(args.default_owner.0, args.default_owner.1)
+                .symlinks(args.symlinks)
+                .host_permissions(args.host_permissions);
+            if let Some(n) = args.fd_cache_size {
+                b = b.fd_cache_size(n);
+            }
+            let fs = b
                 .build()
                 .map_err(|e| format!("shared directory {}: {e}", dir.display()))?;
             return Ok(Arc::new(fs));
