@@ -29,7 +29,7 @@
 //!
 //! Each virtqueue has its own thread (from `vhost-user-backend`) that pops descriptor chains.
 //! Serving a request on that thread is the cheapest path (no hand-off, no wake-up of another
-//! thread): on the benchmark in `tests/vhost_throughput.rs` it is up to twice as fast as a pool
+//! thread): on the benchmark in `benches/vhost_dispatch.rs` it is up to twice as fast as a pool
 //! with one request in flight, and on a 2-core host it is as fast as the pools with many in
 //! flight more often than not. But it serves one request at a time, so one slow request (an
 //! `fsync` on slow storage, a `SETLKW` waiting for a lock) stalls every request behind it. The
