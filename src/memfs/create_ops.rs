@@ -14,6 +14,7 @@ use crate::{errno, name, Context, CreateIn, Entry, OpenOptions};
 
 const S_IFMT: u32 = libc::S_IFMT as u32;
 const S_IFDIR: u32 = libc::S_IFDIR as u32;
+const O_EXCL: u32 = libc::O_EXCL as u32;
 
 /// What kind of inode to make.
 pub(super) enum NewKind<'a> {
@@ -106,10 +107,40 @@ impl MemFs {
         args: CreateIn,
     ) -> io::Result<(Entry, Option<u64>, OpenOptions, Option<u32>)> {
         let mode = libc::S_IFREG as u32 | (args.mode & !args.umask & 0o7777);
-        let node = self.make_node(ctx, parent, name, mode, NewKind::File)?;
+        let node = match self.make_node(ctx, parent, name, mode, NewKind::File) {
+            Ok(node) => node,
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) && args.flags & O_EXCL == 0 => {
+                return self.open_existing(ctx, parent, name, args.flags);
+            }
+            Err(e) => return Err(e),
+        };
         let entry = self.entry_uncounted(&node);
         let fh = self.new_handle(node, args.flags);
         Ok((entry, Some(fh), self.cache.open_options(false), None))
+    }
+
+    /// `open(O_CREAT)` without `O_EXCL` of a name that exists (another creator won the race):
+    /// opens the existing file as Linux does; `EISDIR` for a directory.
+    fn open_existing(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        name: &CStr,
+        flags: u32,
+    ) -> io::Result<(Entry, Option<u64>, OpenOptions, Option<u32>)> {
+        let entry = self.do_lookup(ctx, parent, name)?;
+        let opened = if entry.attr.st_mode as u32 & S_IFMT == S_IFDIR {
+            Err(errno(libc::EISDIR))
+        } else {
+            self.do_open(ctx, entry.inode, flags, 0)
+        };
+        match opened {
+            Ok((fh, opts, _)) => Ok((entry, fh, opts, None)),
+            Err(e) => {
+                self.do_forget(entry.inode, 1);
+                Err(e)
+            }
+        }
     }
 
     pub(super) fn do_mknod(

@@ -163,6 +163,18 @@ impl PassthroughFs {
                     None,
                 ))
             }
+            // `open(O_CREAT)` without `O_EXCL` of a name another creator (the host, or a
+            // racing guest) made first opens the existing file, as Linux does.
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) && flags & libc::O_EXCL == 0 => {
+                let entry = self.do_lookup(parent, name)?;
+                match self.do_open(ctx, entry.inode, args.flags) {
+                    Ok((fh, opts, _)) => Ok((entry, fh, opts, None)),
+                    Err(e) => {
+                        self.do_forget(entry.inode, 1);
+                        Err(e)
+                    }
+                }
+            }
             Err(e) => Err(e),
         }
     }

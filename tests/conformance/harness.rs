@@ -85,8 +85,19 @@ impl H<'_> {
     }
 
     pub fn create(&self, parent: u64, name: &str, mode: u32) -> io::Result<(Entry, u64)> {
+        self.create_flags(parent, name, mode, libc::O_RDWR | libc::O_EXCL)
+    }
+
+    /// `create` with explicit open flags.
+    pub fn create_flags(
+        &self,
+        parent: u64,
+        name: &str,
+        mode: u32,
+        flags: i32,
+    ) -> io::Result<(Entry, u64)> {
         let args = CreateIn {
-            flags: libc::O_RDWR as u32,
+            flags: flags as u32,
             mode,
             umask: 0,
             fuse_flags: 0,

@@ -33,7 +33,7 @@ macro_rules! conformance_suite {
             hard_links_share_inode, symlink_readlink, mknod_special_files, setattr_chmod_chown_utimens,
             chown_clears_setuid, xattr_flags_and_sizes, readdir_large_resumed, readdirplus_counts_lookups,
             readdir_stable_under_mutation, statfs_reports_limits, bad_names_rejected_everywhere,
-            errno_paths, concurrent_writers_keep_every_byte
+            errno_paths, create_without_excl_opens_existing, concurrent_writers_keep_every_byte
         );
     };
     (@each $make:expr; $($t:ident),* $(,)?) => {
@@ -675,7 +675,10 @@ pub fn errno_paths(fx: &Fixture) {
     let h = fx.h();
     assert_eq!(errno(h.lookup(ROOT, "absent")), libc::ENOENT);
     let f = h.put(ROOT, "file", b"");
-    assert_eq!(errno(h.create(ROOT, "file", 0o644)), libc::EEXIST);
+    assert_eq!(
+        errno(h.create_flags(ROOT, "file", 0o644, libc::O_RDWR | libc::O_EXCL)),
+        libc::EEXIST
+    );
     assert_eq!(errno(h.lookup(f, "child")), libc::ENOTDIR);
     assert_eq!(errno(h.mkdir(f, "child", 0o755)), libc::ENOTDIR);
     assert_eq!(errno(h.create(f, "child", 0o644)), libc::ENOTDIR);
@@ -687,6 +690,31 @@ pub fn errno_paths(fx: &Fixture) {
     assert!(h.write(f, 0xdead_beef, 0, b"x").is_err());
     let d = h.mkdir(ROOT, "dd", 0o755).expect("mkdir").inode;
     assert_eq!(errno(h.open(d, libc::O_RDWR)), libc::EISDIR);
+}
+
+pub fn create_without_excl_opens_existing(fx: &Fixture) {
+    let h = fx.h();
+    let f = h.put(ROOT, "file", b"kept");
+    // A lost O_CREAT race: the name exists, no O_EXCL: the existing file is opened.
+    let (e, fh) = h
+        .create_flags(ROOT, "file", 0o600, libc::O_RDWR)
+        .expect("create existing without O_EXCL");
+    assert_eq!(e.inode, f);
+    assert_eq!(h.read(f, fh, 0, 10).expect("read"), b"kept");
+    h.release(f, fh);
+    // With O_TRUNC it is truncated, as open(O_CREAT|O_TRUNC) does.
+    let (e, fh) = h
+        .create_flags(ROOT, "file", 0o600, libc::O_RDWR | libc::O_TRUNC)
+        .expect("create existing with O_TRUNC");
+    assert_eq!(e.inode, f);
+    h.release(f, fh);
+    assert_eq!(h.getattr(f).st_size, 0);
+    let d = h.mkdir(ROOT, "dir", 0o755).expect("mkdir").inode;
+    assert_eq!(
+        errno(h.create_flags(ROOT, "dir", 0o644, libc::O_RDONLY)),
+        libc::EISDIR
+    );
+    assert_eq!(h.lookup(ROOT, "dir").expect("dir").inode, d);
 }
 
 pub fn concurrent_writers_keep_every_byte(fx: &Fixture) {
