@@ -1,0 +1,970 @@
+//! boxfs against virtiofsd, through the same vhost-user load generator, and against the host
+//! syscall floor.
+//!
+//! `scripts/bench.sh` (or `cargo bench --bench vs_virtiofsd`) starts `boxfsd` serving a host
+//! directory (PassthroughFs), `boxfsd` serving an in-memory filesystem (MemFs) and `virtiofsd`
+//! serving a copy of the same directory, connects the test VMM of `tests/vmm/` to each (real
+//! virtqueues in memfd guest memory, EVENT_IDX, one request queue of 1024), and drives the same
+//! FUSE workloads against each in alternating rounds; the same operations as plain syscalls on
+//! the host copy give the floor. It prints one table: ops/s, MB/s, p50/p99 latency per
+//! operation, and the ratios boxfs/virtiofsd (throughput) and boxfs/host (latency).
+//!
+//! Knobs (environment): `BOXFS_BENCH_SECS` (seconds per run, default 2), `BOXFS_BENCH_ROUNDS`
+//! (default 3), `BOXFS_BENCH_DEPTH` (operations in flight, default 1), `BOXFS_BENCH_CACHE`
+//! (`--cache` of both daemons, default `auto`), `VIRTIOFSD` (path; default from `PATH`, the row
+//! is skipped when there is none), `BOXFS_BENCH_ONLY` (comma-separated workload names),
+//! `BOXFS_BENCH_BOXFSD_ARGS` (extra `boxfsd` flags, e.g. `--dispatch none`).
+//!
+//! Without `--bench` (as `cargo test --all-targets` runs it) it is a smoke test: a small dataset,
+//! a few operations of every workload against both boxfsd backends, every reply checked.
+
+#[path = "../tests/vmm/mod.rs"]
+mod vmm;
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fuse_backend_rs::abi::fuse_abi::{
+    CreateIn, EntryOut, ForgetIn, GetattrIn, MkdirIn, OpenIn, OpenOut, ReadIn, ReleaseIn, WriteIn,
+};
+use vm_memory::ByteValued;
+use vmm::{op, request, FuseClient, Reply, Seg, Vmm, VmmConfig, OUT_HEADER};
+
+const ROOT: u64 = 1;
+const RMDIR: u32 = 11;
+
+/// Dataset dimensions.
+#[derive(Clone, Copy)]
+struct Sizes {
+    small_files: usize,
+    cached_file: u64,
+    big_file: u64,
+    dir_entries: usize,
+}
+
+const FULL: Sizes = Sizes {
+    small_files: 1000,
+    cached_file: 16 << 20,
+    big_file: 256 << 20,
+    dir_entries: 10_000,
+};
+
+const SMOKE: Sizes = Sizes {
+    small_files: 50,
+    cached_file: 1 << 20,
+    big_file: 4 << 20,
+    dir_entries: 300,
+};
+
+const MIB: u64 = 1 << 20;
+
+fn cstr(s: &str) -> Vec<u8> {
+    let mut v = s.as_bytes().to_vec();
+    v.push(0);
+    v
+}
+
+/// Prepares the host dataset under `root`.
+fn host_dataset(root: &Path, s: Sizes) {
+    let small = root.join("small");
+    std::fs::create_dir_all(&small).expect("mkdir small");
+    for i in 0..s.small_files {
+        std::fs::write(small.join(format!("f{i:05}")), [7u8; 4096]).expect("small file");
+    }
+    let chunk = vec![0x5au8; MIB as usize];
+    for (name, size) in [("cached", s.cached_file), ("big", s.big_file)] {
+        let mut f = std::fs::File::create(root.join(name)).expect("create");
+        for _ in 0..size / MIB {
+            std::io::Write::write_all(&mut f, &chunk).expect("fill");
+        }
+    }
+    std::fs::File::create(root.join("wbig"))
+        .and_then(|f| f.set_len(s.big_file))
+        .expect("wbig");
+    let d = root.join("d10k");
+    std::fs::create_dir_all(&d).expect("mkdir d10k");
+    for i in 0..s.dir_entries {
+        std::fs::write(d.join(format!("e{i:05}")), b"").expect("entry");
+    }
+    std::fs::create_dir_all(root.join("scratch")).expect("scratch");
+}
+
+/// The same dataset created through FUSE (for MemFs).
+fn fuse_dataset(c: &mut FuseClient, s: Sizes) {
+    let small = c.mkdir(ROOT, "small", 0o755).expect("mkdir small").nodeid;
+    for i in 0..s.small_files {
+        let (e, o) = c
+            .create(
+                small,
+                &format!("f{i:05}"),
+                0o644 | libc::S_IFREG,
+                libc::O_RDWR as u32,
+            )
+            .expect("create small");
+        c.write(e.nodeid, o.fh, 0, &[7u8; 4096])
+            .expect("write small");
+        c.release(e.nodeid, o.fh).expect("release");
+    }
+    let chunk = vec![0x5au8; MIB as usize];
+    for (name, size) in [("cached", s.cached_file), ("big", s.big_file)] {
+        let (e, o) = c
+            .create(ROOT, name, 0o644 | libc::S_IFREG, libc::O_RDWR as u32)
+            .expect("create");
+        for i in 0..size / MIB {
+            c.write(e.nodeid, o.fh, i * MIB, &chunk).expect("fill");
+        }
+        c.release(e.nodeid, o.fh).expect("release");
+    }
+    let (e, o) = c
+        .create(ROOT, "wbig", 0o644 | libc::S_IFREG, libc::O_RDWR as u32)
+        .expect("create wbig");
+    c.release(e.nodeid, o.fh).expect("release");
+    let d = c.mkdir(ROOT, "d10k", 0o755).expect("mkdir d10k").nodeid;
+    for i in 0..s.dir_entries {
+        let (e, o) = c
+            .create(
+                d,
+                &format!("e{i:05}"),
+                0o644 | libc::S_IFREG,
+                libc::O_RDWR as u32,
+            )
+            .expect("create entry");
+        c.release(e.nodeid, o.fh).expect("release");
+    }
+    c.mkdir(ROOT, "scratch", 0o755).expect("mkdir scratch");
+}
+
+/// Node ids and handles the workloads use, looked up once per target.
+#[derive(Clone, Copy)]
+struct Nodes {
+    small: u64,
+    cached: u64,
+    big: u64,
+    big_fh: u64,
+    wbig: u64,
+    wbig_fh: u64,
+    d10k: u64,
+    scratch: u64,
+}
+
+fn nodes(c: &mut FuseClient) -> Nodes {
+    let small = c.lookup(ROOT, "small").expect("small").nodeid;
+    let cached = c.lookup(ROOT, "cached").expect("cached").nodeid;
+    let big = c.lookup(ROOT, "big").expect("big").nodeid;
+    let big_fh = c.open(big, libc::O_RDONLY as u32).expect("open big").fh;
+    let wbig = c.lookup(ROOT, "wbig").expect("wbig").nodeid;
+    let wbig_fh = c.open(wbig, libc::O_RDWR as u32).expect("open wbig").fh;
+    let d10k = c.lookup(ROOT, "d10k").expect("d10k").nodeid;
+    let scratch = c.lookup(ROOT, "scratch").expect("scratch").nodeid;
+    Nodes {
+        small,
+        cached,
+        big,
+        big_fh,
+        wbig,
+        wbig_fh,
+        d10k,
+        scratch,
+    }
+}
+
+/// The workloads, in table order.
+const WORKLOADS: [&str; 7] = [
+    "lookup+getattr",
+    "open/read4k/close",
+    "seqread 1MiB",
+    "seqwrite 1MiB",
+    "create+write4k+unlink",
+    "readdirplus 10k",
+    "mkdir+rmdir",
+];
+
+/// Per-slot progress of one multi-request operation.
+#[derive(Clone, Default)]
+struct Slot {
+    step: u32,
+    node: u64,
+    fh: u64,
+    name: String,
+    entries: usize,
+}
+
+/// A workload as a per-slot state machine over FUSE requests.
+struct Machine<'a> {
+    kind: usize,
+    n: Nodes,
+    s: Sizes,
+    counter: u64,
+    rng: u64,
+    payload: &'a [u8],
+    slots: Vec<Slot>,
+}
+
+impl Machine<'_> {
+    fn rand(&mut self) -> u64 {
+        // xorshift64: deterministic and cheap.
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng
+    }
+
+    /// First request of a new operation in `slot`.
+    fn begin(&mut self, slot: usize, u: u64) -> Vec<Seg> {
+        self.counter += 1;
+        let k = self.counter;
+        self.slots[slot] = Slot::default();
+        match self.kind {
+            0 => {
+                let name = cstr(&format!("f{:05}", k % self.s.small_files as u64));
+                vec![
+                    Seg::R(request(op::LOOKUP, u, self.n.small, &[&name])),
+                    Seg::W(256),
+                ]
+            }
+            1 => {
+                let o = OpenIn {
+                    flags: libc::O_RDONLY as u32,
+                    ..Default::default()
+                };
+                vec![
+                    Seg::R(request(op::OPEN, u, self.n.cached, &[o.as_slice()])),
+                    Seg::W(64),
+                ]
+            }
+            2 => {
+                let off = (k * MIB) % self.s.big_file;
+                read_req(u, self.n.big, self.n.big_fh, off, MIB as u32)
+            }
+            3 => {
+                let off = (k * MIB) % self.s.big_file;
+                let w = WriteIn {
+                    fh: self.n.wbig_fh,
+                    offset: off,
+                    size: self.payload.len() as u32,
+                    ..Default::default()
+                };
+                vec![
+                    Seg::R(request(
+                        op::WRITE,
+                        u,
+                        self.n.wbig,
+                        &[w.as_slice(), self.payload],
+                    )),
+                    Seg::W(64),
+                ]
+            }
+            4 => {
+                let name = format!("c{slot}_{k}");
+                let ci = CreateIn {
+                    flags: libc::O_RDWR as u32,
+                    mode: 0o644 | libc::S_IFREG,
+                    umask: 0,
+                    fuse_flags: 0,
+                };
+                let req = request(
+                    op::CREATE,
+                    u,
+                    self.n.scratch,
+                    &[ci.as_slice(), &cstr(&name)],
+                );
+                self.slots[slot].name = name;
+                vec![Seg::R(req), Seg::W(256)]
+            }
+            5 => {
+                let o = OpenIn::default();
+                vec![
+                    Seg::R(request(op::OPENDIR, u, self.n.d10k, &[o.as_slice()])),
+                    Seg::W(64),
+                ]
+            }
+            _ => {
+                let name = format!("m{slot}_{k}");
+                let m = MkdirIn {
+                    mode: 0o755,
+                    umask: 0,
+                };
+                let req = request(op::MKDIR, u, self.n.scratch, &[m.as_slice(), &cstr(&name)]);
+                self.slots[slot].name = name;
+                vec![Seg::R(req), Seg::W(256)]
+            }
+        }
+    }
+
+    /// Next request of the operation in `slot` after `reply`; `None` when it is complete.
+    /// Forgets (which have no reply) are returned through `forget`.
+    fn step(
+        &mut self,
+        slot: usize,
+        body: &[u8],
+        u: u64,
+        forget: &mut Option<u64>,
+    ) -> Option<Vec<Seg>> {
+        let st = self.slots[slot].step;
+        self.slots[slot].step += 1;
+        match (self.kind, st) {
+            (0, 0) => {
+                let e: EntryOut = vmm::obj(body);
+                let g = GetattrIn::default();
+                Some(vec![
+                    Seg::R(request(op::GETATTR, u, e.nodeid, &[g.as_slice()])),
+                    Seg::W(256),
+                ])
+            }
+            (1, 0) => {
+                let o: OpenOut = vmm::obj(body);
+                self.slots[slot].fh = o.fh;
+                let off = (self.rand() % (self.s.cached_file / 4096)) * 4096;
+                Some(read_req(u, self.n.cached, o.fh, off, 4096))
+            }
+            (1, 1) => Some(release_req(
+                op::RELEASE,
+                u,
+                self.n.cached,
+                self.slots[slot].fh,
+            )),
+            (4, 0) => {
+                let e: EntryOut = vmm::obj(body);
+                let o: OpenOut = vmm::obj(&body[std::mem::size_of::<EntryOut>()..]);
+                self.slots[slot].node = e.nodeid;
+                self.slots[slot].fh = o.fh;
+                let w = WriteIn {
+                    fh: o.fh,
+                    size: 4096,
+                    ..Default::default()
+                };
+                Some(vec![
+                    Seg::R(request(
+                        op::WRITE,
+                        u,
+                        e.nodeid,
+                        &[w.as_slice(), &self.payload[..4096]],
+                    )),
+                    Seg::W(64),
+                ])
+            }
+            (4, 1) => {
+                let sl = &self.slots[slot];
+                Some(release_req(op::RELEASE, u, sl.node, sl.fh))
+            }
+            (4, 2) => {
+                let name = cstr(&self.slots[slot].name);
+                Some(vec![
+                    Seg::R(request(op::UNLINK, u, self.n.scratch, &[&name])),
+                    Seg::W(64),
+                ])
+            }
+            (4, 3) => {
+                *forget = Some(self.slots[slot].node);
+                None
+            }
+            (5, 0) => {
+                let o: OpenOut = vmm::obj(body);
+                self.slots[slot].fh = o.fh;
+                Some(readdirplus_req(u, self.n.d10k, o.fh, 0))
+            }
+            (5, _) => {
+                let entries = vmm::parse_direntplus(body);
+                let sl = &mut self.slots[slot];
+                match entries.last() {
+                    Some(last) => {
+                        sl.entries += entries.len();
+                        let off = last.off;
+                        let fh = sl.fh;
+                        Some(readdirplus_req(u, self.n.d10k, fh, off))
+                    }
+                    None if sl.fh != u64::MAX => {
+                        // `.` and `..` are listed too.
+                        assert_eq!(sl.entries, self.s.dir_entries + 2, "entries listed");
+                        let fh = sl.fh;
+                        sl.fh = u64::MAX;
+                        Some(release_req(op::RELEASEDIR, u, self.n.d10k, fh))
+                    }
+                    None => None,
+                }
+            }
+            (6, 0) => {
+                let e: EntryOut = vmm::obj(body);
+                self.slots[slot].node = e.nodeid;
+                let name = cstr(&self.slots[slot].name);
+                Some(vec![
+                    Seg::R(request(RMDIR, u, self.n.scratch, &[&name])),
+                    Seg::W(64),
+                ])
+            }
+            (6, 1) => {
+                *forget = Some(self.slots[slot].node);
+                None
+            }
+            _ => None,
+        }
+    }
+}
+
+fn read_req(u: u64, node: u64, fh: u64, offset: u64, size: u32) -> Vec<Seg> {
+    let r = ReadIn {
+        fh,
+        offset,
+        size,
+        ..Default::default()
+    };
+    vec![
+        Seg::R(request(op::READ, u, node, &[r.as_slice()])),
+        Seg::W(OUT_HEADER + size),
+    ]
+}
+
+fn readdirplus_req(u: u64, node: u64, fh: u64, offset: u64) -> Vec<Seg> {
+    let r = ReadIn {
+        fh,
+        offset,
+        size: 4096,
+        ..Default::default()
+    };
+    vec![
+        Seg::R(request(op::READDIRPLUS, u, node, &[r.as_slice()])),
+        Seg::W(OUT_HEADER + 4096),
+    ]
+}
+
+fn release_req(opcode: u32, u: u64, node: u64, fh: u64) -> Vec<Seg> {
+    let r = ReleaseIn {
+        fh,
+        ..Default::default()
+    };
+    vec![
+        Seg::R(request(opcode, u, node, &[r.as_slice()])),
+        Seg::W(64),
+    ]
+}
+
+/// Result of one timed run.
+#[derive(Default, Clone)]
+struct Run {
+    ops: u64,
+    secs: f64,
+    lat: Vec<Duration>,
+}
+
+/// Drives `kind` through `c` with `depth` operations in flight, for `dur` or `max_ops`.
+fn drive(c: &mut FuseClient, m: &mut Machine, depth: usize, dur: Duration, max_ops: u64) -> Run {
+    let q = c.queue;
+    m.slots = vec![Slot::default(); depth];
+    let mut heads: HashMap<u16, usize> = HashMap::new();
+    let mut started = vec![Instant::now(); depth];
+    let start = Instant::now();
+    let mut run = Run::default();
+    let mut begun = 0u64;
+    for (slot, t0) in started.iter_mut().enumerate() {
+        if begun == max_ops {
+            break;
+        }
+        let u = c.next_unique();
+        let segs = m.begin(slot, u);
+        *t0 = Instant::now();
+        heads.insert(c.vmm.submit(q, &segs), slot);
+        begun += 1;
+    }
+    while !heads.is_empty() {
+        let comp = c
+            .vmm
+            .wait_any(q, Duration::from_secs(60))
+            .expect("the daemon did not answer within 60 s");
+        let slot = heads
+            .remove(&comp.head)
+            .expect("completion of an unknown chain");
+        let reply = Reply::parse(&comp).expect("reply without a FUSE header");
+        if reply.header.error != 0 {
+            panic!(
+                "{}: step {} failed with errno {}",
+                WORKLOADS[m.kind], m.slots[slot].step, -reply.header.error
+            );
+        }
+        let u = c.next_unique();
+        let mut forget = None;
+        match m.step(slot, &reply.body, u, &mut forget) {
+            Some(segs) => {
+                heads.insert(c.vmm.submit(q, &segs), slot);
+            }
+            None => {
+                if let Some(node) = forget {
+                    send_forget(c, node);
+                }
+                run.lat.push(started[slot].elapsed());
+                run.ops += 1;
+                if begun < max_ops && start.elapsed() < dur {
+                    let u = c.next_unique();
+                    let segs = m.begin(slot, u);
+                    started[slot] = Instant::now();
+                    heads.insert(c.vmm.submit(q, &segs), slot);
+                    begun += 1;
+                }
+            }
+        }
+    }
+    run.secs = start.elapsed().as_secs_f64();
+    run
+}
+
+/// FORGET on the hiprio queue (no reply; the chain comes back with length 0).
+fn send_forget(c: &mut FuseClient, node: u64) {
+    let u = c.next_unique();
+    let f = ForgetIn { nlookup: 1 };
+    let head = c
+        .vmm
+        .submit(0, &[Seg::R(request(op::FORGET, u, node, &[f.as_slice()]))]);
+    c.vmm
+        .wait(0, head, Duration::from_secs(60))
+        .expect("forget not returned");
+}
+
+/// A daemon under test plus the VMM connected to it.
+struct Target {
+    name: &'static str,
+    child: Child,
+    client: FuseClient,
+    nodes: Nodes,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn connect(program: &Path, args: &[String], sock: &Path) -> (Child, FuseClient) {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {}: {e}", program.display()));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !sock.exists() {
+        if let Ok(Some(st)) = child.try_wait() {
+            panic!("{} exited early: {st}", program.display());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} made no socket",
+            program.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let cfg = VmmConfig {
+        mem_size: 256 << 20,
+        queue_size: 1024,
+        queues: Some(2),
+        ..Default::default()
+    };
+    let vmm = Vmm::connect(sock, cfg).expect("connect the VMM");
+    let mut client = FuseClient::new(vmm);
+    client.timeout = Duration::from_secs(60);
+    client.init().expect("FUSE INIT");
+    (child, client)
+}
+
+fn boxfsd(name: &'static str, memfs: bool, s: Sizes, cache: &str) -> Target {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock = dir.path().join("boxfsd.sock");
+    let mut args: Vec<String> = vec![
+        "--socket-path".into(),
+        sock.display().to_string(),
+        "--cache".into(),
+        cache.into(),
+        "--log-level".into(),
+        "error".into(),
+    ];
+    if let Ok(extra) = std::env::var("BOXFS_BENCH_BOXFSD_ARGS") {
+        args.extend(extra.split_whitespace().map(String::from));
+    }
+    if memfs {
+        args.extend(["--memfs-size".into(), "2G".into()]);
+    } else {
+        let share = dir.path().join("share");
+        host_dataset(&share, s);
+        args.extend(["--shared-dir".into(), share.display().to_string()]);
+    }
+    let (child, mut client) = connect(Path::new(env!("CARGO_BIN_EXE_boxfsd")), &args, &sock);
+    if memfs {
+        fuse_dataset(&mut client, s);
+    }
+    let nodes = nodes(&mut client);
+    Target {
+        name,
+        child,
+        client,
+        nodes,
+        _dir: dir,
+    }
+}
+
+fn virtiofsd(program: &Path, s: Sizes, cache: &str) -> Target {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock = dir.path().join("virtiofsd.sock");
+    let share = dir.path().join("share");
+    host_dataset(&share, s);
+    let args: Vec<String> = vec![
+        "--socket-path".into(),
+        sock.display().to_string(),
+        "--shared-dir".into(),
+        share.display().to_string(),
+        "--cache".into(),
+        cache.into(),
+        "--sandbox".into(),
+        "none".into(),
+        "--log-level".into(),
+        "error".into(),
+    ];
+    let (child, mut client) = connect(program, &args, &sock);
+    let nodes = nodes(&mut client);
+    Target {
+        name: "virtiofsd",
+        child,
+        client,
+        nodes,
+        _dir: dir,
+    }
+}
+
+/// The same operations as host syscalls on a host copy of the dataset.
+struct Host {
+    root: tempfile::TempDir,
+    small: OwnedFd,
+    scratch: OwnedFd,
+    big: std::fs::File,
+    wbig: std::fs::File,
+    s: Sizes,
+}
+
+fn open_dir(p: &Path) -> OwnedFd {
+    std::fs::File::open(p).expect("open dir").into()
+}
+
+impl Host {
+    fn new(s: Sizes) -> Host {
+        let root = tempfile::tempdir().expect("tempdir");
+        host_dataset(root.path(), s);
+        Host {
+            small: open_dir(&root.path().join("small")),
+            scratch: open_dir(&root.path().join("scratch")),
+            big: std::fs::File::open(root.path().join("big")).expect("big"),
+            wbig: std::fs::OpenOptions::new()
+                .write(true)
+                .open(root.path().join("wbig"))
+                .expect("wbig"),
+            root,
+            s,
+        }
+    }
+
+    fn run(&self, kind: usize, dur: Duration, max_ops: u64) -> Run {
+        use std::os::unix::fs::FileExt;
+        let mut run = Run::default();
+        let mut buf = vec![0u8; MIB as usize];
+        let payload = vec![0xa5u8; MIB as usize];
+        let cached =
+            CString::new(self.root.path().join("cached").as_os_str().as_bytes()).expect("path");
+        let d10k = self.root.path().join("d10k");
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let start = Instant::now();
+        let mut k = 0u64;
+        while k < max_ops && start.elapsed() < dur {
+            k += 1;
+            let t = Instant::now();
+            match kind {
+                0 => {
+                    let name = CString::new(format!("f{:05}", k % self.s.small_files as u64))
+                        .expect("name");
+                    // SAFETY: an all-zero `stat` is a valid value.
+                    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+                    // SAFETY: `st` is a valid out-buffer and `name` is NUL-terminated.
+                    let r = unsafe {
+                        libc::fstatat(
+                            self.small.as_raw_fd(),
+                            name.as_ptr(),
+                            &mut st,
+                            libc::AT_SYMLINK_NOFOLLOW,
+                        )
+                    };
+                    assert_eq!(r, 0);
+                }
+                1 => {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    let off = (rng % (self.s.cached_file / 4096)) * 4096;
+                    // SAFETY: plain open/pread/close on a path we own; the buffer is large enough.
+                    unsafe {
+                        let fd = libc::open(cached.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+                        assert!(fd >= 0);
+                        let n = libc::pread(fd, buf.as_mut_ptr().cast(), 4096, off as i64);
+                        assert_eq!(n, 4096);
+                        libc::close(fd);
+                    }
+                }
+                2 => {
+                    let off = (k * MIB) % self.s.big_file;
+                    self.big.read_exact_at(&mut buf, off).expect("pread");
+                }
+                3 => {
+                    let off = (k * MIB) % self.s.big_file;
+                    self.wbig.write_all_at(&payload, off).expect("pwrite");
+                }
+                4 => {
+                    let name = CString::new(format!("c{k}")).expect("name");
+                    // SAFETY: plain openat/write/close/unlinkat on a directory fd we own.
+                    unsafe {
+                        let fd = libc::openat(
+                            self.scratch.as_raw_fd(),
+                            name.as_ptr(),
+                            libc::O_CREAT | libc::O_RDWR | libc::O_CLOEXEC,
+                            0o644,
+                        );
+                        assert!(fd >= 0);
+                        assert_eq!(libc::write(fd, payload.as_ptr().cast(), 4096), 4096);
+                        libc::close(fd);
+                        assert_eq!(
+                            libc::unlinkat(self.scratch.as_raw_fd(), name.as_ptr(), 0),
+                            0
+                        );
+                    }
+                }
+                5 => {
+                    let mut n = 0;
+                    for e in std::fs::read_dir(&d10k).expect("read_dir") {
+                        let e = e.expect("entry");
+                        e.metadata().expect("stat");
+                        n += 1;
+                    }
+                    assert_eq!(n, self.s.dir_entries);
+                }
+                _ => {
+                    let name = CString::new(format!("m{k}")).expect("name");
+                    // SAFETY: plain mkdirat/unlinkat on a directory fd we own.
+                    unsafe {
+                        assert_eq!(
+                            libc::mkdirat(self.scratch.as_raw_fd(), name.as_ptr(), 0o755),
+                            0
+                        );
+                        assert_eq!(
+                            libc::unlinkat(
+                                self.scratch.as_raw_fd(),
+                                name.as_ptr(),
+                                libc::AT_REMOVEDIR
+                            ),
+                            0
+                        );
+                    }
+                }
+            }
+            run.lat.push(t.elapsed());
+            run.ops += 1;
+        }
+        run.secs = start.elapsed().as_secs_f64();
+        run
+    }
+}
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn find_virtiofsd() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("VIRTIOFSD") {
+        return Some(PathBuf::from(p));
+    }
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    if let Some(home) = std::env::var_os("HOME") {
+        dirs.push(PathBuf::from(home).join(".cargo/bin"));
+    }
+    dirs.into_iter()
+        .map(|d| d.join("virtiofsd"))
+        .find(|p| p.is_file())
+}
+
+/// Aggregate of the rounds of one (workload, target).
+#[derive(Default)]
+struct Agg {
+    rates: Vec<f64>,
+    lat: Vec<Duration>,
+}
+
+impl Agg {
+    fn add(&mut self, r: Run) {
+        if r.secs > 0.0 {
+            self.rates.push(r.ops as f64 / r.secs);
+        }
+        self.lat.extend(r.lat);
+    }
+
+    fn rate(&self) -> f64 {
+        let mut v = self.rates.clone();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(0.0)
+    }
+
+    fn pct(&mut self, p: f64) -> Duration {
+        self.lat.sort();
+        if self.lat.is_empty() {
+            return Duration::ZERO;
+        }
+        let i = ((self.lat.len() - 1) as f64 * p).round() as usize;
+        self.lat[i]
+    }
+}
+
+fn main() {
+    let bench = std::env::args().any(|a| a == "--bench");
+    let sizes = if bench { FULL } else { SMOKE };
+    let secs = if bench {
+        env_u64("BOXFS_BENCH_SECS", 2)
+    } else {
+        60
+    };
+    let rounds = if bench {
+        env_u64("BOXFS_BENCH_ROUNDS", 3)
+    } else {
+        1
+    };
+    let max_ops = if bench { u64::MAX } else { 8 };
+    let depth = env_u64("BOXFS_BENCH_DEPTH", 1).clamp(1, 64) as usize;
+    let cache = std::env::var("BOXFS_BENCH_CACHE").unwrap_or_else(|_| "auto".into());
+    let only: Option<Vec<String>> = std::env::var("BOXFS_BENCH_ONLY")
+        .ok()
+        .map(|v| v.split(',').map(|s| s.trim().to_string()).collect());
+    let dur = Duration::from_secs(secs);
+
+    eprintln!("preparing datasets ...");
+    let mut targets = vec![
+        boxfsd("boxfs-passthrough", false, sizes, &cache),
+        boxfsd("boxfs-memfs", true, sizes, &cache),
+    ];
+    if bench {
+        match find_virtiofsd() {
+            Some(p) => targets.push(virtiofsd(&p, sizes, &cache)),
+            None => eprintln!(
+                "virtiofsd not found (set VIRTIOFSD or run scripts/bench.sh): row skipped"
+            ),
+        }
+    }
+    let host = Host::new(sizes);
+    let payload = vec![0xa5u8; MIB as usize];
+
+    let names: Vec<String> = targets.iter().map(|t| t.name.to_string()).collect();
+    let mut results: HashMap<(usize, String), Agg> = HashMap::new();
+    for round in 0..rounds {
+        for kind in 0..WORKLOADS.len() {
+            if let Some(only) = &only {
+                if !only.iter().any(|o| o == WORKLOADS[kind]) {
+                    continue;
+                }
+            }
+            // Alternate the order of targets between rounds to cancel drift.
+            let n = targets.len();
+            for i in 0..n {
+                let t = &mut targets[(i + round as usize + kind) % n];
+                let mut m = Machine {
+                    kind,
+                    n: t.nodes,
+                    s: sizes,
+                    counter: 0,
+                    rng: 0x2545_f491_4f6c_dd1d,
+                    payload: &payload,
+                    slots: Vec::new(),
+                };
+                let r = drive(&mut t.client, &mut m, depth, dur, max_ops);
+                assert!(r.ops > 0, "{}: no operation completed", t.name);
+                results
+                    .entry((kind, t.name.to_string()))
+                    .or_default()
+                    .add(r);
+            }
+            let r = host.run(kind, dur, max_ops);
+            results
+                .entry((kind, "host".to_string()))
+                .or_default()
+                .add(r);
+        }
+    }
+    if !bench {
+        println!(
+            "vs_virtiofsd smoke test: every workload completed on {}",
+            names.join(", ")
+        );
+        return;
+    }
+
+    println!(
+        "\nrounds={rounds} secs/run={secs} depth={depth} cache={cache} (virtiofsd: {})",
+        if names.iter().any(|n| n == "virtiofsd") {
+            "yes"
+        } else {
+            "absent"
+        }
+    );
+    println!(
+        "{:<22} {:<18} {:>10} {:>9} {:>10} {:>10} {:>8} {:>9}",
+        "workload", "target", "ops/s", "MB/s", "p50 µs", "p99 µs", "×vfsd", "×host p50"
+    );
+    for (kind, wname) in WORKLOADS.iter().enumerate() {
+        let vfsd = results.get(&(kind, "virtiofsd".to_string())).map(Agg::rate);
+        let host_p50 = results
+            .get_mut(&(kind, "host".to_string()))
+            .map(|a| a.pct(0.5));
+        let mut rows: Vec<String> = names.clone();
+        rows.push("host".into());
+        for t in rows {
+            let Some(a) = results.get_mut(&(kind, t.clone())) else {
+                continue;
+            };
+            let rate = a.rate();
+            let p50 = a.pct(0.5);
+            let p99 = a.pct(0.99);
+            let bytes = match kind {
+                1 | 4 => 4096.0,
+                2 | 3 => MIB as f64,
+                _ => 0.0,
+            };
+            let mbs = if bytes > 0.0 {
+                format!("{:.1}", rate * bytes / 1e6)
+            } else {
+                "-".into()
+            };
+            let vs = match (t.starts_with("boxfs"), vfsd) {
+                (true, Some(v)) if v > 0.0 => format!("{:.2}", rate / v),
+                _ => "-".into(),
+            };
+            let vh = match (t.as_str() != "host", host_p50) {
+                (true, Some(h)) if !h.is_zero() => {
+                    format!("{:.1}", p50.as_secs_f64() / h.as_secs_f64())
+                }
+                _ => "-".into(),
+            };
+            println!(
+                "{:<22} {:<18} {:>10.0} {:>9} {:>10.1} {:>10.1} {:>8} {:>9}",
+                wname,
+                t,
+                rate,
+                mbs,
+                p50.as_secs_f64() * 1e6,
+                p99.as_secs_f64() * 1e6,
+                vs,
+                vh
+            );
+        }
+    }
+}

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# boxfs against virtiofsd and the host syscall floor: one table (benches/vs_virtiofsd.rs).
+#
+#   scripts/bench.sh                 installs virtiofsd when missing (cargo install; Debian
+#                                    packages libcap-ng-dev libseccomp-dev), builds boxfsd and
+#                                    the load generator (release), runs every workload
+#   BOXFS_BENCH_SECS=5 BOXFS_BENCH_ROUNDS=5 BOXFS_BENCH_DEPTH=16 scripts/bench.sh
+#
+# Run it on an otherwise idle machine: every daemon shares the same cores as the load generator.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+if ! command -v virtiofsd >/dev/null 2>&1; then
+    scripts/guest/install-deps.sh --with-virtiofsd
+fi
+VIRTIOFSD="$(command -v virtiofsd)" exec cargo bench --bench vs_virtiofsd
