@@ -1,6 +1,6 @@
 //! A sharded `u64`-keyed map, so unrelated inodes and handles never contend on one lock.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 
 use parking_lot::RwLock;
 
@@ -14,7 +14,9 @@ pub(crate) struct ShardedMap<T> {
 impl<T: Clone> ShardedMap<T> {
     pub(crate) fn new() -> Self {
         ShardedMap {
-            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            shards: (0..SHARDS)
+                .map(|_| RwLock::new(HashMap::default()))
+                .collect(),
         }
     }
 

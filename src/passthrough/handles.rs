@@ -1,6 +1,6 @@
 //! Open files and directories.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::fs::File;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -35,7 +35,7 @@ pub(crate) struct HandleTable {
 impl HandleTable {
     pub fn new() -> Self {
         HandleTable {
-            map: RwLock::new(HashMap::new()),
+            map: RwLock::new(HashMap::default()),
             next: AtomicU64::new(1),
         }
     }

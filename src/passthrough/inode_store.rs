@@ -1,7 +1,7 @@
 //! Inode table: guest inode numbers ↔ host identities, lookup counts, paths for
 //! re-resolution and the cached ownership override.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::ffi::CString;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -68,8 +68,8 @@ pub(crate) struct InodeStore {
 
 impl InodeStore {
     pub fn new(root: Arc<InodeData>) -> Self {
-        let mut by_id = HashMap::new();
-        let mut by_key = HashMap::new();
+        let mut by_id = HashMap::default();
+        let mut by_key = HashMap::default();
         by_key.insert(root.key, root.id);
         let next = PRIVATE_IDS;
         by_id.insert(root.id, root);

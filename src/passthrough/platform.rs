@@ -111,9 +111,38 @@ mod imp {
             .ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))
     }
 
-    fn proc_path(fd: RawFd) -> CString {
-        // A decimal number never contains NUL.
-        CString::new(format!("/proc/self/fd/{fd}")).unwrap_or_default()
+    /// `/proc/self/fd/N` as a NUL-terminated string on the stack (no allocation: this is on
+    /// the path of every xattr call and of the ownership read of every new inode).
+    struct ProcPath {
+        buf: [u8; 32],
+    }
+
+    impl ProcPath {
+        fn as_ptr(&self) -> *const libc::c_char {
+            self.buf.as_ptr().cast()
+        }
+    }
+
+    fn proc_path(fd: RawFd) -> ProcPath {
+        const PREFIX: &[u8] = b"/proc/self/fd/";
+        let mut buf = [0u8; 32];
+        buf[..PREFIX.len()].copy_from_slice(PREFIX);
+        let mut digits = [0u8; 10];
+        let mut n = fd.unsigned_abs();
+        let mut len = 0;
+        loop {
+            digits[len] = b'0' + (n % 10) as u8;
+            len += 1;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        for (i, d) in digits[..len].iter().rev().enumerate() {
+            buf[PREFIX.len() + i] = *d;
+        }
+        // The rest of `buf` is zero: the string is NUL-terminated (14 + 10 < 32).
+        ProcPath { buf }
     }
 
     /// Opens `name` (one validated component) beneath directory `dir`, never following a
@@ -544,6 +573,25 @@ mod imp {
     /// Host errno to guest (Linux) errno: the identity here.
     pub(crate) fn linux_errno(e: io::Error) -> io::Error {
         e
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::proc_path;
+        use std::ffi::CStr;
+
+        #[test]
+        fn proc_path_formats_every_fd() {
+            for fd in [0, 7, 10, 4095, 1_000_000, i32::MAX] {
+                let p = proc_path(fd);
+                // SAFETY: `proc_path` always NUL-terminates within its buffer.
+                let got = unsafe { CStr::from_ptr(p.as_ptr()) };
+                assert_eq!(
+                    got.to_str().ok(),
+                    Some(format!("/proc/self/fd/{fd}").as_str())
+                );
+            }
+        }
     }
 }
 
