@@ -1,12 +1,6 @@
 //! The conformance suite on PassthroughFs, in each symlink mode, with the test process
 //! unprivileged.
 
-// The shared suite is linted in its own file; only PassthroughFs is under test here.
-#[allow(
-    clippy::unnecessary_cast,
-    clippy::wrong_self_convention,
-    clippy::unnecessary_to_owned
-)]
 #[macro_use]
 mod conformance;
 mod passthrough_common;
