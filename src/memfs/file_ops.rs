@@ -2,8 +2,10 @@
 
 use std::io;
 
-use super::data::{PageReader, PageWriter, MAX_FILE_SIZE};
-use super::node::Ts;
+use parking_lot::RwLock;
+
+use super::data::{FileData, PageReader, PageWriter, MAX_FILE_SIZE};
+use super::node::{Node, Ts};
 use super::MemFs;
 use crate::{errno, Context, ZeroCopyReader, ZeroCopyWriter};
 
@@ -33,6 +35,12 @@ fn writable(flags: u32) -> bool {
     a == libc::O_WRONLY as u32 || a == libc::O_RDWR as u32
 }
 
+/// The data of a regular file: `EISDIR` for a directory, `other` for anything else.
+fn file_data(node: &Node, other: i32) -> io::Result<&RwLock<FileData>> {
+    node.file()
+        .ok_or_else(|| errno(if node.is_dir() { libc::EISDIR } else { other }))
+}
+
 impl MemFs {
     pub(super) fn do_read(
         &self,
@@ -45,13 +53,7 @@ impl MemFs {
         if !readable(h.flags) {
             return Err(errno(libc::EBADF));
         }
-        let Some(data) = h.node.file() else {
-            return Err(errno(if h.node.is_dir() {
-                libc::EISDIR
-            } else {
-                libc::EINVAL
-            }));
-        };
+        let data = file_data(&h.node, libc::EINVAL)?;
         let data = data.read();
         let want = u64::from(size).min(data.size().saturating_sub(offset)) as usize;
         let mut done = 0usize;
@@ -86,13 +88,7 @@ impl MemFs {
         if !writable(h.flags) {
             return Err(errno(libc::EBADF));
         }
-        let Some(data) = h.node.file() else {
-            return Err(errno(if h.node.is_dir() {
-                libc::EISDIR
-            } else {
-                libc::EINVAL
-            }));
-        };
+        let data = file_data(&h.node, libc::EINVAL)?;
         let mut data = data.write();
         let offset = if h.flags & libc::O_APPEND as u32 != 0 {
             data.size()
@@ -168,13 +164,7 @@ impl MemFs {
         if end > MAX_FILE_SIZE {
             return Err(errno(libc::EFBIG));
         }
-        let Some(data) = h.node.file() else {
-            return Err(errno(if h.node.is_dir() {
-                libc::EISDIR
-            } else {
-                libc::ENODEV
-            }));
-        };
+        let data = file_data(&h.node, libc::ENODEV)?;
         let keep = mode & FALLOC_FL_KEEP_SIZE != 0;
         let mut data = data.write();
         match mode & !FALLOC_FL_KEEP_SIZE {

@@ -29,6 +29,18 @@ impl PassthroughFs {
         parent: u64,
         name: &CStr,
     ) -> io::Result<(Arc<InodeData>, super::fd_cache::SharedFd)> {
+        self.writable_parent(parent, name, libc::EPERM)
+    }
+
+    /// Checks a name about to be added to or removed from `parent` and returns the parent
+    /// with its descriptor. `internal` is the errno for the daemon's own scratch names
+    /// (`EPERM` to create one, `ENOENT` to remove one: they do not exist for the guest).
+    pub(super) fn writable_parent(
+        &self,
+        parent: u64,
+        name: &CStr,
+        internal: i32,
+    ) -> io::Result<(Arc<InodeData>, super::fd_cache::SharedFd)> {
         let bytes = crate::name::validate(name)?;
         if self.cfg.readonly {
             return Err(errno(libc::EROFS));
@@ -38,7 +50,7 @@ impl PassthroughFs {
             return Err(errno(libc::ENOTDIR));
         }
         if is_internal(bytes) {
-            return Err(errno(libc::EPERM));
+            return Err(errno(internal));
         }
         let pfd = self.fd_of(&p)?;
         Ok((p, pfd))

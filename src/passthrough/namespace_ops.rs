@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::inode_store::InodeData;
 use super::platform::{self, HostStat};
 use super::resolve::{key_of, S_IFDIR, S_IFMT, S_IFREG};
-use super::{is_internal, PassthroughFs};
+use super::PassthroughFs;
 use crate::errno;
 
 /// Flags `rename` accepts (`RENAME_NOREPLACE`, `RENAME_EXCHANGE`).
@@ -22,19 +22,7 @@ impl PassthroughFs {
         parent: u64,
         name: &CStr,
     ) -> io::Result<(Arc<InodeData>, super::fd_cache::SharedFd)> {
-        let bytes = crate::name::validate(name)?;
-        if self.cfg.readonly {
-            return Err(errno(libc::EROFS));
-        }
-        let p = self.inode(parent)?;
-        if p.host_type != S_IFDIR {
-            return Err(errno(libc::ENOTDIR));
-        }
-        if is_internal(bytes) {
-            return Err(errno(libc::ENOENT));
-        }
-        let pfd = self.fd_of(&p)?;
-        Ok((p, pfd))
+        self.writable_parent(parent, name, libc::ENOENT)
     }
 
     /// The known inode that `name` in `parent` refers to, if its recorded path is this name
