@@ -11,6 +11,7 @@
 //! |---|---|
 //! | [`passthrough::PassthroughFs`] | a confined host directory; guest ownership and modes kept in an xattr, so the daemon runs unprivileged |
 //! | [`memfs::MemFs`] | a complete in-memory filesystem with hard byte and inode limits |
+//! | [`dualfs::DualFs`] | two backends under one mount: an overlay with copy-up and whiteouts, or another dispatch policy |
 //!
 //! ```
 //! use boxfs::memfs::MemFs;
