@@ -47,6 +47,9 @@ impl MemFs {
         if entries.get(name).is_some() {
             return Err(errno(libc::EEXIST));
         }
+        if !entries.has_room() {
+            return Err(errno(libc::ENOSPC));
+        }
 
         let extra = match kind {
             NewKind::Symlink(target) => target.len() as u64,
@@ -89,7 +92,7 @@ impl MemFs {
             self.usage.clone(),
         ));
         node.inc_lookup(1);
-        self.nodes.insert(ino, node.clone());
+        self.nodes.insert(node.clone());
         entries.insert(name, ino);
         let mut pm = pnode.meta.lock();
         if is_dir {
@@ -218,6 +221,9 @@ impl MemFs {
         }
         if entries.get(name).is_some() {
             return Err(errno(libc::EEXIST));
+        }
+        if !entries.has_room() {
+            return Err(errno(libc::ENOSPC));
         }
         {
             let mut m = node.meta.lock();

@@ -270,35 +270,48 @@ impl MemFs {
         }
 
         // Plain rename (maybe with NOREPLACE or WHITEOUT).
+        // A directory being replaced stays locked until it is unlinked, so that nothing can be
+        // created in it after it was found empty.
+        let mut dst_entries = None;
         if let Some(d) = &dst {
             match (src.is_dir(), d.is_dir()) {
                 (true, false) => return Err(errno(libc::ENOTDIR)),
                 (false, true) => return Err(errno(libc::EISDIR)),
                 (true, true) => {
-                    let empty = d.dir().is_some_and(|dd| dd.entries.read().is_empty());
-                    if !empty {
+                    // The source's own directory (its entries are locked above already)
+                    // holds the source, so it is not empty.
+                    if d.ino == p1.ino {
                         return Err(errno(libc::ENOTEMPTY));
                     }
+                    let entries = d.dir().map(|dd| dd.entries.write());
+                    if !entries.as_ref().is_some_and(|e| e.is_empty()) {
+                        return Err(errno(libc::ENOTEMPTY));
+                    }
+                    dst_entries = entries;
                 }
                 (false, false) => {}
             }
         }
-        // Reserve everything before changing anything.
-        let name_cost = if dst.is_some() { 0 } else { nname.len() as u64 };
+        // A new name in another directory needs room there.
+        if dst.is_none() && g2.as_ref().is_some_and(|g| !g.has_room()) {
+            return Err(errno(libc::ENOSPC));
+        }
+        // Reserve everything before changing anything: the growth in charged names. A
+        // whiteout takes over the old name, which stays charged.
         let whiteout = flags & RENAME_WHITEOUT != 0;
-        let wo_cost = if whiteout { oname.len() as u64 } else { 0 };
-        self.usage.bytes.reserve(name_cost + wo_cost)?;
+        let added = if dst.is_some() { 0 } else { nname.len() as u64 };
+        let removed = if whiteout { 0 } else { oname.len() as u64 };
+        let name_cost = added.saturating_sub(removed);
+        self.usage.bytes.reserve(name_cost)?;
         if whiteout {
             if let Err(e) = self.usage.inodes.reserve(1) {
-                self.usage.bytes.release(name_cost + wo_cost);
+                self.usage.bytes.release(name_cost);
                 return Err(e);
             }
         }
 
         g1.remove(oname);
-        if !whiteout {
-            self.usage.bytes.release(oname.len() as u64);
-        }
+        self.usage.bytes.release(removed.saturating_sub(added));
         let target = g2.as_mut().unwrap_or(&mut g1);
         if dst.is_some() {
             target.replace(nname, src.ino);
@@ -327,7 +340,7 @@ impl MemFs {
             let ino = self.next_ino.fetch_add(1, Ordering::Relaxed);
             let meta = Meta::new(libc::S_IFCHR as u32, ctx.uid, ctx.gid, 0);
             let wo = Arc::new(Node::new(ino, meta, Body::Special, self.usage.clone()));
-            self.nodes.insert(ino, wo);
+            self.nodes.insert(wo);
             g1.insert(oname, ino);
         }
         src.meta.lock().ctime = now;
@@ -335,6 +348,7 @@ impl MemFs {
         if !same_dir {
             p2.meta.lock().touch_mc();
         }
+        drop(dst_entries);
         drop(g1);
         drop(g2);
         if let Some(d) = dst {

@@ -5,14 +5,16 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::{Mutex, RwLock};
+use thin_vec::ThinVec;
 
 use super::accounting::Usage;
 use super::data::FileData;
 use super::dir::Dir;
 use crate::stat64;
 
-/// A timestamp as Linux keeps it.
+/// A timestamp as Linux keeps it. Packed to 12 bytes (three per inode).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(C, packed(4))]
 pub(crate) struct Ts {
     pub(crate) sec: i64,
     pub(crate) nsec: u32,
@@ -30,8 +32,9 @@ impl Ts {
     }
 }
 
-/// Extended attributes of one inode (name, value), charged to the byte capacity.
-pub(crate) type Xattrs = Vec<(Box<[u8]>, Box<[u8]>)>;
+/// Extended attributes of one inode (name, value), charged to the byte capacity. A thin
+/// vector: one pointer in the inode, nothing allocated while there are none.
+pub(crate) type Xattrs = ThinVec<(Box<[u8]>, Box<[u8]>)>;
 
 /// The metadata of an inode, guarded by one short-lived lock.
 pub(crate) struct Meta {
@@ -63,7 +66,7 @@ impl Meta {
             atime: now,
             mtime: now,
             ctime: now,
-            xattrs: Vec::new(),
+            xattrs: ThinVec::new(),
         }
     }
 
