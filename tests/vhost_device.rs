@@ -670,6 +670,29 @@ fn getattr_latency_behind_slow_fsync(pool: usize, dispatch: Dispatch) -> Duratio
 }
 
 #[test]
+fn slow_to_pool_offloads_only_syncs_locks_and_fallocate() {
+    let dev = start_dispatch(memfs(), 2, Dispatch::SlowToPool, false);
+    let mut c = client(&dev.path);
+    let (f, o) = c
+        .create(ROOT_ID, "f", 0o644 | libc::S_IFREG, libc::O_RDWR as u32)
+        .expect("create");
+    c.write(f.nodeid, o.fh, 0, b"data").expect("write");
+    c.release(f.nodeid, o.fh).expect("release");
+    for _ in 0..10 {
+        let o = c.open(f.nodeid, libc::O_RDONLY as u32).expect("open");
+        assert_eq!(c.read(f.nodeid, o.fh, 0, 4).expect("read"), b"data");
+        c.release(f.nodeid, o.fh).expect("release");
+    }
+    // Open, read and close (RELEASE) are all served on the vring thread.
+    assert_eq!(dev.handle.stats().offloaded, 0);
+    let o = c.open(f.nodeid, libc::O_RDWR as u32).expect("open");
+    c.fsync(f.nodeid, o.fh).expect("fsync");
+    assert_eq!(dev.handle.stats().offloaded, 1, "FSYNC goes to the pool");
+    c.release(f.nodeid, o.fh).expect("release");
+    assert_eq!(dev.handle.stats().offloaded, 1);
+}
+
+#[test]
 fn a_slow_request_does_not_stall_the_queue_with_a_worker_pool() {
     let default = getattr_latency_behind_slow_fsync(2, Dispatch::default());
     assert!(

@@ -40,6 +40,7 @@ pub(crate) struct Counters {
     pub(crate) error_replies: AtomicU64,
     pub(crate) dropped: AtomicU64,
     pub(crate) connections: AtomicU64,
+    pub(crate) offloaded: AtomicU64,
 }
 
 /// What every connection of a device shares.
@@ -169,6 +170,7 @@ impl FsBackend {
                 let vring = vring.clone();
                 let mem = Arc::clone(mem);
                 self.core.pooled.fetch_add(1, Ordering::AcqRel);
+                self.core.counters.offloaded.fetch_add(1, Ordering::Relaxed);
                 let job = Box::new(move || {
                     serve_one(&core, &vring, &mem, chain, event_idx);
                     core.pooled.fetch_sub(1, Ordering::AcqRel);

@@ -34,7 +34,7 @@
 //! flight more often than not. But it serves one request at a time, so one slow request (an
 //! `fsync` on slow storage, a `SETLKW` waiting for a lock) stalls every request behind it. The
 //! default, [`Dispatch::SlowToPool`], serves requests on the vring thread except the kinds that
-//! can block for long on the host (FSYNC, FSYNCDIR, FLUSH, RELEASE, SETLKW, FALLOCATE), which go
+//! can block for long on the host (FSYNC, FSYNCDIR, SETLKW, FALLOCATE), which go
 //! to a pool of [`DEFAULT_THREAD_POOL_SIZE`] workers: vring-thread speed, and a slow flush
 //! occupies a worker instead of the queue. [`Dispatch::Pool`] (virtiofsd with
 //! `--thread-pool-size > 0`), [`Dispatch::Adaptive`] and [`Dispatch::VringThread`] (or a pool
@@ -48,6 +48,9 @@
 
 mod backend;
 mod conn;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod pool;
 mod request;
 
@@ -86,8 +89,9 @@ pub enum Dispatch {
     VringThread,
     /// Every request is handed to the worker pool (virtiofsd with `--thread-pool-size > 0`).
     Pool,
-    /// Requests that can block for long on the host (FSYNC, FSYNCDIR, FLUSH, RELEASE, SETLKW,
-    /// FALLOCATE) go to the pool; everything else is served on the vring thread.
+    /// Requests that can block for long on the host (FSYNC, FSYNCDIR, SETLKW, FALLOCATE) go
+    /// to the pool; everything else (FLUSH and RELEASE included) is served on the vring
+    /// thread.
     #[default]
     SlowToPool,
     /// Like `SlowToPool`, and while the guest keeps several requests in flight (the vring
@@ -320,6 +324,8 @@ pub struct DeviceStats {
     pub dropped: u64,
     /// VMM connections accepted.
     pub connections: u64,
+    /// Requests handed to the worker pool (the rest were served on the vring threads).
+    pub offloaded: u64,
 }
 
 impl DeviceHandle {
@@ -384,6 +390,7 @@ impl DeviceHandle {
             error_replies: c.error_replies.load(Ordering::Relaxed),
             dropped: c.dropped.load(Ordering::Relaxed),
             connections: c.connections.load(Ordering::Relaxed),
+            offloaded: c.offloaded.load(Ordering::Relaxed),
         }
     }
 
