@@ -13,7 +13,8 @@
 //! (default 3), `BOXFS_BENCH_DEPTH` (operations in flight, default 1), `BOXFS_BENCH_CACHE`
 //! (`--cache` of both daemons, default `auto`), `VIRTIOFSD` (path; default from `PATH`, the row
 //! is skipped when there is none), `BOXFS_BENCH_ONLY` (comma-separated workload names),
-//! `BOXFS_BENCH_BOXFSD_ARGS` (extra `boxfsd` flags, e.g. `--dispatch none`).
+//! `BOXFS_BENCH_BOXFSD_ARGS` (extra `boxfsd` flags, e.g. `--dispatch none`),
+//! `BOXFS_BENCH_BOXFSD` (another `boxfsd` binary, or a wrapper script that profiles it).
 //!
 //! Without `--bench` (as `cargo test --all-targets` runs it) it is a smoke test: a small dataset,
 //! a few operations of every workload against both boxfsd backends, every reply checked.
@@ -534,6 +535,16 @@ struct Target {
 
 impl Drop for Target {
     fn drop(&mut self) {
+        // SIGTERM first, so a wrapper (strace, perf) around the daemon can write its report.
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -593,7 +604,10 @@ fn boxfsd(name: &'static str, memfs: bool, s: Sizes, cache: &str) -> Target {
         host_dataset(&share, s);
         args.extend(["--shared-dir".into(), share.display().to_string()]);
     }
-    let (child, mut client) = connect(Path::new(env!("CARGO_BIN_EXE_boxfsd")), &args, &sock);
+    let program = std::env::var_os("BOXFS_BENCH_BOXFSD")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_boxfsd")));
+    let (child, mut client) = connect(&program, &args, &sock);
     if memfs {
         fuse_dataset(&mut client, s);
     }
