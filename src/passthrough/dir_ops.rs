@@ -52,6 +52,7 @@ impl PassthroughFs {
         &self,
         id: u64,
         fh: u64,
+        host_bytes: usize,
         offset: u64,
         emit: &mut dyn FnMut(RawFd, DirEntry<'_>, bool) -> io::Result<bool>,
     ) -> io::Result<()> {
@@ -64,7 +65,7 @@ impl PassthroughFs {
         let is_root = h.inode.id == ROOT_ID;
         let root_host_ino = self.inodes.get(ROOT_ID).map(|r| r.key.ino).unwrap_or(0);
         let dfd = stream.fd();
-        stream.for_each_from(offset, &mut |e| {
+        stream.for_each_from(offset, host_bytes, &mut |e| {
             if is_internal(e.name) {
                 return Ok(true);
             }
@@ -90,10 +91,12 @@ impl PassthroughFs {
         &self,
         id: u64,
         fh: u64,
+        size: u32,
         offset: u64,
         add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>,
     ) -> io::Result<()> {
-        self.walk_dir(id, fh, offset, &mut |stream, mut d, _dot| {
+        // A FUSE dirent is about as long as the host's: read about what fits in the reply.
+        self.walk_dir(id, fh, size as usize, offset, &mut |stream, mut d, _dot| {
             if d.type_ == libc::DT_REG as u32 {
                 d.type_ = guest_dtype_at(stream, d.name);
             }
@@ -105,49 +108,57 @@ impl PassthroughFs {
         &self,
         id: u64,
         fh: u64,
+        size: u32,
         offset: u64,
         add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
     ) -> io::Result<()> {
         let parent = self.inode(id)?;
         let mut added = 0usize;
-        self.walk_dir(id, fh, offset, &mut |stream, mut d, dot| {
-            if dot {
-                let mut e = Entry::default();
-                e.attr.st_ino = d.ino as _;
-                e.attr.st_mode = libc::S_IFDIR as _;
-                d.type_ = libc::DT_DIR as u32;
-                let n = add_entry(d, e)?;
-                added += 1;
-                return Ok(n > 0);
-            }
-            let Ok(name) = CString::new(d.name) else {
-                return Ok(true);
-            };
-            let entry = match self.lookup_at(&parent, stream, &name) {
-                Ok(e) => e,
-                // Removed since it was listed, or unreadable: skip it.
-                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::EIO)) => {
-                    return Ok(true)
+        // A READDIRPLUS entry is about five times a host dirent (it carries the attributes).
+        self.walk_dir(
+            id,
+            fh,
+            size as usize / 4,
+            offset,
+            &mut |stream, mut d, dot| {
+                if dot {
+                    let mut e = Entry::default();
+                    e.attr.st_ino = d.ino as _;
+                    e.attr.st_mode = libc::S_IFDIR as _;
+                    d.type_ = libc::DT_DIR as u32;
+                    let n = add_entry(d, e)?;
+                    added += 1;
+                    return Ok(n > 0);
                 }
-                Err(e) if added == 0 => return Err(e),
-                Err(_) => return Ok(false),
-            };
-            d.type_ = (entry.attr.st_mode as u32 & libc::S_IFMT as u32) >> 12;
-            let ino = entry.inode;
-            let n = match add_entry(d, entry) {
-                Ok(n) => n,
-                Err(e) => {
+                let Ok(name) = CString::new(d.name) else {
+                    return Ok(true);
+                };
+                let entry = match self.lookup_at(&parent, stream, &name) {
+                    Ok(e) => e,
+                    // Removed since it was listed, or unreadable: skip it.
+                    Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::EIO)) => {
+                        return Ok(true)
+                    }
+                    Err(e) if added == 0 => return Err(e),
+                    Err(_) => return Ok(false),
+                };
+                d.type_ = (entry.attr.st_mode as u32 & libc::S_IFMT as u32) >> 12;
+                let ino = entry.inode;
+                let n = match add_entry(d, entry) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        self.do_forget(ino, 1);
+                        return Err(e);
+                    }
+                };
+                if n == 0 {
                     self.do_forget(ino, 1);
-                    return Err(e);
+                    return Ok(false);
                 }
-            };
-            if n == 0 {
-                self.do_forget(ino, 1);
-                return Ok(false);
-            }
-            added += 1;
-            Ok(true)
-        })
+                added += 1;
+                Ok(true)
+            },
+        )
     }
 
     pub(crate) fn do_fsyncdir(&self, id: u64, datasync: bool, fh: u64) -> io::Result<()> {

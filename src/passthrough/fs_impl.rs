@@ -267,11 +267,11 @@ impl FileSystem for PassthroughFs {
         _ctx: &Context,
         inode: u64,
         handle: u64,
-        _size: u32,
+        size: u32,
         offset: u64,
         add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>,
     ) -> io::Result<()> {
-        m(self.do_readdir(inode, handle, offset, add_entry))
+        m(self.do_readdir(inode, handle, size, offset, add_entry))
     }
 
     fn readdirplus(
@@ -279,11 +279,11 @@ impl FileSystem for PassthroughFs {
         _ctx: &Context,
         inode: u64,
         handle: u64,
-        _size: u32,
+        size: u32,
         offset: u64,
         add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
     ) -> io::Result<()> {
-        m(self.do_readdirplus(inode, handle, offset, add_entry))
+        m(self.do_readdirplus(inode, handle, size, offset, add_entry))
     }
 
     fn fsyncdir(&self, _ctx: &Context, inode: u64, datasync: bool, handle: u64) -> io::Result<()> {

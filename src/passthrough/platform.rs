@@ -522,14 +522,19 @@ mod imp {
         }
 
         /// Calls `f` for entries from `offset` on until it returns `Ok(false)` or the end.
+        ///
+        /// `host_bytes` sizes each `getdents64` call (clamped to 1–32 KiB): about what the
+        /// caller will use, so a listing resumed many times does not re-read the directory
+        /// in 32 KiB steps for a 4 KiB reply.
         pub(crate) fn for_each_from(
             &mut self,
             offset: u64,
+            host_bytes: usize,
             f: &mut dyn FnMut(RawDirent<'_>) -> io::Result<bool>,
         ) -> io::Result<()> {
             let fd = self.fd();
             lseek(fd, offset, libc::SEEK_SET as u32)?;
-            let mut buf = vec![0u8; 32 * 1024];
+            let mut buf = vec![0u8; host_bytes.clamp(1024, 32 * 1024)];
             loop {
                 // SAFETY: `buf` is valid for writes of its length.
                 let n =
@@ -875,9 +880,11 @@ mod imp {
             unsafe { libc::dirfd(self.dir) }
         }
 
+        /// `host_bytes` is a read-size hint, unused here (`readdir(3)` buffers itself).
         pub(crate) fn for_each_from(
             &mut self,
             offset: u64,
+            _host_bytes: usize,
             f: &mut dyn FnMut(RawDirent<'_>) -> io::Result<bool>,
         ) -> io::Result<()> {
             // SAFETY: `dir` is valid; offsets come from telldir on this stream.

@@ -64,7 +64,7 @@ pub(crate) fn measure_tree(root: RawFd) -> io::Result<u64> {
     fn scan(dir: RawFd, total: &mut u64) -> io::Result<Vec<CString>> {
         let mut stream = platform::DirStream::open(dir)?;
         let mut subdirs = Vec::new();
-        stream.for_each_from(0, &mut |e| {
+        stream.for_each_from(0, 32 * 1024, &mut |e| {
             if e.name == b"." || e.name == b".." {
                 return Ok(true);
             }
