@@ -2,7 +2,8 @@
 # The whole boxfs test suite: one command on a fresh machine (README, `.ci/run`).
 #
 #   scripts/test.sh            everything: install what is missing, fmt, clippy, the macOS
-#                              check, every test, and the real-guest end-to-end tests
+#                              check, every test, a short fuzz run of every fuzz target, and
+#                              the real-guest end-to-end tests
 #   scripts/test.sh --no-guest skip the QEMU guest tests (quick local loop)
 #
 # Installs what it needs when missing (non-interactive): the rustfmt/clippy components and the
@@ -50,6 +51,9 @@ cargo check --target aarch64-apple-darwin --no-default-features
 step "cargo test (unit, doc, integration; benchmarks built and run once as tests)"
 cargo test --all-targets --no-fail-fast
 cargo test --doc
+
+step "fuzzing: every target for 30 s (scripts/fuzz.sh; a crash fails the run)"
+scripts/fuzz.sh 30
 
 if [ "$GUEST" = 1 ]; then
     step "real-guest end-to-end tests (QEMU/TCG, pjdfstest; daemon unprivileged)"
