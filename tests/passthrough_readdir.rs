@@ -1,6 +1,6 @@
 //! Directory listings: guest types, hidden internal files, resumable offsets, `..` of the root.
 
-#[allow(dead_code, clippy::unnecessary_cast, clippy::wrong_self_convention)]
+#[allow(dead_code)]
 #[path = "conformance/harness.rs"]
 mod harness;
 mod passthrough_common;

@@ -200,6 +200,25 @@ impl PassthroughFs {
         dirfd: RawFd,
         name: &CStr,
     ) -> io::Result<Entry> {
+        // Fast path: a name that leads to an inode the guest already holds needs one `statx`
+        // (one validated component, never following a symlink) instead of open + stat +
+        // close. The key cannot belong to another file while the inode's descriptor is
+        // cached (an open file keeps its number); if it was evicted, the next use re-opens
+        // it by the path recorded here and verifies its identity.
+        if let Ok(hs) = platform::stat_at(dirfd, name) {
+            if let Some(inode) = self.inodes.lookup_existing(&key_of(&hs)) {
+                if inode.pinned.lock().is_none() {
+                    let mut path = inode.path.lock();
+                    let same = path
+                        .as_ref()
+                        .is_some_and(|(p, n)| p.id == parent.id && n.as_c_str() == name);
+                    if !same {
+                        *path = Some((parent.clone(), name.to_owned()));
+                    }
+                }
+                return self.entry(&inode, &hs);
+            }
+        }
         let fd = self.with_fd_retry(|| platform::open_inode(dirfd, name))?;
         let hs = platform::fstat(fd.as_raw_fd())?;
         let (inode, _) = self.register(parent, name, fd, &hs, None)?;
