@@ -19,6 +19,13 @@
 //! 4. assert every scenario check printed `PASS`, pjdfstest's summary says `0 failed`, the file the
 //!    guest wrote is on the host, and the daemon exited cleanly leaving no socket behind.
 //!
+//! `guest_e2e_filemount` serves two single files instead (`boxfsd --shared-file`, one read-write,
+//! one `--readonly`, each its own device), delivers the guest mount plans boxfsd printed to the
+//! guest in an initramfs appended to the cached one, and runs `scripts/guest/guest/filemount.sh`:
+//! the plans mount the files at `/root/test.txt` and `/root/ro.txt`; content flows both ways,
+//! the staging paths are gone, the read-only file gives `EROFS`, a guest `chmod 777` leaves the
+//! host mode alone, and a host atomic replace (rename) is seen by the guest.
+//!
 //! Console and daemon logs are copied to `target/guest/logs/`.
 //!
 //! Environment knobs (all optional):
@@ -104,6 +111,12 @@ fn guest_e2e_passthrough() {
 #[ignore = "needs QEMU; run by scripts/test.sh"]
 fn guest_e2e_memfs() {
     run_e2e(Backend::MemFs);
+}
+
+#[test]
+#[ignore = "needs QEMU; run by scripts/test.sh"]
+fn guest_e2e_filemount() {
+    run_filemount_e2e();
 }
 
 /// Writes to the stdout fd directly, not with `print!`: libtest captures `print!` output of
@@ -901,4 +914,451 @@ BOXFS-GUEST-DONE ok\n";
     );
     assert!(r.guest_done.is_some() && r.scenario_done.is_some() && r.pjdfstest_done.is_some());
     assert_eq!(r.script_ends, ["scenario rc=1 seconds=3.0"]);
+}
+
+/// One `boxfsd --shared-file` of the file-mount test.
+struct FileDaemon {
+    child: Child,
+    tag: String,
+    plan: String,
+    socket: PathBuf,
+    log: PathBuf,
+}
+
+/// Starts `boxfsd --shared-file FILE` (unprivileged when root) and reads the tag and plan it
+/// prints on stdout.
+fn start_file_daemon(
+    program: &Path,
+    work: &Path,
+    name: &str,
+    file: &Path,
+    guest_path: &str,
+    runtime_dir: &Path,
+    readonly: bool,
+) -> FileDaemon {
+    use std::io::{BufRead, BufReader};
+    let socket = work.join(format!("{name}.sock"));
+    let log = work.join(format!("{name}-daemon.log"));
+    let log_file = fs::File::create(&log).expect("daemon log");
+    let mut cmd = Command::new(program);
+    cmd.arg("--socket-path")
+        .arg(&socket)
+        .arg("--shared-file")
+        .arg(file)
+        .arg("--guest-path")
+        .arg(guest_path)
+        .arg("--runtime-dir")
+        .arg(runtime_dir)
+        .args(["--cache", "auto"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log_file);
+    if readonly {
+        cmd.arg("--readonly");
+    }
+    if is_root() && env_nonempty("BOXFS_E2E_PRIVILEGED").is_none() {
+        cmd.uid(DAEMON_ID).gid(DAEMON_ID);
+    }
+    let mut child = cmd.spawn().expect("start boxfsd --shared-file");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let tag = match lines.next() {
+        Some(Ok(t)) => t,
+        other => {
+            let _ = child.kill();
+            panic!(
+                "[filemount] {name}: no tag line ({other:?})\n{}",
+                fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+    };
+    let mut plan = String::new();
+    for line in lines.by_ref() {
+        let line = line.expect("read plan");
+        plan.push_str(&line);
+        plan.push('\n');
+        if line == "# end of plan" {
+            break;
+        }
+    }
+    // Nothing more is expected on stdout; keep the pipe drained anyway.
+    std::thread::spawn(move || lines.for_each(drop));
+    assert!(
+        tag.starts_with("fm_") && plan.ends_with("# end of plan\n"),
+        "[filemount] {name}: tag {tag:?}, plan {plan:?}"
+    );
+    FileDaemon {
+        child,
+        tag,
+        plan,
+        socket,
+        log,
+    }
+}
+
+/// `base` followed by a newc archive of `files` (path relative to the guest's `/`, content):
+/// the kernel unpacks concatenated initramfs archives in order.
+fn initramfs_with(base: &Path, files: &[(&str, &str)], out: &Path) {
+    let stage = out.with_extension("d");
+    let mut list = String::new();
+    for (path, content) in files {
+        let p = stage.join(path);
+        fs::create_dir_all(p.parent().expect("parent")).expect("mkdir stage");
+        fs::write(&p, content).expect("write stage file");
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).expect("chmod stage file");
+        list.push_str(path);
+        list.push('\n');
+    }
+    let mut dirs: Vec<String> = files
+        .iter()
+        .filter_map(|(p, _)| {
+            Path::new(p)
+                .parent()
+                .map(|d| d.to_string_lossy().into_owned())
+        })
+        .filter(|d| !d.is_empty())
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    let mut child = Command::new("cpio")
+        .args(["--quiet", "-o", "-H", "newc", "-R", "0:0"])
+        .current_dir(&stage)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("cpio");
+    {
+        let mut stdin = child.stdin.take().expect("cpio stdin");
+        for d in &dirs {
+            writeln!(stdin, "{d}").expect("cpio list");
+        }
+        stdin.write_all(list.as_bytes()).expect("cpio list");
+    }
+    let extra = child.wait_with_output().expect("cpio output");
+    assert!(extra.status.success(), "cpio failed");
+    let mut image = fs::read(base).expect("read base initramfs");
+    image.extend_from_slice(&extra.stdout);
+    fs::write(out, image).expect("write initramfs");
+    let _ = fs::remove_dir_all(&stage);
+}
+
+fn staging_dirs(dir: &Path) -> Vec<String> {
+    fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("fm_"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Checks the guest's filemount.sh must report as PASS.
+const FILEMOUNT_CHECKS: &[&str] = &[
+    "plan_rw",
+    "rw_bind_mounted",
+    "rw_host_to_guest",
+    "rw_staging_path_gone",
+    "rw_staging_unmounted",
+    "rw_guest_write",
+    "rw_chmod_777",
+    "rw_chmod_guest_mode",
+    "plan_ro",
+    "ro_content",
+    "ro_write_erofs",
+    "ro_staging_path_gone",
+    "rw_host_replace_seen",
+    "rw_write_after_replace",
+];
+
+fn run_filemount_e2e() {
+    use std::os::unix::fs::MetadataExt;
+    let _guard = GUEST_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let label = "filemount";
+    let base_initrd = prepare_guest();
+    let kernel = fs::read_to_string(format!("{}.kernel", base_initrd.display()))
+        .expect("kernel of the initramfs")
+        .trim()
+        .to_owned();
+
+    let work = tempfile::Builder::new()
+        .prefix("boxfs-e2e-fm-")
+        .tempdir()
+        .expect("tempdir");
+    // The read-write share needs user xattrs where its staging directory is (PassthroughFs
+    // probes them) and the runtime directory on the file's filesystem (hard link).
+    let _holder;
+    let data = if supports_user_xattrs(work.path()) {
+        _holder = None;
+        work.path().join("data")
+    } else {
+        fs::create_dir_all(guest_dir()).expect("mkdir target/guest");
+        let dir = tempfile::Builder::new()
+            .prefix("fm-")
+            .tempdir_in(guest_dir())
+            .expect("tempdir in target/guest");
+        let d = dir.path().join("data");
+        _holder = Some(dir);
+        d
+    };
+    fs::create_dir_all(&data).expect("mkdir data");
+    let runtime_dir = data.join("run");
+    let token = unique_token();
+    let rw_file = data.join("test.txt");
+    let ro_file = data.join("ro.txt");
+    fs::write(&rw_file, format!("boxfs host->guest {token}\n")).expect("rw file");
+    fs::write(&ro_file, format!("boxfs read-only {token}\n")).expect("ro file");
+    for f in [&rw_file, &ro_file] {
+        fs::set_permissions(f, fs::Permissions::from_mode(0o644)).expect("chmod 644");
+    }
+    let unprivileged = is_root() && env_nonempty("BOXFS_E2E_PRIVILEGED").is_none();
+    if unprivileged {
+        // The daemon owns the work and data directories and the read-write file. The
+        // read-only file stays root's: protected_hardlinks refuses the daemon a hard link to
+        // it, so that share is served from a copy.
+        for p in [work.path(), data.parent().expect("parent"), &data, &rw_file] {
+            chown(p, Some(DAEMON_ID), Some(DAEMON_ID)).expect("chown");
+        }
+    }
+    let program = if unprivileged {
+        let copy = work.path().join("daemon-bin");
+        fs::copy(env!("CARGO_BIN_EXE_boxfsd"), &copy).expect("copy boxfsd");
+        fs::set_permissions(&copy, fs::Permissions::from_mode(0o755)).expect("chmod");
+        copy
+    } else {
+        PathBuf::from(env!("CARGO_BIN_EXE_boxfsd"))
+    };
+    let host_mode_before = fs::metadata(&rw_file).expect("stat").mode();
+    let host_owner_before = {
+        let m = fs::metadata(&rw_file).expect("stat");
+        (m.uid(), m.gid())
+    };
+
+    let started = Instant::now();
+    let mut rw = start_file_daemon(
+        &program,
+        work.path(),
+        "rw",
+        &rw_file,
+        "/root/test.txt",
+        &runtime_dir,
+        false,
+    );
+    let mut ro = start_file_daemon(
+        &program,
+        work.path(),
+        "ro",
+        &ro_file,
+        "/root/ro.txt",
+        &runtime_dir,
+        true,
+    );
+    say(&format!(
+        "[{label}] daemons up: rw tag {} ro tag {} (as {})\n--- rw plan ---\n{}",
+        rw.tag,
+        ro.tag,
+        if unprivileged {
+            format!("uid/gid {DAEMON_ID}")
+        } else {
+            "the current user".to_owned()
+        },
+        rw.plan
+    ));
+    assert_eq!(
+        staging_dirs(&runtime_dir).len(),
+        2,
+        "one staging directory per share"
+    );
+
+    let initrd = work.path().join("initramfs-filemount.cpio");
+    let env = format!(
+        "FM_TOKEN={token}\nFM_TAG_RW={}\nFM_TAG_RO={}\n",
+        rw.tag, ro.tag
+    );
+    initramfs_with(
+        &base_initrd,
+        &[
+            ("fm/plan-rw.sh", &rw.plan),
+            ("fm/plan-ro.sh", &ro.plan),
+            ("fm/env", &env),
+        ],
+        &initrd,
+    );
+
+    let console = work.path().join("console.log");
+    let timeout = env_nonempty("BOXFS_E2E_TIMEOUT").unwrap_or_else(|| "1200".to_owned());
+    let mut run = script_command("run-guest.sh");
+    run.arg("--socket")
+        .arg(&rw.socket)
+        .arg("--tag")
+        .arg(&rw.tag)
+        .arg("--extra-share")
+        .arg(format!("{},{}", ro.socket.display(), ro.tag))
+        .args(["--scripts", "filemount", "--param", "automount=0"])
+        .arg("--initrd")
+        .arg(&initrd)
+        .arg("--kernel")
+        .arg(&kernel)
+        .arg("--timeout")
+        .arg(&timeout)
+        .arg("--log")
+        .arg(&console)
+        .arg("--quiet")
+        .stdin(Stdio::null())
+        .process_group(0);
+    let guest_start = Instant::now();
+    let mut guest = run.spawn().expect("run-guest.sh");
+
+    // Host side of the protocol: once the guest's write is on the host, replace the file
+    // atomically, as an editor does.
+    let wrote = format!("boxfs guest->host {token}\n");
+    let mut replaced_at: Option<f64> = None;
+    let mut daemon_gone: Option<Instant> = None;
+    let run_status = loop {
+        if let Some(status) = guest.try_wait().expect("wait run-guest.sh") {
+            break status;
+        }
+        if replaced_at.is_none() && fs::read_to_string(&rw_file).ok().as_deref() == Some(&wrote) {
+            let tmp = data.join(".test.txt.edit");
+            fs::write(&tmp, format!("boxfs replaced {token}\n")).expect("write replacement");
+            fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644)).expect("chmod");
+            if unprivileged {
+                chown(&tmp, Some(DAEMON_ID), Some(DAEMON_ID)).expect("chown replacement");
+            }
+            fs::rename(&tmp, &rw_file).expect("rename over");
+            replaced_at = Some(guest_start.elapsed().as_secs_f64());
+        }
+        let died = matches!(rw.child.try_wait(), Ok(Some(_)))
+            || matches!(ro.child.try_wait(), Ok(Some(_)));
+        if died {
+            let at = *daemon_gone.get_or_insert_with(Instant::now);
+            if at.elapsed() > Duration::from_secs(15) {
+                say("[filemount] a daemon exited while the guest runs: stopping QEMU");
+                let pgid = guest.id() as libc::pid_t;
+                // SAFETY: signalling the process group of our own child.
+                unsafe { libc::kill(-pgid, libc::SIGTERM) };
+                break guest.wait().expect("wait run-guest.sh");
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let guest_secs = guest_start.elapsed().as_secs_f64();
+    let (rw_status, rw_how) = stop_daemon(&mut rw.child);
+    let (ro_status, ro_how) = stop_daemon(&mut ro.child);
+
+    let console_text = fs::read_to_string(&console).unwrap_or_default();
+    let console_copy = copy_log(&console, "filemount-console.log");
+    let rw_log = copy_log(&rw.log, "filemount-rw-daemon.log");
+    let ro_log = copy_log(&ro.log, "filemount-ro-daemon.log");
+    let report = parse_console(&console_text);
+    let done_line = console_text
+        .lines()
+        .find(|l| l.starts_with("FILEMOUNT-DONE"))
+        .map(str::to_owned);
+
+    let mut out = String::new();
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        out,
+        "[{label}] guest run {guest_secs:.1}s (daemons up {:.1}s); run-guest.sh {run_status}",
+        started.elapsed().as_secs_f64()
+    );
+    for line in console_text
+        .lines()
+        .filter(|l| l.starts_with("PASS ") || l.starts_with("FAIL ") || l.starts_with("INFO "))
+    {
+        let _ = writeln!(out, "[{label}] {line}");
+    }
+    let _ = writeln!(
+        out,
+        "[{label}] {} (host replaced the file at {})",
+        done_line.as_deref().unwrap_or("no FILEMOUNT-DONE line"),
+        replaced_at.map_or("never".to_owned(), |t| format!("{t:.1}s"))
+    );
+    let _ = writeln!(
+        out,
+        "[{label}] rw daemon {rw_how}: {rw_status:?}; ro daemon {ro_how}: {ro_status:?}"
+    );
+    let _ = writeln!(
+        out,
+        "[{label}] logs: {} {} {}",
+        console_copy.display(),
+        rw_log.display(),
+        ro_log.display()
+    );
+    say(&out);
+
+    let mut problems: Vec<String> = Vec::new();
+    if report.guest_done.is_none() {
+        problems.push(format!(
+            "guest did not reach BOXFS-GUEST-DONE ({run_status}); last console lines:\n{}",
+            tail(&console_text, 40)
+        ));
+    }
+    if done_line.is_none() {
+        problems.push("filemount.sh did not finish (no FILEMOUNT-DONE line)".to_owned());
+    }
+    for f in &report.failed {
+        problems.push(format!("guest FAIL {f}"));
+    }
+    for name in FILEMOUNT_CHECKS {
+        if !report.passed.iter().any(|p| p == name) && done_line.is_some() {
+            problems.push(format!("check {name} did not PASS"));
+        }
+    }
+    let final_content = fs::read_to_string(&rw_file).unwrap_or_else(|e| format!("<{e}>"));
+    if final_content != format!("boxfs guest->host-2 {token}\n") {
+        problems.push(format!(
+            "the host file does not hold the guest's last write: {final_content:?}"
+        ));
+    }
+    match fs::metadata(&rw_file) {
+        Ok(m) => {
+            if m.mode() != host_mode_before {
+                problems.push(format!(
+                    "guest chmod changed the host mode: {:o} -> {:o}",
+                    host_mode_before,
+                    m.mode()
+                ));
+            }
+            if (m.uid(), m.gid()) != host_owner_before {
+                problems.push(format!("host owner changed: {}:{}", m.uid(), m.gid()));
+            }
+        }
+        Err(e) => problems.push(format!("host file: {e}")),
+    }
+    if let Some(v) = read_xattr(&rw_file, OVERRIDE_XATTR) {
+        problems.push(format!("the host file got {OVERRIDE_XATTR} = {v:?}"));
+    }
+    if fs::read_to_string(&ro_file).unwrap_or_default() != format!("boxfs read-only {token}\n") {
+        problems.push("the read-only file changed".to_owned());
+    }
+    for (name, status, how, socket) in [
+        ("rw", rw_status, rw_how, &rw.socket),
+        ("ro", ro_status, ro_how, &ro.socket),
+    ] {
+        if !status.is_some_and(|s| s.success()) || how != EXITED_ON_DISCONNECT {
+            problems.push(format!(
+                "{name} daemon did not exit cleanly on the VMM disconnect: {status:?} ({how})"
+            ));
+        }
+        if fs::symlink_metadata(socket).is_ok() {
+            problems.push(format!(
+                "{name} daemon left its socket {}",
+                socket.display()
+            ));
+        }
+    }
+    let left = staging_dirs(&runtime_dir);
+    if !left.is_empty() {
+        problems.push(format!("staging directories left behind: {left:?}"));
+    }
+    if !problems.is_empty() {
+        panic!(
+            "[{label}] {} problem(s):\n- {}\n--- rw daemon log (tail) ---\n{}\n--- ro daemon log (tail) ---\n{}",
+            problems.len(),
+            problems.join("\n- "),
+            tail(&fs::read_to_string(&rw.log).unwrap_or_default(), 20),
+            tail(&fs::read_to_string(&ro.log).unwrap_or_default(), 20)
+        );
+    }
 }

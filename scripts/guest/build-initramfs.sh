@@ -14,6 +14,9 @@
 #                              mounts the share, runs the guest scripts named on the kernel command line
 #                              (boxfs.scripts=scenario,pjdfstest), prints BOXFS-GUEST-DONE, powers off.
 #   /guest/*.sh                scripts/guest/guest/*.sh plus every --extra-script FILE.
+#                              (Per-run inputs, such as the file-mount plans of guest/filemount.sh
+#                              in /fm/, are appended by the caller as a second cpio archive, so this
+#                              image stays cached.)
 #   /bin/busybox + applets     static busybox.
 #   /lib/modules/*.ko          virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev
 #                              virtio_pci fuse virtiofs (decompressed), plus /lib/modules/order.

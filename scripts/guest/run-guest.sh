@@ -2,13 +2,16 @@
 # Boot the test guest (QEMU, TCG) against a running vhost-user virtio-fs daemon.
 #
 #   scripts/guest/run-guest.sh --socket PATH [--tag TAG] [--scripts scenario,pjdfstest]
-#                              [--param KEY=VALUE]... [--timeout SECONDS] [--log FILE]
+#                              [--param KEY=VALUE]... [--extra-share SOCKET,TAG]...
+#                              [--timeout SECONDS] [--log FILE]
 #                              [--initrd FILE] [--kernel FILE] [--mem SIZE] [--smp N] [--quiet]
 #
 #   --socket     the daemon's vhost-user socket (must already exist: the daemon listens, QEMU connects)
 #   --tag        virtio-fs tag (default boxfs); must match the daemon's tag
 #   --scripts    guest scripts from scripts/guest/guest/ to run, in order (default scenario,pjdfstest)
 #   --param      extra kernel command line parameter boxfs.KEY=VALUE (guest scripts see BOXFS_KEY)
+#   --extra-share  one more vhost-user-fs device: a running daemon's socket and its tag (repeatable;
+#                the guest scripts mount it themselves)
 #   --timeout    hard limit for the whole boot, in seconds (default 900); QEMU is killed after it
 #   --log        console log (\r stripped); default target/guest/console-<pid>.log
 #   --initrd     initramfs; default: built (or taken from the cache) by build-initramfs.sh
@@ -36,6 +39,7 @@ SOCK=""
 TAG=boxfs
 SCRIPTS=scenario,pjdfstest
 PARAMS=()
+EXTRA_SHARES=()
 TIMEOUT=900
 LOG=""
 INITRD=""
@@ -49,6 +53,7 @@ while [ $# -gt 0 ]; do
         --tag) TAG="$2"; shift 2 ;;
         --scripts) SCRIPTS="$2"; shift 2 ;;
         --param) PARAMS+=("boxfs.$2"); shift 2 ;;
+        --extra-share) EXTRA_SHARES+=("$2"); shift 2 ;;
         --timeout) TIMEOUT="$2"; shift 2 ;;
         --log) LOG="$2"; shift 2 ;;
         --initrd) INITRD="$2"; shift 2 ;;
@@ -56,7 +61,7 @@ while [ $# -gt 0 ]; do
         --mem) MEM="$2"; shift 2 ;;
         --smp) SMP="$2"; shift 2 ;;
         --quiet) QUIET=1; shift ;;
-        -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
         *) echo "run-guest.sh: unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -84,7 +89,19 @@ CMD=(qemu-system-x86_64
     -object "memory-backend-memfd,id=mem,size=$MEM,share=on" -numa node,memdev=mem
     -chardev "socket,id=c0,path=$SOCK"
     -device "vhost-user-fs-pci,chardev=c0,tag=$TAG,queue-size=1024"
-    -kernel "$KERNEL" -initrd "$INITRD"
+    )
+n=1
+for share in "${EXTRA_SHARES[@]}"; do
+    esock="${share%%,*}"; etag="${share#*,}"
+    if [ "$esock" = "$share" ] || [ ! -S "$esock" ]; then
+        echo "run-guest.sh: --extra-share $share: expected SOCKET,TAG with a listening socket" >&2
+        exit 3
+    fi
+    CMD+=(-chardev "socket,id=c$n,path=$esock"
+          -device "vhost-user-fs-pci,chardev=c$n,tag=$etag,queue-size=1024")
+    n=$((n + 1))
+done
+CMD+=(-kernel "$KERNEL" -initrd "$INITRD"
     -nic none -nographic -no-reboot
     -append "$APPEND")
 

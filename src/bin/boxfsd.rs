@@ -1,13 +1,20 @@
 //! `boxfsd`: the boxfs vhost-user virtio-fs daemon.
 //!
-//! Serves a host directory (`--shared-dir`, PassthroughFs) or an in-memory filesystem
-//! (`--memfs-size`, MemFs) to one VMM over a vhost-user socket. Flags that virtiofsd also has
+//! Serves a host directory (`--shared-dir`, PassthroughFs), a single host file
+//! (`--shared-file`, a file mount) or an in-memory filesystem (`--memfs-size`, MemFs) to one VMM
+//! over a vhost-user socket. Flags that virtiofsd also has
 //! keep virtiofsd's names, so VMM configurations written for virtiofsd work unchanged.
 //!
 //! ```text
 //! boxfsd --socket-path /tmp/fs.sock --shared-dir /srv/share --tag share
 //! boxfsd --socket-path /tmp/scratch.sock --memfs-size 512M --tag scratch
+//! boxfsd --socket-path /tmp/conf.sock --shared-file /srv/app.conf --guest-path /etc/app.conf
 //! ```
+//!
+//! With `--shared-file` the daemon stages the file (see `boxfs::filemount`) and, once its socket
+//! is listening, prints on stdout the random tag (first line) and then the guest mount plan, an
+//! `sh` script ending with the line `# end of plan`. Configure the VMM with that tag and run
+//! the script in the guest.
 //!
 //! The daemon exits with status 0 when the VMM disconnects (unless `--keep-serving`), or on
 //! SIGTERM, SIGINT or SIGHUP, after removing its socket file; with status 1 and a message on
@@ -33,6 +40,7 @@ mod linux {
     use std::path::{Path, PathBuf};
     use std::sync::Arc;
 
+    use boxfs::filemount::{default_runtime_dir, FileMountOptions, FileMounts};
     use boxfs::memfs::MemFs;
     use boxfs::passthrough::{HostPermissions, PassthroughFs, SymlinkMode};
     use boxfs::vhost::{DeviceHandle, Dispatch, FsDevice, DEFAULT_THREAD_POOL_SIZE};
@@ -47,7 +55,8 @@ mod linux {
         about = "vhost-user virtio-fs daemon: serves a host directory or an in-memory \
                  filesystem to a VMM"
     )]
-    #[command(group(ArgGroup::new("backend").args(["shared_dir", "memfs_size"])))]
+    #[command(group(ArgGroup::new("backend").args(["shared_dir", "shared_file", "memfs_size"])))]
+    #[command(group(ArgGroup::new("host_backend").args(["shared_dir", "shared_file"])))]
     #[command(group(ArgGroup::new("socket").args(["socket_path", "fd"])))]
     struct Args {
         /// vhost-user socket path the VMM connects to.
@@ -62,6 +71,22 @@ mod linux {
         #[arg(long, value_name = "DIR")]
         shared_dir: Option<PathBuf>,
 
+        /// A single host file to share (a file mount): staged in a private directory under
+        /// --runtime-dir, served under a random tag; the tag and the guest mount plan are
+        /// printed on stdout.
+        #[arg(long, value_name = "FILE")]
+        shared_file: Option<PathBuf>,
+
+        /// Guest path the --shared-file is mounted at (default: the host path).
+        #[arg(long, value_name = "PATH", requires = "shared_file")]
+        guest_path: Option<String>,
+
+        /// Directory for the file mount's staging directory (default: $XDG_RUNTIME_DIR/
+        /// boxfs-filemount or /tmp/boxfs-filemount-UID). Read-write file mounts need it on the
+        /// file's filesystem. Staging directories of dead daemons in it are removed at start.
+        #[arg(long, value_name = "DIR", requires = "shared_file")]
+        runtime_dir: Option<PathBuf>,
+
         /// Serve an in-memory filesystem (MemFs) of this capacity instead, e.g. 512M, 2G.
         #[arg(long, value_name = "SIZE", value_parser = parse_size)]
         memfs_size: Option<u64>,
@@ -70,8 +95,8 @@ mod linux {
         #[arg(long, value_name = "N", requires = "memfs_size")]
         memfs_max_inodes: Option<u64>,
 
-        /// Share the directory read-only.
-        #[arg(long, requires = "shared_dir")]
+        /// Share the directory or file read-only.
+        #[arg(long, requires = "host_backend")]
         readonly: bool,
 
         /// Guest caching: never, auto or always.
@@ -89,7 +114,7 @@ mod linux {
 
         /// Guest-visible owner `UID:GID` of host files that carry no ownership xattr.
         #[arg(long, value_name = "UID:GID", value_parser = parse_owner, default_value = "0:0",
-              requires = "shared_dir")]
+              requires = "host_backend")]
         default_owner: (u32, u32),
 
         /// How guest symlinks are stored on the host: `virtualized` (a small regular file with
@@ -125,8 +150,8 @@ mod linux {
         dispatch: Dispatch,
 
         /// Tag exposed in the device's config space (at most 36 bytes). Without it the VMM's
-        /// tag is used.
-        #[arg(long, value_name = "TAG")]
+        /// tag is used. Not with --shared-file, whose tag is random.
+        #[arg(long, value_name = "TAG", conflicts_with = "shared_file")]
         tag: Option<String>,
 
         /// Number of request queues offered (besides the hiprio queue).
@@ -308,6 +333,51 @@ mod linux {
         Ok(())
     }
 
+    /// A staged single-file share: the mounts (dropping them removes the staging directory),
+    /// the tag and the guest plan.
+    struct FileShare {
+        mounts: FileMounts,
+        tag: String,
+        plan: String,
+    }
+
+    fn stage_file(args: &Args, file: &Path) -> Result<FileShare, String> {
+        let guest = match &args.guest_path {
+            Some(g) => g.clone(),
+            None => std::path::absolute(file)
+                .ok()
+                .and_then(|p| p.to_str().map(str::to_owned))
+                .ok_or_else(|| {
+                    format!(
+                        "shared file {}: give --guest-path (the host path is not UTF-8)",
+                        file.display()
+                    )
+                })?,
+        };
+        let rt = args.runtime_dir.clone().unwrap_or_else(default_runtime_dir);
+        let mut mounts =
+            FileMounts::new(&rt).map_err(|e| format!("runtime directory {}: {e}", rt.display()))?;
+        let opts = FileMountOptions::new()
+            .readonly(args.readonly)
+            .cache_policy(args.cache)
+            .owner(args.default_owner.0, args.default_owner.1);
+        let mount = mounts
+            .add(file, &guest, &opts)
+            .map_err(|e| format!("shared file {}: {e}", file.display()))?;
+        let tag = mount.tag().to_string();
+        tracing::info!(
+            "staged {} in {} ({:?})",
+            file.display(),
+            mount.share_dir().display(),
+            mount.placement()
+        );
+        let plan = mounts
+            .plan()
+            .map_err(|e| format!("shared file {}: {e}", file.display()))?
+            .to_sh();
+        Ok(FileShare { mounts, tag, plan })
+    }
+
     fn build_fs(args: &Args) -> Result<Arc<dyn DynFileSystem>, String> {
         if let Some(dir) = &args.shared_dir {
             check_shared_dir(dir)?;
@@ -353,7 +423,7 @@ mod linux {
         Ok(unsafe { UnixListener::from_raw_fd(fd) })
     }
 
-    fn start(args: &Args) -> Result<DeviceHandle, String> {
+    fn start(args: &Args) -> Result<(DeviceHandle, Option<FileShare>), String> {
         if args.sandbox != "none" {
             return Err(format!(
                 "--sandbox {}: not supported; use --sandbox none (PassthroughFs confines \
@@ -376,7 +446,19 @@ mod linux {
                 }
             }
         }
-        let fs = build_fs(args)?;
+        let file_share = match &args.shared_file {
+            Some(f) => Some(stage_file(args, f)?),
+            None => None,
+        };
+        let fs = match &file_share {
+            Some(share) => share
+                .mounts
+                .mounts()
+                .first()
+                .map(|m| m.fs())
+                .ok_or("no file staged")?,
+            None => build_fs(args)?,
+        };
         let mut builder = FsDevice::builder(fs)
             .request_queues(args.request_queues)
             .thread_pool_size(args.thread_pool_size)
@@ -384,6 +466,9 @@ mod linux {
             .keep_serving(args.keep_serving);
         if let Some(tag) = &args.tag {
             builder = builder.tag(tag.clone());
+        }
+        if let Some(share) = &file_share {
+            builder = builder.tag(share.tag.clone());
         }
         let device = builder.build().map_err(|e| e.to_string())?;
         let handle = match (&args.socket_path, args.fd) {
@@ -399,7 +484,7 @@ mod linux {
                 return Err(e);
             }
         }
-        Ok(handle)
+        Ok((handle, file_share))
     }
 
     pub(crate) fn main() -> i32 {
@@ -410,13 +495,20 @@ mod linux {
             );
             return 0;
         }
-        let missing = if args.shared_dir.is_none() && args.memfs_size.is_none() {
-            Some("one of --shared-dir or --memfs-size is required")
-        } else if args.socket_path.is_none() && args.fd.is_none() {
-            Some("one of --socket-path or --fd is required")
-        } else {
-            None
-        };
+        let missing =
+            if args.shared_dir.is_none() && args.memfs_size.is_none() && args.shared_file.is_none()
+            {
+                Some("one of --shared-dir, --shared-file or --memfs-size is required")
+            } else if args.socket_path.is_none() && args.fd.is_none() {
+                Some("one of --socket-path or --fd is required")
+            } else if args.shared_file.is_none()
+                && (args.guest_path.is_some() || args.runtime_dir.is_some())
+            {
+                // (clap's `requires` does not catch these once another backend is given.)
+                Some("--guest-path and --runtime-dir need --shared-file")
+            } else {
+                None
+            };
         if let Some(msg) = missing {
             use clap::CommandFactory;
             Args::command()
@@ -427,18 +519,36 @@ mod linux {
             eprintln!("boxfsd: error: --log-level: {e}");
             return 1;
         }
-        let handle = match start(&args) {
-            Ok(h) => Arc::new(h),
+        let (handle, file_share) = match start(&args) {
+            Ok((h, share)) => (Arc::new(h), share),
             Err(e) => {
                 eprintln!("boxfsd: error: {e}");
                 return 1;
             }
         };
-        let what = match (&args.shared_dir, args.memfs_size) {
-            (Some(d), _) => format!("directory {}", d.display()),
-            (None, Some(s)) => format!("in-memory filesystem of {s} bytes"),
+        let what = match (&args.shared_dir, args.memfs_size, &file_share) {
+            (Some(d), _, _) => format!("directory {}", d.display()),
+            (None, Some(s), _) => format!("in-memory filesystem of {s} bytes"),
+            (None, None, Some(share)) => format!(
+                "file {} (tag {})",
+                args.shared_file
+                    .as_deref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                share.tag
+            ),
             _ => String::new(),
         };
+        if let Some(share) = &file_share {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            let printed = writeln!(out, "{}", share.tag)
+                .and_then(|()| out.write_all(share.plan.as_bytes()))
+                .and_then(|()| out.flush());
+            if let Err(e) = printed {
+                tracing::warn!("cannot print the tag and guest plan: {e}");
+            }
+        }
         match handle.socket_path() {
             Some(p) => tracing::info!("serving {what} on {}", p.display()),
             None => tracing::info!("serving {what} on inherited fd"),
@@ -477,7 +587,10 @@ mod linux {
             Err(e) => tracing::warn!("cannot install signal handlers: {e}"),
         }
 
-        match handle.wait() {
+        let res = handle.wait();
+        // Removes the file share's staging directory.
+        drop(file_share);
+        match res {
             Ok(()) => {
                 tracing::info!("exiting");
                 0

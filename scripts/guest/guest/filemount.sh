@@ -1,0 +1,92 @@
+#!/bin/sh
+# Guest script (busybox sh): single-file volumes (boxfsd --shared-file) mounted by the guest mount
+# plans boxfsd printed. The host delivers them in $BOXFS_FM_DIR (default /fm, an initramfs
+# appended by tests/guest_e2e.rs):
+#   plan-rw.sh   the plan of a read-write file share, destination /root/test.txt
+#   plan-ro.sh   the plan of a read-only file share, destination /root/ro.txt
+#   env          FM_TOKEN=..., FM_TAG_RW=..., FM_TAG_RO=... (sourced)
+# Run with boxfs.automount=0 (nothing else mounts the shares) and both devices attached.
+#
+# Host <-> guest protocol: the host created the read-write file holding "boxfs host->guest TOKEN"
+# and the read-only one holding "boxfs read-only TOKEN". The guest writes "boxfs guest->host
+# TOKEN" into the read-write file; the host, seeing it, replaces its file atomically (rename) with
+# "boxfs replaced TOKEN"; the guest waits to see that through the same bind mount, then writes
+# "boxfs guest->host-2 TOKEN" (which must land in the new host file).
+# One "PASS name" / "FAIL name detail" line per check; last line "FILEMOUNT-DONE pass=N fail=N".
+FM=${BOXFS_FM_DIR:-/fm}
+P=0
+F=0
+pass() { echo "PASS $1"; P=$((P + 1)); }
+fail() { n=$1; shift; printf 'FAIL %s %s\n' "$n" "$(printf '%s' "$*" | tr '\n' '|')"; F=$((F + 1)); }
+eq() {
+    if [ "$2" = "$3" ]; then pass "$1"; else fail "$1" "got '$2' want '$3'"; fi
+}
+ok() {
+    n=$1; shift
+    if out=$("$@" 2>&1); then pass "$n"; else fail "$n" "'$*' failed: $out"; fi
+}
+ko() {
+    n=$1; shift
+    if out=$("$@" 2>&1); then fail "$n" "'$*' unexpectedly succeeded: $out"; else pass "$n"; fi
+}
+done_() { echo "FILEMOUNT-DONE pass=$P fail=$F"; exit 0; }
+
+if [ ! -f "$FM/env" ]; then fail fm_inputs "no $FM/env"; done_; fi
+. "$FM/env"
+T=/root/test.txt
+R=/root/ro.txt
+STAGE=/run/boxfs-filemount
+
+# --- read-write share ---------------------------------------------------------------------------
+echo "INFO plan-rw: $(grep -c . "$FM/plan-rw.sh") lines"
+if out=$(sh "$FM/plan-rw.sh" 2>&1); then pass plan_rw; else fail plan_rw "$out"; done_; fi
+echo "INFO mounts: $(grep -E "virtiofs" /proc/mounts | tr '\n' ';')"
+eq rw_bind_mounted "$(awk -v t="$T" '$2 == t { print $1 " " $3 }' /proc/mounts)" "$FM_TAG_RW virtiofs"
+eq rw_host_to_guest "$(cat "$T")" "boxfs host->guest $FM_TOKEN"
+ko rw_staging_path_gone ls "$STAGE/$FM_TAG_RW"
+eq rw_staging_unmounted "$(grep -c " $STAGE/" /proc/mounts)" 0
+case "$(awk -v t="$T" '$2 == t { print $4 }' /proc/mounts)" in
+    *nosuid*nodev*) pass rw_flags ;;
+    *) fail rw_flags "$(awk -v t="$T" '$2 == t { print $4 }' /proc/mounts)" ;;
+esac
+if printf 'boxfs guest->host %s\n' "$FM_TOKEN" > "$T"; then pass rw_guest_write; else fail rw_guest_write "write failed"; fi
+eq rw_guest_reread "$(cat "$T")" "boxfs guest->host $FM_TOKEN"
+ok rw_chmod_777 chmod 777 "$T"
+eq rw_chmod_guest_mode "$(stat -c %a "$T")" 777
+# The bind-mounted file cannot be moved away or unlinked (it is a mount point).
+ko rw_unlink_refused rm -f "$T"
+
+# --- read-only share ----------------------------------------------------------------------------
+if out=$(sh "$FM/plan-ro.sh" 2>&1); then pass plan_ro; else fail plan_ro "$out"; fi
+eq ro_content "$(cat "$R")" "boxfs read-only $FM_TOKEN"
+if out=$( (printf 'x' > "$R") 2>&1 ); then
+    fail ro_write_erofs "write succeeded"
+else
+    case "$out" in
+        *"Read-only file system"*) pass ro_write_erofs ;;
+        *) fail ro_write_erofs "$out" ;;
+    esac
+fi
+if out=$(touch "$R" 2>&1); then fail ro_touch_erofs "touch succeeded"; else
+    case "$out" in *"Read-only file system"*) pass ro_touch_erofs ;; *) fail ro_touch_erofs "$out" ;; esac
+fi
+ko ro_staging_path_gone ls "$STAGE/$FM_TAG_RO"
+eq ro_content_unchanged "$(cat "$R")" "boxfs read-only $FM_TOKEN"
+
+# --- host replaces the read-write file atomically -----------------------------------------------
+echo "INFO waiting for the host to replace the file"
+want="boxfs replaced $FM_TOKEN"
+i=0
+got="$(cat "$T" 2>&1)"
+while [ "$got" != "$want" ] && [ $i -lt 240 ]; do
+    sleep 0.5
+    i=$((i + 1))
+    got="$(cat "$T" 2>&1)"
+done
+echo "INFO replace seen after ${i} polls"
+eq rw_host_replace_seen "$got" "$want"
+if printf 'boxfs guest->host-2 %s\n' "$FM_TOKEN" > "$T"; then pass rw_write_after_replace; else fail rw_write_after_replace "write failed"; fi
+eq rw_mode_after_replace "$(stat -c %a "$T")" 777
+ko rw_staging_still_gone ls "$STAGE/$FM_TAG_RW"
+sync
+done_

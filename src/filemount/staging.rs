@@ -1,0 +1,221 @@
+//! Per-mount staging directories on the host, and placing the file in them.
+//!
+//! Layout of one mount under the runtime directory:
+//!
+//! ```text
+//! <runtime dir>/fm_<tag>/            0700, created fresh (mkdir fails if it exists)
+//!     owner.lock                      flock held by the owning process (see sweep)
+//!     share/                          0700, the PassthroughFs root the guest sees
+//!         <file name>                 hard link to the host file (or a copy, read-only only)
+//! ```
+//!
+//! The owner lock lives outside `share/`, so the guest never sees it.
+
+use std::ffi::OsString;
+use std::fs::{DirBuilder, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use super::sweep::{runtime_lock, OWNER_LOCK};
+use super::sys;
+use super::tag::Tag;
+use crate::passthrough::INTERNAL_PREFIX;
+
+/// How the host file was placed in the staging directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Placement {
+    /// A hard link: the guest reads and writes the host file's own inode.
+    Linked,
+    /// A private copy (read-only mounts only, when no hard link could be made, e.g. `EXDEV`):
+    /// refreshed from the host file when it changes.
+    Copied,
+}
+
+/// Identity of the host file a placement came from, to notice when the host changed it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Source {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Source {
+    pub(crate) fn of(m: &std::fs::Metadata) -> Source {
+        Source {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        }
+    }
+
+    /// Whether `now` (the host path's current metadata) is still what `self` placed. A hard
+    /// link shares the inode, so only a different inode (atomic replace) matters; a copy also
+    /// goes stale when the file is modified in place.
+    pub(crate) fn unchanged(&self, how: Placement, now: &Source) -> bool {
+        let same_inode = self.dev == now.dev && self.ino == now.ino;
+        match how {
+            Placement::Linked => same_inode,
+            Placement::Copied => {
+                same_inode
+                    && self.size == now.size
+                    && self.mtime == now.mtime
+                    && self.ctime == now.ctime
+            }
+        }
+    }
+}
+
+/// One staging directory, owned (locked) by this process; removed on drop.
+#[derive(Debug)]
+pub(crate) struct Staging {
+    dir: PathBuf,
+    share: PathBuf,
+    _owner: File,
+}
+
+impl Staging {
+    /// Creates `<runtime_dir>/fm_<tag>/` and its `share/`, owned by this process. Fails with
+    /// `AlreadyExists` if a directory of that tag exists (the caller draws another tag).
+    pub(crate) fn create(runtime_dir: &Path, tag: &Tag) -> io::Result<Staging> {
+        let dir = runtime_dir.join(tag.as_str());
+        let owner = {
+            let _guard = runtime_lock(runtime_dir)?;
+            DirBuilder::new().mode(0o700).create(&dir)?;
+            let owner = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_CLOEXEC)
+                .open(dir.join(OWNER_LOCK));
+            let owner = match owner {
+                Ok(f) => f,
+                Err(e) => {
+                    let _ = std::fs::remove_dir(&dir);
+                    return Err(e);
+                }
+            };
+            if !sys::lock_exclusive(&owner, false)? {
+                return Err(io::Error::from_raw_os_error(libc::EBUSY));
+            }
+            owner
+        };
+        let staging = Staging {
+            share: dir.join("share"),
+            dir,
+            _owner: owner,
+        };
+        DirBuilder::new().mode(0o700).create(&staging.share)?;
+        Ok(staging)
+    }
+
+    /// The directory served to the guest.
+    pub(crate) fn share(&self) -> &Path {
+        &self.share
+    }
+
+    /// The whole staging directory (`fm_<tag>`).
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        // Still holding the owner lock, so a concurrent sweep leaves it to us.
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            if e.kind() != io::ErrorKind::NotFound {
+                tracing::warn!(
+                    "cannot remove staging directory {}: {e}",
+                    self.dir.display()
+                );
+            }
+        }
+    }
+}
+
+/// Why a file could not be placed.
+#[derive(Debug)]
+pub(crate) enum PlaceError {
+    /// No hard link could be made (`EXDEV` and friends) and copying is not allowed.
+    NoLink(io::Error),
+    /// Anything else.
+    Io(io::Error),
+}
+
+/// Places `host` in `share` under `name`, atomically replacing what is there: a hard link, or a
+/// copy when no link can be made and `allow_copy`. Returns how, and what was placed.
+pub(crate) fn place(
+    host: &Path,
+    share: &Path,
+    name: &OsString,
+    allow_copy: bool,
+) -> Result<(Placement, Source), PlaceError> {
+    let meta = std::fs::metadata(host).map_err(PlaceError::Io)?;
+    if !meta.is_file() {
+        return Err(PlaceError::Io(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        )));
+    }
+    let mut tmp = OsString::from(String::from_utf8_lossy(INTERNAL_PREFIX).into_owned());
+    tmp.push(format!("stage-{:016x}", rand::random::<u64>()));
+    let tmp = share.join(tmp);
+    let dst = share.join(name);
+    let placed = match sys::link_following(host, &tmp) {
+        Ok(()) => {
+            // Identity of what was actually linked (the host path may have changed since).
+            let m = std::fs::metadata(&tmp).map_err(PlaceError::Io)?;
+            (Placement::Linked, Source::of(&m))
+        }
+        Err(e) if is_link_refusal(&e) => {
+            if !allow_copy {
+                return Err(PlaceError::NoLink(e));
+            }
+            let src = copy_to(host, &tmp).map_err(|e| {
+                let _ = std::fs::remove_file(&tmp);
+                PlaceError::Io(e)
+            })?;
+            (Placement::Copied, src)
+        }
+        Err(e) => return Err(PlaceError::Io(e)),
+    };
+    if let Err(e) = std::fs::rename(&tmp, &dst) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(PlaceError::Io(e));
+    }
+    Ok(placed)
+}
+
+/// Errors of `link` that mean "no hard link possible here", as opposed to a broken path.
+fn is_link_refusal(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EXDEV | libc::EPERM | libc::EACCES | libc::EMLINK | libc::ENOTSUP)
+    )
+}
+
+/// Copies `host` to the new file `tmp`; returns the identity of the file copied from.
+fn copy_to(host: &Path, tmp: &Path) -> io::Result<Source> {
+    let mut src = File::open(host)?;
+    let m = src.metadata()?;
+    if !m.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    let mut dst = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(tmp)?;
+    io::copy(&mut src, &mut dst)?;
+    Ok(Source::of(&m))
+}
