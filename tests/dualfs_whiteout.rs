@@ -82,14 +82,23 @@ fn deletions_persist_across_restart() {
             ListxattrReply::Names(n) => assert!(!String::from_utf8_lossy(&n).contains("overlay")),
             ListxattrReply::Count(_) => panic!("expected names"),
         }
-        // A whiteout-shaped device cannot be made by the guest.
-        assert_eq!(
-            errno(g.mknod(ROOT_ID, "wh", libc::S_IFCHR | 0o644, 0)),
-            libc::EPERM
-        );
+        // A 0/0 character device (a whiteout in overlayfs's device form) is an ordinary
+        // device to DualFs: the guest can make it, and it hides nothing.
+        let chr = g
+            .mknod(ROOT_ID, "chr00", libc::S_IFCHR | 0o644, 0)
+            .expect("mknod 0/0 char device");
+        assert_eq!(chr.attr.st_mode & libc::S_IFMT, libc::S_IFCHR);
+        assert_eq!(chr.attr.st_rdev, 0);
+        assert!(names(&*fs, ROOT_ID).contains(&"chr00".to_string()));
+        g.unlink(ROOT_ID, "chr00").expect("unlink chr00");
+        // An empty file of the guest's in a directory holding whiteouts is listed: only the
+        // whiteout xattr makes a whiteout.
+        g.put(ROOT_ID, "empty", b"");
+        assert!(names(&*fs, ROOT_ID).contains(&"empty".to_string()));
+        g.unlink(ROOT_ID, "empty").expect("unlink empty");
     }
-    // The deletions are in A on the host: whiteouts (in PassthroughFs: files carrying the
-    // character-device override) and an opaque directory.
+    // The deletions are in A on the host: whiteouts (empty files carrying
+    // user.overlay.whiteout) and an opaque directory.
     assert!(upper.path().join("f1").exists());
     assert!(!std::fs::symlink_metadata(upper.path().join("f1"))
         .expect("stat")

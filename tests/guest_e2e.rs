@@ -90,6 +90,8 @@ static GUEST_LOCK: Mutex<()> = Mutex::new(());
 enum Backend {
     Passthrough,
     MemFs,
+    /// DualFs (default policy): PassthroughFs upper over a read-only PassthroughFs lower.
+    Overlay,
 }
 
 impl Backend {
@@ -97,7 +99,14 @@ impl Backend {
         match self {
             Backend::Passthrough => "passthrough",
             Backend::MemFs => "memfs",
+            Backend::Overlay => "overlay",
         }
+    }
+
+    /// Whether host files exchange with the guest (the share, or the overlay's layers, are
+    /// host directories).
+    fn host_checks(self) -> bool {
+        matches!(self, Backend::Passthrough | Backend::Overlay)
     }
 }
 
@@ -111,6 +120,12 @@ fn guest_e2e_passthrough() {
 #[ignore = "needs QEMU; run by scripts/test.sh"]
 fn guest_e2e_memfs() {
     run_e2e(Backend::MemFs);
+}
+
+#[test]
+#[ignore = "needs QEMU; run by scripts/test.sh"]
+fn guest_e2e_overlay() {
+    run_e2e(Backend::Overlay);
 }
 
 #[test]
@@ -235,11 +250,61 @@ struct DaemonSpec {
     unprivileged: bool,
 }
 
+/// Every entry under `root`: path, type, mode, owner, size, mtime and content (or symlink
+/// target), one line each, sorted.
+fn tree_digest(root: &Path) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let mut entries: Vec<_> = fs::read_dir(&dir)
+            .expect("read_dir")
+            .map(|e| e.expect("entry").path())
+            .collect();
+        entries.sort();
+        for p in entries {
+            let m = fs::symlink_metadata(&p).expect("lstat");
+            let body = if m.file_type().is_symlink() {
+                format!("-> {}", fs::read_link(&p).expect("readlink").display())
+            } else if m.is_file() {
+                let data = fs::read(&p).expect("read");
+                format!("{} bytes, sum {:x}", data.len(), fnv1a(&data))
+            } else {
+                stack.push(p.clone());
+                String::from("dir")
+            };
+            out.push(format!(
+                "{} mode {:o} owner {}:{} mtime {}.{} {body}",
+                p.strip_prefix(root).unwrap_or(&p).display(),
+                m.mode(),
+                m.uid(),
+                m.gid(),
+                m.mtime(),
+                m.mtime_nsec()
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
+fn fnv1a(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
 fn split_args(s: &str) -> Vec<OsString> {
     s.split_whitespace().map(OsString::from).collect()
 }
 
-fn daemon_spec(backend: Backend, socket: &Path, share: &Path, tag: &str) -> Option<DaemonSpec> {
+fn daemon_spec(
+    backend: Backend,
+    socket: &Path,
+    share: &Path,
+    lower: &Path,
+    tag: &str,
+) -> Option<DaemonSpec> {
     let unprivileged = is_root() && env_nonempty("BOXFS_E2E_PRIVILEGED").is_none();
     let extra = env_nonempty("BOXFS_E2E_DAEMON_ARGS")
         .map(|s| split_args(&s))
@@ -274,6 +339,14 @@ fn daemon_spec(backend: Backend, socket: &Path, share: &Path, tag: &str) -> Opti
             let memfs = env_nonempty("BOXFS_E2E_MEMFS_ARGS")
                 .unwrap_or_else(|| "--memfs-size 2G".to_owned());
             args.extend(split_args(&memfs));
+        }
+        Backend::Overlay => {
+            args.extend([
+                "--lower".into(),
+                lower.into(),
+                "--upper".into(),
+                share.into(),
+            ]);
         }
     }
     let cache = env_nonempty("BOXFS_E2E_CACHE").unwrap_or_else(|| "auto".to_owned());
@@ -567,25 +640,43 @@ fn run_e2e(backend: Backend) {
     fs::create_dir(&share).expect("mkdir share");
     fs::set_permissions(&share, fs::Permissions::from_mode(0o755)).expect("chmod share");
 
-    let Some(spec) = daemon_spec(backend, &socket, &share, &tag) else {
+    // The overlay's read-only lower layer: host files the guest sees through it, owned by
+    // root (the unprivileged daemon only reads them), and checked unchanged afterwards.
+    let lower = work.path().join("lower");
+    let Some(spec) = daemon_spec(backend, &socket, &share, &lower, &tag) else {
         say(&format!(
             "[{label}] skipped: BOXFS_E2E_DAEMON serves host directories only"
         ));
         return;
     };
 
-    // Files created on the host before boot; the guest must see them.
-    if backend == Backend::Passthrough {
+    // Files created on the host before boot; the guest must see them (through the overlay:
+    // in its lower layer).
+    let host_side = if backend == Backend::Overlay {
+        &lower
+    } else {
+        &share
+    };
+    if backend.host_checks() {
+        fs::create_dir_all(host_side).expect("mkdir host side");
         fs::write(
-            share.join("host-to-guest.txt"),
+            host_side.join("host-to-guest.txt"),
             format!("boxfs host->guest {token}\n"),
         )
         .expect("host file");
-        fs::create_dir(share.join("host-dir")).expect("host dir");
+        fs::create_dir(host_side.join("host-dir")).expect("host dir");
         for name in ["a", "b", "c"] {
-            fs::write(share.join("host-dir").join(name), name).expect("host dir file");
+            fs::write(host_side.join("host-dir").join(name), name).expect("host dir file");
         }
     }
+    if backend == Backend::Overlay {
+        fs::write(lower.join("lower-big"), vec![0x5a; 1 << 20]).expect("lower file");
+        std::os::unix::fs::symlink("host-to-guest.txt", lower.join("lower-link"))
+            .expect("lower symlink");
+        fs::create_dir_all(lower.join("deep/er/est")).expect("lower tree");
+        fs::write(lower.join("deep/er/est/leaf"), b"leaf").expect("lower leaf");
+    }
+    let lower_before = (backend == Backend::Overlay).then(|| tree_digest(&lower));
     if spec.unprivileged {
         // The unprivileged daemon owns its socket directory and the share.
         chown(work.path(), Some(DAEMON_ID), Some(DAEMON_ID)).expect("chown work dir");
@@ -679,7 +770,7 @@ fn run_e2e(backend: Backend) {
         .arg(&console)
         .arg("--quiet")
         .stdin(Stdio::null());
-    if backend == Backend::Passthrough {
+    if backend.host_checks() {
         run.arg("--param").arg(format!("token={token}"));
         if spec.is_boxfsd {
             run.arg("--param")
@@ -762,7 +853,7 @@ fn run_e2e(backend: Backend) {
             problems.push(format!("scenario FAIL {f}"));
         }
         let mut required: Vec<&str> = REQUIRED_CHECKS.to_vec();
-        if backend == Backend::Passthrough {
+        if backend.host_checks() {
             required.extend_from_slice(HOST_CHECKS);
         }
         // (Only meaningful when the script ran to its end; otherwise that is reported above.)
@@ -779,7 +870,7 @@ fn run_e2e(backend: Backend) {
                 problems.push(format!("scenario check {name} never ran"));
             }
         }
-        if backend == Backend::Passthrough && report.scenario_done.is_some() {
+        if backend.host_checks() && report.scenario_done.is_some() {
             let got = fs::read_to_string(share.join("guest-to-host.txt"))
                 .unwrap_or_else(|e| format!("<{e}>"));
             if got != format!("boxfs guest->host {token}\n") {
@@ -815,7 +906,8 @@ fn run_e2e(backend: Backend) {
                     }
                 }
             }
-            let host_file = fs::read_to_string(share.join("host-to-guest.txt")).unwrap_or_default();
+            let host_file =
+                fs::read_to_string(host_side.join("host-to-guest.txt")).unwrap_or_default();
             if host_file != format!("boxfs host->guest {token}\n") {
                 problems.push(format!("host file changed: {host_file:?}"));
             }
@@ -846,6 +938,25 @@ fn run_e2e(backend: Backend) {
             && report.pjdfstest_counts.contains_key("failed")
         {
             problems.push("pjdfstest passed nothing".to_owned());
+        }
+    }
+    if let Some(before) = &lower_before {
+        let after = tree_digest(&lower);
+        if &after != before {
+            let changed: Vec<&String> = after
+                .iter()
+                .filter(|a| !before.contains(a))
+                .chain(before.iter().filter(|b| !after.contains(b)))
+                .take(10)
+                .collect();
+            problems.push(format!(
+                "the overlay's lower directory changed: {changed:?}"
+            ));
+        } else {
+            say(&format!(
+                "[{label}] lower directory unchanged ({} entries compared byte for byte)",
+                before.len()
+            ));
         }
     }
     if daemon_died.is_some() {

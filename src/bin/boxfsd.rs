@@ -55,8 +55,10 @@ mod linux {
         about = "vhost-user virtio-fs daemon: serves a host directory or an in-memory \
                  filesystem to a VMM"
     )]
-    #[command(group(ArgGroup::new("backend").args(["shared_dir", "shared_file", "memfs_size"])))]
+    #[command(group(ArgGroup::new("backend").args(["shared_dir", "shared_file", "memfs_size", "lower"])))]
     #[command(group(ArgGroup::new("host_backend").args(["shared_dir", "shared_file"])))]
+    #[command(group(ArgGroup::new("dir_backend").multiple(true).args(["shared_dir", "lower"])))]
+    #[command(group(ArgGroup::new("owned_backend").multiple(true).args(["shared_dir", "shared_file", "lower"])))]
     #[command(group(ArgGroup::new("socket").args(["socket_path", "fd"])))]
     struct Args {
         /// vhost-user socket path the VMM connects to.
@@ -91,8 +93,27 @@ mod linux {
         #[arg(long, value_name = "SIZE", value_parser = parse_size)]
         memfs_size: Option<u64>,
 
-        /// Most inodes the in-memory filesystem may hold.
-        #[arg(long, value_name = "N", requires = "memfs_size")]
+        /// Overlay: read-only lower host directory (DualFs backend B). Needs --upper.
+        #[arg(long, value_name = "DIR", requires = "upper")]
+        lower: Option<PathBuf>,
+
+        /// Overlay: writable upper layer (DualFs backend A): a host directory, or
+        /// `memfs:SIZE` for an in-memory upper (e.g. `memfs:1G`). Needs --lower.
+        #[arg(long, value_name = "DIR|memfs:SIZE", requires = "lower")]
+        upper: Option<String>,
+
+        /// Overlay dispatch policy: read-b-write-a (default), a-only, a-fallback-b,
+        /// merge-reads-a-precedence.
+        #[arg(
+            long,
+            value_name = "NAME",
+            default_value = "read-b-write-a",
+            requires = "lower"
+        )]
+        policy: String,
+
+        /// Most inodes the in-memory filesystem (or in-memory upper layer) may hold.
+        #[arg(long, value_name = "N")]
         memfs_max_inodes: Option<u64>,
 
         /// Share the directory or file read-only.
@@ -104,42 +125,42 @@ mod linux {
         cache: CachePolicy,
 
         /// Let the guest cache writes (FUSE writeback cache).
-        #[arg(long, requires = "shared_dir")]
+        #[arg(long, requires = "dir_backend")]
         writeback: bool,
 
         /// Limit on the bytes of regular files and symlink targets in the shared directory
         /// (e.g. 10G); writes past it fail with ENOSPC. Default: no limit.
-        #[arg(long, value_name = "SIZE", value_parser = parse_size, requires = "shared_dir")]
+        #[arg(long, value_name = "SIZE", value_parser = parse_size, requires = "dir_backend")]
         quota: Option<u64>,
 
         /// Guest-visible owner `UID:GID` of host files that carry no ownership xattr.
         #[arg(long, value_name = "UID:GID", value_parser = parse_owner, default_value = "0:0",
-              requires = "host_backend")]
+              requires = "owned_backend")]
         default_owner: (u32, u32),
 
         /// How guest symlinks are stored on the host: `virtualized` (a small regular file with
         /// the link's owner in the ownership xattr; full POSIX semantics) or `host` (real host
         /// symlinks, owned by the default owner).
         #[arg(long, value_name = "MODE", value_parser = parse_symlinks, default_value = "virtualized",
-              requires = "shared_dir")]
+              requires = "dir_backend")]
         symlinks: SymlinkMode,
 
         /// Host permission bits of files the guest creates: `private` (0600/0700, never
         /// changed) or `mirror` (the guest's bits, always with owner read/write).
         #[arg(long, value_name = "MODE", value_parser = parse_host_permissions,
-              default_value = "private", requires = "shared_dir")]
+              default_value = "private", requires = "dir_backend")]
         host_permissions: HostPermissions,
 
         /// Most inode descriptors kept open at once (an LRU; evicted inodes are re-opened).
-        #[arg(long, value_name = "N", requires = "shared_dir")]
+        #[arg(long, value_name = "N", requires = "dir_backend")]
         fd_cache_size: Option<usize>,
 
         /// Request worker threads; 0 serves every request on the virtqueue threads.
         #[arg(long, value_name = "N", default_value_t = DEFAULT_THREAD_POOL_SIZE)]
         thread_pool_size: usize,
 
-        /// Which requests the worker threads serve: `slow` (fsync, flush, release, blocking
-        /// locks, fallocate; the rest on the virtqueue threads), `adaptive` (slow ones, and all
+        /// Which requests the worker threads serve: `slow` (fsync, fsyncdir, blocking locks,
+        /// fallocate; the rest on the virtqueue threads), `adaptive` (slow ones, and all
         /// while several are in flight and a worker is free), `all`, or `none`.
         #[arg(
             long,
@@ -378,24 +399,67 @@ mod linux {
         Ok(FileShare { mounts, tag, plan })
     }
 
-    fn build_fs(args: &Args) -> Result<Arc<dyn DynFileSystem>, String> {
-        if let Some(dir) = &args.shared_dir {
-            check_shared_dir(dir)?;
-            let mut b = PassthroughFs::builder(dir)
-                .readonly(args.readonly)
-                .cache_policy(args.cache)
-                .writeback(args.writeback)
-                .quota_bytes(args.quota)
-                .default_owner(args.default_owner.0, args.default_owner.1)
-                .symlinks(args.symlinks)
-                .host_permissions(args.host_permissions);
-            if let Some(n) = args.fd_cache_size {
-                b = b.fd_cache_size(n);
+    /// `--lower DIR --upper DIR|memfs:SIZE --policy NAME`: a DualFs overlay.
+    fn build_overlay(args: &Args, lower: &Path) -> Result<Arc<dyn DynFileSystem>, String> {
+        use boxfs::dualfs::{policy_by_name, DualFs};
+        check_shared_dir(lower)?;
+        let b = PassthroughFs::builder(lower)
+            .readonly(true)
+            .cache_policy(args.cache)
+            .default_owner(args.default_owner.0, args.default_owner.1)
+            .symlinks(args.symlinks)
+            .build()
+            .map_err(|e| format!("lower directory {}: {e}", lower.display()))?;
+        let upper = args.upper.as_deref().ok_or("--lower needs --upper")?;
+        let a: Arc<dyn DynFileSystem> = match upper.strip_prefix("memfs:") {
+            Some(size) => {
+                let size = parse_size(size).map_err(|e| format!("--upper {upper}: {e}"))?;
+                let mut m = MemFs::builder().capacity(size).cache_policy(args.cache);
+                if let Some(n) = args.memfs_max_inodes {
+                    m = m.max_inodes(n);
+                }
+                Arc::new(
+                    m.build()
+                        .map_err(|e| format!("upper in-memory filesystem: {e}"))?,
+                )
             }
-            let fs = b
-                .build()
-                .map_err(|e| format!("shared directory {}: {e}", dir.display()))?;
-            return Ok(Arc::new(fs));
+            None => Arc::new(passthrough(args, Path::new(upper), "upper directory")?),
+        };
+        let policy = policy_by_name(&args.policy)
+            .ok_or_else(|| format!("--policy {}: unknown policy", args.policy))?;
+        let fs = DualFs::builder()
+            .backend_a(a)
+            .backend_b(Arc::new(b))
+            .boxed_policy(policy)
+            .build()
+            .map_err(|e| format!("overlay: {e}"))?;
+        Ok(Arc::new(fs))
+    }
+
+    /// A writable PassthroughFs over `dir` with the command line's options.
+    fn passthrough(args: &Args, dir: &Path, what: &str) -> Result<PassthroughFs, String> {
+        check_shared_dir(dir)?;
+        let mut b = PassthroughFs::builder(dir)
+            .readonly(args.readonly)
+            .cache_policy(args.cache)
+            .writeback(args.writeback)
+            .quota_bytes(args.quota)
+            .default_owner(args.default_owner.0, args.default_owner.1)
+            .symlinks(args.symlinks)
+            .host_permissions(args.host_permissions);
+        if let Some(n) = args.fd_cache_size {
+            b = b.fd_cache_size(n);
+        }
+        b.build()
+            .map_err(|e| format!("{what} {}: {e}", dir.display()))
+    }
+
+    fn build_fs(args: &Args) -> Result<Arc<dyn DynFileSystem>, String> {
+        if let Some(lower) = &args.lower {
+            return build_overlay(args, lower);
+        }
+        if let Some(dir) = &args.shared_dir {
+            return Ok(Arc::new(passthrough(args, dir, "shared directory")?));
         }
         let size = args.memfs_size.ok_or("no backend given")?;
         let mut b = MemFs::builder().capacity(size).cache_policy(args.cache);
@@ -495,20 +559,30 @@ mod linux {
             );
             return 0;
         }
-        let missing =
-            if args.shared_dir.is_none() && args.memfs_size.is_none() && args.shared_file.is_none()
-            {
-                Some("one of --shared-dir, --shared-file or --memfs-size is required")
-            } else if args.socket_path.is_none() && args.fd.is_none() {
-                Some("one of --socket-path or --fd is required")
-            } else if args.shared_file.is_none()
-                && (args.guest_path.is_some() || args.runtime_dir.is_some())
-            {
-                // (clap's `requires` does not catch these once another backend is given.)
-                Some("--guest-path and --runtime-dir need --shared-file")
-            } else {
-                None
-            };
+        let missing = if args.shared_dir.is_none()
+            && args.memfs_size.is_none()
+            && args.shared_file.is_none()
+            && args.lower.is_none()
+        {
+            Some("one of --shared-dir, --shared-file, --memfs-size or --lower/--upper is required")
+        } else if args.socket_path.is_none() && args.fd.is_none() {
+            Some("one of --socket-path or --fd is required")
+        } else if args.memfs_max_inodes.is_some()
+            && args.memfs_size.is_none()
+            && !args
+                .upper
+                .as_deref()
+                .is_some_and(|u| u.starts_with("memfs:"))
+        {
+            Some("--memfs-max-inodes needs --memfs-size or --upper memfs:SIZE")
+        } else if args.shared_file.is_none()
+            && (args.guest_path.is_some() || args.runtime_dir.is_some())
+        {
+            // (clap's `requires` does not catch these once another backend is given.)
+            Some("--guest-path and --runtime-dir need --shared-file")
+        } else {
+            None
+        };
         if let Some(msg) = missing {
             use clap::CommandFactory;
             Args::command()
@@ -527,6 +601,15 @@ mod linux {
             }
         };
         let what = match (&args.shared_dir, args.memfs_size, &file_share) {
+            _ if args.lower.is_some() => format!(
+                "overlay of {} over {} ({})",
+                args.upper.as_deref().unwrap_or_default(),
+                args.lower
+                    .as_deref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                args.policy
+            ),
             (Some(d), _, _) => format!("directory {}", d.display()),
             (None, Some(s), _) => format!("in-memory filesystem of {s} bytes"),
             (None, None, Some(share)) => format!(

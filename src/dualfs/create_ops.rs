@@ -111,11 +111,6 @@ impl DualFs {
         rdev: u32,
         umask: u32,
     ) -> io::Result<Entry> {
-        if mode & libc::S_IFMT as u32 == libc::S_IFCHR as u32 && rdev == 0 {
-            // Indistinguishable from a whiteout.
-            name::validate(name)?;
-            return Err(errno(libc::EPERM));
-        }
         let (parent, pa, whiteout) = self.prepare_new(ctx, parent, name)?;
         match self.a().mknod(ctx, pa, name, mode, rdev, umask) {
             Ok(e) => Ok(self.adopt(&parent, name, e)),

@@ -14,10 +14,11 @@ use std::sync::Arc;
 
 use super::node::{CookieTable, Layer, Layers, Node};
 use super::policy::{Listing, LowerWrite, Op, Visibility};
-use super::whiteout::{is_whiteout, OPAQUE_XATTR, WORK_DIR};
+use super::whiteout::{is_whiteout, OPAQUE_XATTR, WHITEOUT_XATTR, WORK_DIR};
 use super::{DualFs, Handle};
 use crate::{
-    errno, name, Context, DirEntry, DynFileSystem, Entry, GetxattrReply, OpenOptions, ROOT_ID,
+    errno, name, Context, CreateIn, DirEntry, DynFileSystem, Entry, GetxattrReply, OpenOptions,
+    ROOT_ID,
 };
 
 const RENAME_NOREPLACE: u32 = 1;
@@ -40,6 +41,15 @@ pub(super) fn is_opaque(a: &dyn DynFileSystem, ino: u64) -> bool {
     )
 }
 
+/// Whether the A directory `ino` may hold whiteouts (its opaque xattr is `x`, the marker
+/// made with the first whiteout, or `y`). Listings look for whiteouts only there.
+pub(super) fn has_whiteouts(a: &dyn DynFileSystem, ino: u64) -> bool {
+    matches!(
+        a.getxattr(&Context::new(), ino, OPAQUE_XATTR, 16),
+        Ok(GetxattrReply::Value(v)) if v == b"x" || v == b"y"
+    )
+}
+
 /// What a name resolves to in each backend. Holds backend lookup references, given back on
 /// drop unless taken.
 pub(super) struct Probe<'a> {
@@ -52,12 +62,14 @@ pub(super) struct Probe<'a> {
 
 impl Probe<'_> {
     pub fn whiteout(&self) -> bool {
-        self.upper.as_ref().is_some_and(|e| is_whiteout(&e.attr))
+        self.upper
+            .as_ref()
+            .is_some_and(|e| is_whiteout(self.fs.a(), e))
     }
 
     /// The visible upper entry (not a whiteout).
     pub fn visible_upper(&self) -> Option<&Entry> {
-        self.upper.as_ref().filter(|e| !is_whiteout(&e.attr))
+        self.upper.as_ref().filter(|e| !is_whiteout(self.fs.a(), e))
     }
 
     /// Whether the name is visible to the guest.
@@ -130,7 +142,7 @@ impl DualFs {
         };
         let want_b = match &p.upper {
             None => true,
-            Some(u) if is_whiteout(&u.attr) => full,
+            Some(u) if is_whiteout(self.a(), u) => full,
             Some(u) if is_dir_attr(u) => full || !is_opaque(self.a(), u.inode),
             Some(_) => full,
         };
@@ -377,6 +389,7 @@ impl DualFs {
             };
             if let Some((ino, fh)) = handle {
                 let fs = self.shared.fs(layer);
+                let whiteouts = layer == Layer::A && has_whiteouts(fs, ino);
                 loop {
                     let mut batch: Vec<(Vec<u8>, u64, u64, u32)> = Vec::new();
                     fs.readdir(ctx, ino, fh, 1 << 16, cookie, &mut |d: DirEntry| {
@@ -394,7 +407,7 @@ impl DualFs {
                         if name == b"." || name == b".." {
                             continue;
                         }
-                        if self.hidden(ctx, node, layer, &name, dtype)? {
+                        if self.hidden(ctx, node, layer, &name, dtype, whiteouts)? {
                             continue;
                         }
                         let enc = self.encode(node, layer, off);
@@ -415,6 +428,7 @@ impl DualFs {
     }
 
     /// Whether a backend entry is hidden from the merged listing of `node`.
+    /// `whiteouts`: whether the A directory is marked as holding whiteouts.
     fn hidden(
         &self,
         ctx: &Context,
@@ -422,6 +436,7 @@ impl DualFs {
         layer: Layer,
         name: &[u8],
         dtype: u32,
+        whiteouts: bool,
     ) -> io::Result<bool> {
         let Ok(cname) = CString::new(name) else {
             return Ok(true);
@@ -431,7 +446,8 @@ impl DualFs {
                 if node.id == ROOT_ID && cname.as_c_str() == WORK_DIR {
                     return Ok(true);
                 }
-                if dtype != libc::DT_CHR as u32 && dtype != libc::DT_UNKNOWN as u32 {
+                let maybe = dtype == libc::DT_REG as u32 || dtype == libc::DT_UNKNOWN as u32;
+                if !whiteouts || !maybe {
                     return Ok(false);
                 }
                 let Some(pa) = node.layers().a else {
@@ -439,8 +455,9 @@ impl DualFs {
                 };
                 match self.a().lookup(ctx, pa, &cname) {
                     Ok(e) => {
+                        let w = is_whiteout(self.a(), &e);
                         self.a().forget(ctx, e.inode, 1);
-                        Ok(is_whiteout(&e.attr))
+                        Ok(w)
                     }
                     Err(_) => Ok(true),
                 }
@@ -608,8 +625,9 @@ impl DualFs {
         for name in names {
             let Ok(c) = CString::new(name) else { continue };
             if let Ok(e) = self.a().lookup(ctx, ino, &c) {
+                let w = is_whiteout(self.a(), &e);
                 self.a().forget(ctx, e.inode, 1);
-                if is_whiteout(&e.attr) {
+                if w {
                     self.a().unlink(ctx, ino, &c)?;
                 }
             }
@@ -618,11 +636,38 @@ impl DualFs {
     }
 
     /// Records a whiteout for `name` in A directory `pa`.
+    ///
+    /// The whiteout (an empty file marked with [`WHITEOUT_XATTR`]) is made in the staging
+    /// directory and renamed into place, so it appears whole or not at all.
     pub(super) fn make_whiteout(&self, pa: u64, name: &CStr) -> io::Result<()> {
         let ctx = Context::new();
-        let e = self.a().mknod(&ctx, pa, name, libc::S_IFCHR as u32, 0, 0)?;
-        self.a().forget(&ctx, e.inode, 1);
-        Ok(())
+        let a = self.a();
+        let work = self.work.ok_or_else(|| errno(libc::EROFS))?;
+        let stage = CString::new(format!("wh-{:016x}", rand::random::<u64>()))
+            .map_err(|_| errno(libc::EINVAL))?;
+        let args = CreateIn {
+            flags: (libc::O_WRONLY | libc::O_EXCL) as u32,
+            mode: 0o600,
+            umask: 0,
+            fuse_flags: 0,
+        };
+        let (e, fh, _, _) = a.create(&ctx, work, &stage, args)?;
+        if let Some(fh) = fh {
+            let _ = a.release(&ctx, e.inode, 0, fh, false, false, None);
+        }
+        // Mark the parent first, so that no listing ever misses the whiteout.
+        let marked = has_whiteouts(a, pa) || a.setxattr(&ctx, pa, OPAQUE_XATTR, b"x", 0).is_ok();
+        let made = if marked {
+            a.setxattr(&ctx, e.inode, WHITEOUT_XATTR, b"y", 0)
+                .and_then(|()| a.rename(&ctx, work, &stage, pa, name, 0))
+        } else {
+            Err(errno(libc::EIO))
+        };
+        a.forget(&ctx, e.inode, 1);
+        if made.is_err() {
+            let _ = a.unlink(&ctx, work, &stage);
+        }
+        made
     }
 
     /// unlink (`dir == false`) and rmdir.

@@ -1,23 +1,29 @@
 //! The on-disk format of whiteouts and opaque directories in backend A.
 //!
-//! It is the kernel overlayfs format, so an A directory written by DualFs can be inspected
-//! with the usual tools (and, for a host directory, mounted by overlayfs with `userxattr`):
+//! It follows kernel overlayfs with `userxattr` in its xattr-whiteout form, so an A directory
+//! written by DualFs can be inspected with the usual tools and needs no privileges:
 //!
-//! * **whiteout**: a character device with device number 0/0 in A, at the name it hides.
-//!   Through [`PassthroughFs`](crate::passthrough::PassthroughFs) that is an empty host file
-//!   whose ownership xattr says `chr 0:0`, so it survives a daemon restart without
-//!   privileges. A guest `mknod` of a 0/0 character device is refused with `EPERM` (it would
-//!   be indistinguishable from a whiteout).
+//! * **whiteout**: an empty regular file in A, at the name it hides, carrying the xattr
+//!   [`WHITEOUT_XATTR`] (`user.overlay.whiteout`). It is made under [`WORK_DIR`] and renamed
+//!   into place, so a crash never leaves a half-made whiteout visible. (Kernel overlayfs also
+//!   knows 0/0 character devices as whiteouts; DualFs does not use them, because `user.*`
+//!   xattrs cannot mark a device node and a guest may create real 0/0 character devices.)
+//!   Its parent directory carries `user.overlay.opaque` = `x` (as overlayfs marks directories
+//!   with xattr whiteouts), so listings only look for whiteouts where there can be some.
 //! * **opaque directory**: a directory in A with the xattr `user.overlay.opaque` = `y`: no
 //!   B directory is merged under it.
 //! * Every `user.overlay.*` xattr is DualFs metadata: hidden from `listxattr`, `ENODATA` to
 //!   `getxattr`, `EPERM` to `setxattr` and `removexattr`.
-//! * The staging directory [`WORK_DIR`] at the root of A holds copy-ups in progress; it is
-//!   hidden from the guest (lookups, listings, new names) and emptied when a DualFs is built.
+//! * The staging directory [`WORK_DIR`] at the root of A holds copy-ups and whiteouts in
+//!   progress; it is hidden from the guest (lookups, listings, new names) and emptied when a
+//!   DualFs is built.
 
 use std::ffi::CStr;
 
-use crate::stat64;
+use crate::{stat64, Context, DynFileSystem, Entry};
+
+/// The xattr marking a whiteout (an empty regular file in A).
+pub const WHITEOUT_XATTR: &CStr = c"user.overlay.whiteout";
 
 /// The xattr marking an opaque directory.
 pub const OPAQUE_XATTR: &CStr = c"user.overlay.opaque";
@@ -35,10 +41,15 @@ pub(crate) const ENOXATTR: i32 = libc::ENODATA;
 #[cfg(not(target_os = "linux"))]
 pub(crate) const ENOXATTR: i32 = libc::ENOATTR;
 
-/// Whether attributes from A describe a whiteout.
+/// Whether A's entry `e` is a whiteout: an empty regular file with [`WHITEOUT_XATTR`] (the
+/// xattr is only read for empty regular files).
 #[allow(clippy::unnecessary_cast)]
-pub(crate) fn is_whiteout(st: &stat64) -> bool {
-    (st.st_mode as u32 & libc::S_IFMT as u32) == libc::S_IFCHR as u32 && st.st_rdev as u64 == 0
+pub(crate) fn is_whiteout(a: &dyn DynFileSystem, e: &Entry) -> bool {
+    let st: &stat64 = &e.attr;
+    (st.st_mode as u32 & libc::S_IFMT as u32) == libc::S_IFREG as u32
+        && st.st_size == 0
+        && a.getxattr(&Context::new(), e.inode, WHITEOUT_XATTR, 0)
+            .is_ok()
 }
 
 /// Whether an xattr name is reserved for DualFs.
