@@ -9,7 +9,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use boxfs::ROOT_ID;
-use vmm::FuseClient;
+use vmm::{op, FuseClient};
 
 fn boxfsd() -> Command {
     Command::new(env!("CARGO_BIN_EXE_boxfsd"))
@@ -426,4 +426,74 @@ fn bad_passthrough_option_values_are_usage_errors() {
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
         assert!(stderr(&o).contains(args[0]), "{args:?}: {}", stderr(&o));
     }
+}
+
+#[test]
+fn overlay_serves_lower_and_writes_upper() {
+    let dir = tempfile::tempdir().unwrap();
+    let lower = tempfile::tempdir().unwrap();
+    let upper = tempfile::tempdir().unwrap();
+    std::fs::write(lower.path().join("base.txt"), b"from the lower layer").unwrap();
+    std::fs::write(lower.path().join("gone.txt"), b"deleted in the overlay").unwrap();
+    let s = sock(&dir);
+    let mut child = spawn(&[
+        "--socket-path",
+        s.to_str().unwrap(),
+        "--lower",
+        lower.path().to_str().unwrap(),
+        "--upper",
+        upper.path().to_str().unwrap(),
+        "--thread-pool-size",
+        "0",
+    ]);
+    wait_for_socket(&s, &mut child);
+    {
+        let mut c = FuseClient::connect(&s).expect("connect");
+        let e = c.lookup(ROOT_ID, "base.txt").expect("lookup lower file");
+        let o = c
+            .open(e.nodeid, libc::O_RDWR as u32)
+            .expect("open for write");
+        c.write(e.nodeid, o.fh, 0, b"FROM")
+            .expect("write copies up");
+        assert_eq!(
+            c.read(e.nodeid, o.fh, 0, 100).expect("read"),
+            b"FROM the lower layer"
+        );
+        c.release(e.nodeid, o.fh).expect("release");
+        let unlink = c.call(op::UNLINK, ROOT_ID, &[b"gone.txt\0"], 64);
+        assert_eq!(unlink.map(|_| ()), Ok(()));
+        assert_eq!(c.lookup(ROOT_ID, "gone.txt").map(|_| ()), Err(libc::ENOENT));
+    }
+    assert!(wait_exit(&mut child, Duration::from_secs(10)).success());
+    // The lower layer is untouched; the upper holds the copy and the whiteout.
+    assert_eq!(
+        std::fs::read(lower.path().join("base.txt")).unwrap(),
+        b"from the lower layer"
+    );
+    assert!(lower.path().join("gone.txt").exists());
+    assert_eq!(
+        std::fs::read(upper.path().join("base.txt")).unwrap(),
+        b"FROM the lower layer"
+    );
+    assert_eq!(
+        std::fs::metadata(upper.path().join("gone.txt"))
+            .unwrap()
+            .len(),
+        0,
+        "whiteout"
+    );
+
+    // A bad policy name is a usage error.
+    let o = run(&[
+        "--socket-path",
+        s.to_str().unwrap(),
+        "--lower",
+        lower.path().to_str().unwrap(),
+        "--upper",
+        "memfs:64M",
+        "--policy",
+        "bogus",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--policy bogus"), "{}", stderr(&o));
 }
