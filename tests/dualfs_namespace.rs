@@ -146,3 +146,53 @@ fn inode_numbers_stable_distinct_and_forgotten() {
     );
     assert_eq!(errno(g.lookup(ROOT_ID, ".boxfs-dualfs-work")), libc::ENOENT);
 }
+
+#[test]
+fn copied_up_inodes_keep_their_number_after_the_guest_forgets_them() {
+    let lower = tempdir();
+    let upper = tempdir();
+    std::fs::write(lower.path().join("file"), b"lower data").expect("write");
+    std::fs::create_dir(lower.path().join("dir")).expect("mkdir");
+    std::fs::write(lower.path().join("dir/inner"), b"x").expect("write");
+    std::fs::create_dir(lower.path().join("dir2")).expect("mkdir");
+    let fs = dual(
+        rw(upper.path()),
+        ro(lower.path()),
+        ReadBackendBWriteBackendA,
+    );
+    let g = h(&*fs);
+    // Numbers while everything is only in B.
+    let file = g.lookup(ROOT_ID, "file").expect("lookup").inode;
+    let dir = g.lookup(ROOT_ID, "dir").expect("lookup").inode;
+    let dir2 = g.lookup(ROOT_ID, "dir2").expect("lookup").inode;
+    // Copy-ups: a write to the file, a new name in each directory.
+    g.truncate(file, 3).expect("truncate copies up");
+    g.put(dir, "new", b"n");
+    g.put(dir2, "new", b"n");
+    assert!(upper.path().join("file").exists() && upper.path().join("dir/new").exists());
+    // The guest forgets all of them (as the kernel does under memory pressure)...
+    let listed_before: Vec<(Vec<u8>, u64)> = g
+        .list(ROOT_ID, 4096)
+        .into_iter()
+        .map(|e| (e.name, e.ino))
+        .collect();
+    for ino in [file, dir, dir2] {
+        fs.forget(&g.ctx, ino, 64);
+    }
+    // ...and finds them again with the same numbers, in lookups and in listings.
+    assert_eq!(g.lookup(ROOT_ID, "file").expect("lookup").inode, file);
+    assert_eq!(g.lookup(ROOT_ID, "dir").expect("lookup").inode, dir);
+    assert_eq!(g.lookup(ROOT_ID, "dir2").expect("lookup").inode, dir2);
+    assert_eq!(g.getattr(file).st_ino, file);
+    let listed_after: Vec<(Vec<u8>, u64)> = g
+        .list(ROOT_ID, 4096)
+        .into_iter()
+        .map(|e| (e.name, e.ino))
+        .collect();
+    assert_eq!(listed_after, listed_before);
+    // A copy that is deleted takes its number with it: a new file of the same name in A is
+    // a different inode.
+    g.unlink(ROOT_ID, "file").expect("unlink");
+    let again = g.put(ROOT_ID, "file", b"new");
+    assert_ne!(again, file);
+}

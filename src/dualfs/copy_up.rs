@@ -137,6 +137,7 @@ impl DualFs {
         // A copied directory is not opaque: it stays merged with B's.
         node.layers.write().a = Some(a_ino);
         self.shared.alias((Layer::A, a_ino), node);
+        self.shared.set_origin(a_ino, node.id);
         if linked.is_none() && kind_of(&st) != libc::S_IFDIR as u32 && nlink > 1 {
             if let Ok(e) = self.a().lookup(&ctx, pa, &name) {
                 match self.hardlinks.lock().entry(b) {

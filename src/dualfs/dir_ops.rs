@@ -701,8 +701,13 @@ impl DualFs {
                 }
                 self.clear_whiteouts(ctx, up_ino)?;
                 self.a().rmdir(ctx, pa, name)?;
+                self.shared.clear_origin(up_ino);
             } else {
+                let last = probe.visible_upper().is_some_and(|u| u.attr.st_nlink <= 1);
                 self.a().unlink(ctx, pa, name)?;
+                if last {
+                    self.shared.clear_origin(up_ino);
+                }
             }
             if lower_exists {
                 self.make_whiteout(pa, name)?;

@@ -7,7 +7,8 @@
 //! * Guest ids are derived from the first backend inode a node was found through:
 //!   `ino << 1` for A and `ino << 1 | 1` for B (ids below 2^63, distinct across backends,
 //!   never `ROOT_ID`), or allocated from 2^63 up for backend inodes of 2^62 and more. A node
-//!   keeps its id for as long as it lives, also across a copy-up.
+//!   keeps its id across a copy-up, and the copy keeps it for the life of the mount (the
+//!   `origins` map), also after the guest forgets it.
 //! * `index` maps `(layer, backend inode)` to the node (weakly), so hard links inside one
 //!   backend share one guest inode and a copied-up file is found again through its copy.
 //! * `nodes` maps guest ids to nodes the guest may name (lookup count > 0). Both maps are
@@ -40,6 +41,10 @@ pub(crate) struct Shared {
     pub b: Arc<dyn DynFileSystem>,
     index: Vec<Mutex<IndexShard>>,
     next_big: AtomicU64,
+    /// Guest ids of copied-up inodes, by their A inode: a copy keeps the id its B original
+    /// had for the life of the mount, also after the guest forgets it (one entry per copy-up,
+    /// bounded by the size of B; dropped when the copy is removed).
+    origins: Mutex<HashMap<u64, u64>>,
 }
 
 impl Shared {
@@ -49,6 +54,7 @@ impl Shared {
             b,
             index: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             next_big: AtomicU64::new(1 << 63),
+            origins: Mutex::new(HashMap::new()),
         }
     }
 
@@ -99,9 +105,25 @@ impl Shared {
         }
     }
 
-    /// The guest id a backend inode gets when it is first seen.
+    /// The guest id a backend inode gets when it is first seen: its copy-up origin's id for
+    /// a copied-up A inode, else derived from the inode number.
     pub fn derive_id(&self, key: (Layer, u64)) -> u64 {
+        if key.0 == Layer::A {
+            if let Some(id) = self.origins.lock().get(&key.1) {
+                return *id;
+            }
+        }
         derived_id(key).unwrap_or_else(|| self.next_big.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Records that A inode `a` is the copy of the guest inode `id`.
+    pub fn set_origin(&self, a: u64, id: u64) {
+        self.origins.lock().insert(a, id);
+    }
+
+    /// Forgets the origin of A inode `a` (its last name in A is gone).
+    pub fn clear_origin(&self, a: u64) {
+        self.origins.lock().remove(&a);
     }
 }
 
