@@ -108,3 +108,84 @@ fn lookups_without_forget_and_handles_without_release_stay_bounded() {
     drop(c);
     handle.wait().expect("device ends with the VMM");
 }
+
+#[test]
+fn inode_and_handle_limits_give_enfile_and_the_device_keeps_serving() {
+    const MAX_INODES: usize = 100;
+    const MAX_HANDLES: usize = 20;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let share = dir.path().join("share");
+    std::fs::create_dir(&share).expect("share");
+    for i in 0..2 * MAX_INODES {
+        std::fs::File::create(share.join(format!("n{i}"))).expect("create");
+    }
+    let fs: Arc<dyn DynFileSystem> = Arc::new(
+        PassthroughFs::builder(&share)
+            .max_inodes(MAX_INODES)
+            .max_handles(MAX_HANDLES)
+            .build()
+            .expect("passthrough"),
+    );
+    let sock = tempfile::tempdir().expect("socket dir");
+    let path = sock.path().join("fs.sock");
+    let handle = FsDevice::builder(fs)
+        .thread_pool_size(0)
+        .build()
+        .expect("build")
+        .serve(&path)
+        .expect("serve");
+    let mut c = FuseClient::connect(&path).expect("connect");
+
+    // Inodes: the root counts; past the limit new inodes are refused, known ones still work.
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for i in 0..2 * MAX_INODES {
+        match c.lookup(ROOT_ID, &format!("n{i}")) {
+            Ok(e) => held.push(e.nodeid),
+            Err(e) => {
+                assert_eq!(e, libc::ENFILE, "lookup n{i}");
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!(held.len(), MAX_INODES - 1, "the root is one of the inodes");
+    assert_eq!(refused, MAX_INODES + 1);
+    assert!(
+        c.lookup(ROOT_ID, "n0").is_ok(),
+        "a known inode is still found"
+    );
+    assert_eq!(
+        c.create(ROOT_ID, "new", 0o644 | libc::S_IFREG, libc::O_RDWR as u32)
+            .map(|_| ()),
+        Err(libc::ENFILE)
+    );
+    assert!(
+        !share.join("new").exists(),
+        "a refused create leaves nothing"
+    );
+    // Forgetting frees room.
+    c.forget(held[0], 2);
+    assert!(c
+        .lookup(ROOT_ID, &format!("n{}", 2 * MAX_INODES - 1))
+        .is_ok());
+
+    // Handles: past the limit open fails with ENFILE; a release makes room.
+    let node = held[1];
+    let mut fhs = Vec::new();
+    loop {
+        match c.open(node, libc::O_RDONLY as u32) {
+            Ok(o) => fhs.push(o.fh),
+            Err(e) => {
+                assert_eq!(e, libc::ENFILE);
+                break;
+            }
+        }
+        assert!(fhs.len() <= MAX_HANDLES, "handle limit not enforced");
+    }
+    assert_eq!(fhs.len(), MAX_HANDLES);
+    assert_eq!(c.opendir(ROOT_ID).map(|_| ()), Err(libc::ENFILE));
+    c.release(node, fhs[0]).expect("release");
+    assert!(c.opendir(ROOT_ID).is_ok(), "room again after a release");
+    drop(c);
+    handle.stop().expect("stop");
+}

@@ -1315,3 +1315,47 @@ fn check_round(
     }
     None
 }
+
+// ---------------------------------------------------------------------------------------------
+// Handles: a guest that never releases cannot grow the handle table without bound.
+
+#[test]
+fn handle_limit_gives_enfile_and_a_release_makes_room() {
+    let fs = MemFs::builder().max_handles(8).build().expect("build");
+    let ctx = Context::new();
+    let args = |flags: i32| CreateIn {
+        flags: flags as u32,
+        mode: 0o644,
+        umask: 0,
+        fuse_flags: 0,
+    };
+    let (e, fh, _, _) = fs
+        .create(&ctx, ROOT_ID, &c(b"f"), args(libc::O_RDWR))
+        .expect("create");
+    let mut fhs = vec![fh.expect("handle")];
+    for _ in 1..8 {
+        let (fh, _, _) = fs
+            .open(&ctx, e.inode, libc::O_RDONLY as u32, 0)
+            .expect("open");
+        fhs.push(fh.expect("handle"));
+    }
+    let err = |r: io::Result<()>| r.err().and_then(|e| e.raw_os_error());
+    assert_eq!(
+        err(fs.open(&ctx, e.inode, libc::O_RDONLY as u32, 0).map(|_| ())),
+        Some(libc::ENFILE)
+    );
+    assert_eq!(
+        err(fs
+            .create(&ctx, ROOT_ID, &c(b"g"), args(libc::O_RDWR))
+            .map(|_| ())),
+        Some(libc::ENFILE)
+    );
+    assert!(
+        fs.lookup(&ctx, ROOT_ID, &c(b"g")).is_err(),
+        "a create refused for lack of handles leaves no file"
+    );
+    let last = fhs.pop().expect("a handle");
+    fs.release(&ctx, e.inode, 0, last, false, false, None)
+        .expect("release");
+    assert!(fs.open(&ctx, e.inode, libc::O_RDONLY as u32, 0).is_ok());
+}

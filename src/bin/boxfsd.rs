@@ -155,6 +155,14 @@ mod linux {
         #[arg(long, value_name = "N", requires = "dir_backend")]
         fd_cache_size: Option<usize>,
 
+        /// Most inodes the guest may hold at once in the shared directory (ENFILE past it).
+        #[arg(long, value_name = "N", requires = "dir_backend")]
+        max_inodes: Option<usize>,
+
+        /// Most files and directories the guest may hold open at once (ENFILE past it).
+        #[arg(long, value_name = "N", requires = "dir_backend")]
+        max_handles: Option<usize>,
+
         /// Request worker threads; 0 serves every request on the virtqueue threads.
         #[arg(long, value_name = "N", default_value_t = DEFAULT_THREAD_POOL_SIZE)]
         thread_pool_size: usize,
@@ -449,6 +457,12 @@ mod linux {
             .host_permissions(args.host_permissions);
         if let Some(n) = args.fd_cache_size {
             b = b.fd_cache_size(n);
+        }
+        if let Some(n) = args.max_inodes {
+            b = b.max_inodes(n);
+        }
+        if let Some(n) = args.max_handles {
+            b = b.max_handles(n);
         }
         b.build()
             .map_err(|e| format!("{what} {}: {e}", dir.display()))

@@ -110,12 +110,17 @@ impl MemFs {
         args: CreateIn,
     ) -> io::Result<(Entry, Option<u64>, OpenOptions, Option<u32>)> {
         let mode = libc::S_IFREG as u32 | (args.mode & !args.umask & 0o7777);
+        // The handle is reserved first: a create refused for lack of handles leaves no file.
+        self.reserve_handle()?;
         let node = match self.make_node(ctx, parent, name, mode, NewKind::File) {
             Ok(node) => node,
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) && args.flags & O_EXCL == 0 => {
-                return self.open_existing(ctx, parent, name, args.flags);
+            Err(e) => {
+                self.unreserve_handle();
+                if e.raw_os_error() == Some(libc::EEXIST) && args.flags & O_EXCL == 0 {
+                    return self.open_existing(ctx, parent, name, args.flags);
+                }
+                return Err(e);
             }
-            Err(e) => return Err(e),
         };
         let entry = self.entry_uncounted(&node);
         let fh = self.new_handle(node, args.flags);
@@ -257,6 +262,7 @@ impl MemFs {
             super::node::Body::Symlink(_) => return Err(errno(libc::ELOOP)),
             _ => {}
         }
+        self.reserve_handle()?;
         if writable && flags & libc::O_TRUNC as u32 != 0 {
             if let Some(data) = node.file() {
                 let mut data = data.write();
@@ -281,6 +287,7 @@ impl MemFs {
             .handles
             .remove(handle)
             .ok_or_else(|| errno(libc::EBADF))?;
+        self.unreserve_handle();
         // Dropping the handle may drop the last reference of an unlinked inode, which
         // returns its charges.
         drop(h);

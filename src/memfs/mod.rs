@@ -92,6 +92,9 @@ pub struct MemFs {
     handles: ShardedMap<Arc<Handle>>,
     next_ino: AtomicU64,
     next_fh: AtomicU64,
+    /// Open handles, and their limit (`ENFILE` past it).
+    open_handles: AtomicU64,
+    max_handles: u64,
     usage: Arc<Usage>,
     cache: CachePolicy,
     /// Serialises operations that lock two directories (rename, rmdir).
@@ -103,6 +106,7 @@ pub struct MemFs {
 pub struct MemFsBuilder {
     capacity: u64,
     max_inodes: u64,
+    max_handles: u64,
     cache: CachePolicy,
     root_mode: u32,
     root_uid: u32,
@@ -114,6 +118,7 @@ impl Default for MemFsBuilder {
         MemFsBuilder {
             capacity: 1 << 30,
             max_inodes: 1 << 20,
+            max_handles: 1 << 16,
             cache: CachePolicy::Always,
             root_mode: 0o755,
             root_uid: 0,
@@ -132,6 +137,13 @@ impl MemFsBuilder {
     /// Hard limit on inodes, the root included (default 1 048 576).
     pub fn max_inodes(mut self, n: u64) -> Self {
         self.max_inodes = n;
+        self
+    }
+
+    /// Most files open at once (default 65 536); past it `open` and `create` fail with
+    /// `ENFILE`, so a guest that never releases cannot grow the handle table without bound.
+    pub fn max_handles(mut self, n: u64) -> Self {
+        self.max_handles = n.max(1);
         self
     }
 
@@ -196,6 +208,8 @@ impl MemFsBuilder {
             handles: ShardedMap::new(),
             next_ino: AtomicU64::new(ROOT_ID + 1),
             next_fh: AtomicU64::new(1),
+            open_handles: AtomicU64::new(0),
+            max_handles: self.max_handles,
             usage,
             cache: self.cache,
             rename_lock: Mutex::new(()),
@@ -254,6 +268,21 @@ impl MemFs {
         self.handles.get(fh).ok_or_else(|| errno(libc::EBADF))
     }
 
+    /// Takes one of the `max_handles` slots (`ENFILE` when none is left).
+    fn reserve_handle(&self) -> io::Result<()> {
+        self.open_handles
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max_handles).then_some(n + 1)
+            })
+            .map(|_| ())
+            .map_err(|_| errno(libc::ENFILE))
+    }
+
+    fn unreserve_handle(&self) {
+        self.open_handles.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Registers a handle in a slot taken with [`reserve_handle`](Self::reserve_handle).
     fn new_handle(&self, node: Arc<Node>, flags: u32) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles.insert(Arc::new(Handle { fh, node, flags }));

@@ -58,6 +58,8 @@ pub(crate) struct Config {
     pub attr_timeout: Duration,
     pub writeback: bool,
     pub fd_cache_size: usize,
+    pub max_inodes: usize,
+    pub max_handles: usize,
 }
 
 impl Config {

@@ -150,6 +150,7 @@ impl PassthroughFs {
     ) -> io::Result<(Entry, Option<u64>, OpenOptions, Option<u32>)> {
         let flags = args.flags as i32;
         let (p, pfd) = self.prepare_create(parent, name)?;
+        self.handles.check_room()?;
         let meta = self.new_owner(ctx, &p, S_IFREG | (args.mode & 0o7777), args.umask)?;
         match self.create_node(&p, pfd.as_raw_fd(), name, meta, b"") {
             Ok((entry, file)) => {

@@ -28,6 +28,7 @@ impl PassthroughFs {
         if self.guest_type(&inode)? != S_IFDIR {
             return Err(errno(libc::ENOTDIR));
         }
+        self.handles.check_room()?;
         let fd = self.fd_of(&inode)?;
         let stream =
             self.with_fd_retry(|| DirStream::open(std::os::fd::AsRawFd::as_raw_fd(&*fd)))?;

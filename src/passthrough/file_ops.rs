@@ -57,6 +57,7 @@ impl PassthroughFs {
             S_IFLNK => return Err(errno(libc::ELOOP)),
             _ => return Err(errno(libc::ENXIO)),
         }
+        self.handles.check_room()?;
         let truncate = flags & libc::O_TRUNC != 0;
         if self.cfg.readonly && (flags & libc::O_ACCMODE != libc::O_RDONLY || truncate) {
             return Err(errno(libc::EROFS));

@@ -30,13 +30,24 @@ pub(crate) struct Handle {
 pub(crate) struct HandleTable {
     map: RwLock<HashMap<u64, Arc<Handle>>>,
     next: AtomicU64,
+    limit: usize,
 }
 
 impl HandleTable {
-    pub fn new() -> Self {
+    pub fn new(limit: usize) -> Self {
         HandleTable {
             map: RwLock::new(HashMap::default()),
             next: AtomicU64::new(1),
+            limit,
+        }
+    }
+
+    /// `ENFILE` when the table is full; checked before a handle's file is opened.
+    pub fn check_room(&self) -> std::io::Result<()> {
+        if self.map.read().len() >= self.limit {
+            Err(std::io::Error::from_raw_os_error(libc::ENFILE))
+        } else {
+            Ok(())
         }
     }
 

@@ -93,6 +93,13 @@ use crate::{CachePolicy, Error, Result, ROOT_ID};
 /// guest and refused as new names.
 pub const INTERNAL_PREFIX: &[u8] = b".boxfs-internal-";
 
+/// Default of [`PassthroughFsBuilder::max_inodes`]: about 200 MiB of daemon memory at most.
+pub const DEFAULT_MAX_INODES: usize = 1 << 20;
+
+/// Default of [`PassthroughFsBuilder::max_handles`] (each open handle also holds a host
+/// descriptor, so `RLIMIT_NOFILE` bounds them too).
+pub const DEFAULT_MAX_HANDLES: usize = 1 << 16;
+
 /// A host directory served to a guest; see the [module documentation](self).
 pub struct PassthroughFs {
     cfg: Config,
@@ -133,6 +140,8 @@ impl PassthroughFs {
                 attr_timeout: policy.timeout(),
                 writeback: false,
                 fd_cache_size: 1024,
+                max_inodes: DEFAULT_MAX_INODES,
+                max_handles: DEFAULT_MAX_HANDLES,
             },
             timeouts_set: false,
         }
@@ -227,6 +236,22 @@ impl PassthroughFsBuilder {
         self
     }
 
+    /// Most inodes the guest may hold at once (lookups not yet forgotten; default
+    /// [`DEFAULT_MAX_INODES`]). Past it, lookups and creations of further inodes fail with
+    /// `ENFILE`, bounding the daemon's memory whatever the guest does.
+    pub fn max_inodes(mut self, n: usize) -> Self {
+        self.cfg.max_inodes = n.max(16);
+        self
+    }
+
+    /// Most open files and directories at once (default [`DEFAULT_MAX_HANDLES`]). Past it,
+    /// `open`, `create` and `opendir` fail with `ENFILE` (requests racing at the limit may
+    /// overshoot it by at most the number of requests in flight).
+    pub fn max_handles(mut self, n: usize) -> Self {
+        self.cfg.max_handles = n.max(1);
+        self
+    }
+
     /// Opens the root and checks the host filesystem.
     ///
     /// Fails with [`Error::Path`] if the root cannot be opened or is not a directory, and
@@ -288,12 +313,13 @@ impl PassthroughFsBuilder {
             }
             None => None,
         };
+        let max_handles = self.cfg.max_handles;
         Ok(PassthroughFs {
             fds: FdCache::new(self.cfg.fd_cache_size),
             cfg: self.cfg,
             root_path: self.root,
             inodes: InodeStore::new(root),
-            handles: HandleTable::new(),
+            handles: HandleTable::new(max_handles),
             quota,
         })
     }

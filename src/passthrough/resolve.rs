@@ -249,6 +249,9 @@ impl PassthroughFs {
         let (inode, created) = match existing {
             Some(inode) => (inode, false),
             None => {
+                if self.inodes.len() >= self.cfg.max_inodes {
+                    return Err(errno(libc::ENFILE));
+                }
                 let host_type = hs.st.st_mode as u32 & S_IFMT;
                 let ovr = match known {
                     Some(o) => o,
