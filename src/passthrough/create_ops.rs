@@ -118,7 +118,7 @@ impl PassthroughFs {
                 return Err(e);
             }
         };
-        let setup = (|| -> io::Result<(Entry, OwnedFd)> {
+        let setup = (|| -> io::Result<Entry> {
             if !contents.is_empty() {
                 let mut f = File::from(file.try_clone()?);
                 f.write_all(contents)?;
@@ -129,16 +129,19 @@ impl PassthroughFs {
             let hs = platform::fstat(ifd.as_raw_fd())?;
             let (inode, _) =
                 self.register(parent, name, ifd, &hs, Some(Override::Present(meta)))?;
-            Ok((self.entry(&inode, &hs)?, file.try_clone()?))
+            self.entry(&inode, &hs)
         })();
-        if setup.is_err() {
-            // SAFETY: `name` is NUL-terminated; removes the half-made node we created.
-            unsafe { libc::unlinkat(pfd, name.as_ptr(), 0) };
-            if let Some(q) = &self.quota {
-                q.release(contents.len() as u64);
+        match setup {
+            Ok(entry) => Ok((entry, file)),
+            Err(e) => {
+                // SAFETY: `name` is NUL-terminated; removes the half-made node we created.
+                unsafe { libc::unlinkat(pfd, name.as_ptr(), 0) };
+                if let Some(q) = &self.quota {
+                    q.release(contents.len() as u64);
+                }
+                Err(e)
             }
         }
-        setup
     }
 
     pub(crate) fn do_create(
