@@ -1013,3 +1013,31 @@ fn adaptive_dispatch_keeps_serving_when_every_worker_is_busy() {
     );
     c.vmm.wait(q, slow, T).expect("fsync");
 }
+
+/// Back-to-back requests from a guest that honours EVENT_IDX: a polling device finds each
+/// next request itself, so the guest does not need to kick it.
+#[test]
+fn polling_serves_back_to_back_requests_without_kicks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("fs.sock");
+    let handle = FsDevice::builder(memfs())
+        .thread_pool_size(0)
+        .poll(Duration::from_millis(500))
+        .build()
+        .expect("build")
+        .serve(&path)
+        .expect("serve");
+    let mut c = client(&path);
+    still_serving(&mut c);
+    let before = c.vmm.kicks;
+    for _ in 0..20 {
+        still_serving(&mut c);
+    }
+    let kicks = c.vmm.kicks - before;
+    assert!(
+        kicks <= 2,
+        "{kicks} kicks for 20 back-to-back requests while polling"
+    );
+    drop(c);
+    handle.stop().expect("stop");
+}

@@ -149,6 +149,9 @@ pub struct Vmm {
     pub device_queues: u64,
     /// Raw config space (tag + num_request_queues), if the device offers CONFIG.
     pub config: Option<Vec<u8>>,
+    /// Kicks sent (a Linux guest, and so this VMM, skips the kick when the device's
+    /// `avail_event` says it is still looking at the queue).
+    pub kicks: u64,
 }
 
 fn memfd(size: u64) -> io::Result<File> {
@@ -297,6 +300,7 @@ impl Vmm {
             protocol_features: pf,
             device_queues,
             config,
+            kicks: 0,
         })
     }
 
@@ -492,6 +496,18 @@ impl Vmm {
             .write_obj(idx.to_le(), GuestAddress(avail + 2))
             .expect("write avail idx");
         fence(Ordering::SeqCst);
+        if self.features & VIRTIO_RING_F_EVENT_IDX != 0 {
+            // vring_need_event(avail_event, new, old), as the Linux driver decides.
+            let qu = &self.queues[q];
+            let at = qu.used + 4 + 8 * u64::from(qu.size);
+            let event: u16 =
+                u16::from_le(self.mem.read_obj(GuestAddress(at)).expect("avail_event"));
+            let old = idx.wrapping_sub(1);
+            if idx.wrapping_sub(event).wrapping_sub(1) >= idx.wrapping_sub(old) {
+                return;
+            }
+        }
+        self.kicks += 1;
         self.queues[q].kick.write(1).expect("kick");
     }
 
