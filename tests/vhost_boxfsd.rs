@@ -497,3 +497,24 @@ fn overlay_serves_lower_and_writes_upper() {
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("--policy bogus"), "{}", stderr(&o));
 }
+
+/// A VMM that connects, asks for the features and dies before negotiating (QEMU failing
+/// early) ends the daemon like any VMM disconnect; a silent connect-and-close probe does not.
+#[test]
+fn a_vmm_that_leaves_before_negotiating_ends_the_daemon() {
+    use vhost::vhost_user::Frontend;
+    use vhost::VhostBackend;
+    let dir = tempfile::tempdir().unwrap();
+    let s = sock(&dir);
+    let mut child = spawn(&["--socket-path", s.to_str().unwrap(), "--memfs-size", "16M"]);
+    wait_for_socket(&s, &mut child);
+    // A probe: connect and close without a message. The daemon keeps listening.
+    drop(std::os::unix::net::UnixStream::connect(&s).expect("probe"));
+    {
+        let fe = Frontend::connect(&s, 1).expect("frontend");
+        fe.get_features().expect("GET_FEATURES");
+    }
+    let status = wait_exit(&mut child, Duration::from_secs(10));
+    assert!(status.success(), "{status}");
+    assert!(!s.exists(), "socket removed");
+}

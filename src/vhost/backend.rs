@@ -71,8 +71,11 @@ pub(crate) struct FsBackend {
 struct ConnState {
     mem: RwLock<Option<Gm>>,
     event_idx: AtomicBool,
-    /// The frontend sent SET_FEATURES: this is a VMM session, not a probe.
+    /// The frontend sent SET_FEATURES: the VMM is attached.
     negotiated: AtomicBool,
+    /// The frontend sent any vhost-user message (every VMM starts with GET_FEATURES): this is
+    /// a VMM session, not a probe that connects and closes.
+    contacted: AtomicBool,
     /// Exit-event descriptors handed to vhost-user-backend, which registers them with
     /// `into_raw_fd` and never closes them; closed by [`FsBackend::close_exit_events`].
     exit_fds: parking_lot::Mutex<Vec<RawFd>>,
@@ -86,6 +89,7 @@ impl FsBackend {
                 mem: RwLock::new(None),
                 event_idx: AtomicBool::new(false),
                 negotiated: AtomicBool::new(false),
+                contacted: AtomicBool::new(false),
                 exit_fds: parking_lot::Mutex::new(Vec::new()),
             }),
         }
@@ -107,6 +111,12 @@ impl FsBackend {
     /// Whether the frontend got as far as SET_FEATURES on this connection.
     pub(crate) fn negotiated(&self) -> bool {
         self.conn.negotiated.load(Ordering::Acquire)
+    }
+
+    /// Whether the frontend spoke vhost-user at all on this connection (a VMM, even one that
+    /// gave up before negotiating, as opposed to a connect-and-close probe).
+    pub(crate) fn contacted(&self) -> bool {
+        self.conn.contacted.load(Ordering::Acquire)
     }
 
     fn process_vring(&self, queue: usize, vring: &Vring) {
@@ -284,6 +294,8 @@ impl VhostUserBackend for FsBackend {
     }
 
     fn features(&self) -> u64 {
+        // Called for GET_FEATURES and SET_FEATURES only.
+        self.conn.contacted.store(true, Ordering::Release);
         (1 << VIRTIO_F_VERSION_1)
             | (1 << VIRTIO_RING_F_INDIRECT_DESC)
             | (1 << VIRTIO_RING_F_EVENT_IDX)

@@ -451,9 +451,9 @@ fn run(device: &FsDevice, listener: &UnixListener, shared: &HandleShared) -> Res
             return Ok(());
         }
         if !session {
-            // Someone connected and left without negotiating (for example another daemon
-            // probing whether this socket is in use): not a VMM, keep listening.
-            tracing::debug!("connection closed before feature negotiation; still listening");
+            // Someone connected and left without a word (for example another daemon probing
+            // whether this socket is in use): not a VMM, keep listening.
+            tracing::debug!("connection closed without a vhost-user message; still listening");
             continue;
         }
         if !device.keep_serving {
@@ -463,8 +463,8 @@ fn run(device: &FsDevice, listener: &UnixListener, shared: &HandleShared) -> Res
     }
 }
 
-/// Serves one connection until it ends; returns whether it was a VMM session (it negotiated
-/// features) rather than a probe.
+/// Serves one connection until it ends; returns whether it was a VMM session (it sent a
+/// vhost-user message, even if it left before negotiating) rather than a probe.
 fn serve_connection(
     device: &FsDevice,
     listener: &UnixListener,
@@ -528,8 +528,8 @@ fn serve_connection(
     } else {
         tracing::debug!("a vring thread is still busy; leaving its exit event open");
     }
-    let session = probe.negotiated();
-    if session {
+    let session = probe.contacted();
+    if probe.negotiated() {
         use vhost::vhost_user::Error as VuError;
         use vhost_user_backend::Error as DaemonError;
         match result {
