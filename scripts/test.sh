@@ -45,6 +45,9 @@ cargo fmt --all --check
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 
+step "cargo doc (warnings are errors: broken links, private links)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps
+
 step "cargo check --target aarch64-apple-darwin --no-default-features (backends on macOS)"
 cargo check --target aarch64-apple-darwin --no-default-features
 

@@ -12,6 +12,7 @@
 //! | [`passthrough::PassthroughFs`] | a confined host directory; guest ownership and modes kept in an xattr, so the daemon runs unprivileged |
 //! | [`memfs::MemFs`] | a complete in-memory filesystem with hard byte and inode limits |
 //! | [`dualfs::DualFs`] | two backends under one mount: an overlay with copy-up and whiteouts, or another dispatch policy |
+//! | [`filemount::FileMount`] | a single host file, staged under a random tag, with the guest's plan to mount it in place |
 //!
 //! ```
 //! use boxfs::memfs::MemFs;

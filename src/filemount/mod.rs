@@ -8,7 +8,7 @@
 //!   the file under its own name as a **hard link** to the host file;
 //! * a random **tag** `fm_<16 hex digits>` ([`Tag`], 64 random bits, never derived from a path);
 //! * the **filesystem** to serve under the tag: a [`SingleFileFs`] around a
-//!   [`PassthroughFs`](crate::passthrough::PassthroughFs) rooted at the staging directory, with
+//!   [`PassthroughFs`] rooted at the staging directory, with
 //!   the mount's options (read-only, cache policy, guest owner);
 //! * the **guest mount plan** ([`GuestPlan`]): mount the tag on a staging path, bind-mount the
 //!   file onto its destination, remount with the requested flags, detach the share (rendered as

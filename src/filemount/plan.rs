@@ -228,7 +228,7 @@ pub(crate) fn check_file_name(name: &str) -> Result<(), PlanError> {
     Ok(())
 }
 
-/// The steps that mount a set of staged files in the guest; see the [module docs](self).
+/// The steps that mount a set of staged files in the guest; see the [module docs](crate::filemount).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GuestPlan {
     mounts: Vec<GuestMount>,

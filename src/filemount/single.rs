@@ -71,7 +71,7 @@ struct State {
     retired: HashMap<u64, usize>,
 }
 
-/// The filesystem of one file mount; see the [module documentation](self).
+/// The filesystem of one file mount; see the [module documentation](crate::filemount).
 pub struct SingleFileFs {
     inner: Arc<dyn DynFileSystem>,
     host_path: PathBuf,
