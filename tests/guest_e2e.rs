@@ -346,6 +346,10 @@ fn daemon_spec(
                 lower.into(),
                 "--upper".into(),
                 share.into(),
+                // The overlay daemon also runs sandboxed (user + mount namespace, a root
+                // holding only /proc), so the sandbox is proven under pjdfstest too.
+                "--sandbox".into(),
+                "namespace".into(),
             ]);
         }
     }

@@ -129,7 +129,7 @@ fn usage_errors() {
         "sometimes",
     ]);
     assert_eq!(o.status.code(), Some(2));
-    // Sandboxes other than none.
+    // Sandboxes other than none and namespace.
     let dir = tempfile::tempdir().unwrap();
     let s = sock(&dir);
     let o = run(&[
@@ -138,10 +138,10 @@ fn usage_errors() {
         "--memfs-size",
         "1M",
         "--sandbox",
-        "namespace",
+        "chroot",
     ]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("--sandbox none"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("none or namespace"), "{}", stderr(&o));
     // Tag too long.
     let long = "t".repeat(37);
     let o = run(&[
@@ -517,4 +517,62 @@ fn a_vmm_that_leaves_before_negotiating_ends_the_daemon() {
     let status = wait_exit(&mut child, Duration::from_secs(10));
     assert!(status.success(), "{status}");
     assert!(!s.exists(), "socket removed");
+}
+
+/// `--sandbox namespace`: the daemon's root holds nothing but /proc, and it still serves the
+/// share (through the descriptors it opened before), xattr-backed ownership included, and
+/// removes its socket file at exit.
+#[test]
+fn namespace_sandbox_serves_with_nothing_else_reachable() {
+    let dir = tempfile::tempdir().unwrap();
+    let share = tempfile::tempdir().unwrap();
+    std::fs::write(share.path().join("host.txt"), b"from the host").unwrap();
+    let s = sock(&dir);
+    let mut child = spawn(&[
+        "--socket-path",
+        s.to_str().unwrap(),
+        "--shared-dir",
+        share.path().to_str().unwrap(),
+        "--sandbox",
+        "namespace",
+    ]);
+    wait_for_socket(&s, &mut child);
+    {
+        let mut c = FuseClient::connect(&s).expect("connect");
+        // The daemon's view of the file system: only /proc.
+        let root = std::path::PathBuf::from(format!("/proc/{}/root", child.id()));
+        let names: Vec<String> = std::fs::read_dir(&root)
+            .expect("read the daemon's root")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, vec!["proc".to_string()], "sandbox root");
+        let e = c.lookup(ROOT_ID, "host.txt").expect("lookup");
+        let o = c.open(e.nodeid, libc::O_RDONLY as u32).expect("open");
+        assert_eq!(
+            c.read(e.nodeid, o.fh, 0, 64).expect("read"),
+            b"from the host"
+        );
+        c.release(e.nodeid, o.fh).expect("release");
+        let (g, go) = c
+            .create(
+                ROOT_ID,
+                "guest.txt",
+                0o640 | libc::S_IFREG,
+                libc::O_RDWR as u32,
+            )
+            .expect("create (writes the ownership xattr)");
+        c.write(g.nodeid, go.fh, 0, b"from the guest")
+            .expect("write");
+        c.release(g.nodeid, go.fh).expect("release");
+        assert_eq!(
+            c.getattr(g.nodeid).expect("getattr").attr.mode & 0o777,
+            0o640
+        );
+    }
+    assert!(wait_exit(&mut child, Duration::from_secs(10)).success());
+    assert_eq!(
+        std::fs::read(share.path().join("guest.txt")).unwrap(),
+        b"from the guest"
+    );
+    assert!(!s.exists(), "socket removed from inside the sandbox");
 }

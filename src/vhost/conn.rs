@@ -5,15 +5,18 @@ use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
 use crate::{Error, Result};
 
-/// Removes the socket file at exit, if it is still the one this device bound.
+/// Removes the socket file at exit, if it is still the one this device bound. It holds its
+/// parent directory open, so removal works after the process changed its root (a sandbox).
 pub(crate) struct SocketFile {
     path: PathBuf,
+    dir: Option<std::os::fd::OwnedFd>,
+    name: std::ffi::CString,
     dev: u64,
     ino: u64,
 }
@@ -24,12 +27,44 @@ impl SocketFile {
     }
 
     pub(crate) fn remove(&self) {
-        if let Ok(meta) = std::fs::symlink_metadata(&self.path) {
-            if meta.dev() == self.dev && meta.ino() == self.ino {
-                let _ = std::fs::remove_file(&self.path);
-            }
+        let Some(dir) = &self.dir else {
+            return;
+        };
+        // SAFETY: all-zero is a valid `stat`.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: `dir` is an open directory, `name` NUL-terminated, `st` a valid out-pointer.
+        let r = unsafe {
+            libc::fstatat(
+                dir.as_raw_fd(),
+                self.name.as_ptr(),
+                &mut st,
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        if r == 0 && st.st_dev == self.dev && st.st_ino == self.ino {
+            // SAFETY: as above; removes only the socket file this device created.
+            unsafe { libc::unlinkat(dir.as_raw_fd(), self.name.as_ptr(), 0) };
         }
     }
+}
+
+/// The directory holding `path` (opened `O_PATH`) and the file name in it.
+fn parent_and_name(path: &Path) -> (Option<std::os::fd::OwnedFd>, std::ffi::CString) {
+    let name = path
+        .file_name()
+        .and_then(|n| std::ffi::CString::new(n.as_bytes()).ok())
+        .unwrap_or_default();
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let dir = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+        .open(parent)
+        .ok()
+        .map(std::os::fd::OwnedFd::from);
+    (dir, name)
 }
 
 /// Binds a listening socket at `path`.
@@ -69,10 +104,13 @@ pub(crate) fn bind(path: &Path) -> Result<(UnixListener, SocketFile)> {
         Err(e) => return Err(Error::path(path, e)),
     };
     let meta = std::fs::symlink_metadata(path).map_err(|e| Error::path(path, e))?;
+    let (dir, name) = parent_and_name(path);
     Ok((
         listener,
         SocketFile {
             path: path.to_owned(),
+            dir,
+            name,
             dev: meta.dev(),
             ino: meta.ino(),
         },

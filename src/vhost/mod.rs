@@ -156,7 +156,15 @@ impl FsDevice {
     /// on, or a path that exists and is not a socket, is an error. The socket file is removed
     /// when the device ends.
     pub fn serve(self, socket_path: impl AsRef<Path>) -> Result<DeviceHandle> {
-        let (listener, file) = conn::bind(socket_path.as_ref())?;
+        self.serve_bound(BoundSocket::bind(socket_path)?)
+    }
+
+    /// Serves on a socket bound earlier with [`BoundSocket::bind`] (for example before the
+    /// process sandboxed itself); the socket file is removed when the device ends.
+    pub fn serve_bound(self, socket: BoundSocket) -> Result<DeviceHandle> {
+        let (listener, file) = socket
+            .take()
+            .ok_or_else(|| Error::InvalidConfig("socket already served".into()))?;
         self.start(listener, Some(file))
     }
 
@@ -311,6 +319,54 @@ impl FsDeviceBuilder {
             }),
             keep_serving: self.keep_serving,
         })
+    }
+}
+
+/// A listening vhost-user socket bound at a path, not yet served. Binding can happen before
+/// the device is built (and before the process confines itself); the socket file is removed
+/// when the device serving it ends, through a descriptor of its directory, so this works
+/// even once the path is no longer reachable. Dropped without being served, it removes the
+/// socket file at once.
+pub struct BoundSocket {
+    listener: Option<UnixListener>,
+    file: Option<conn::SocketFile>,
+}
+
+impl BoundSocket {
+    /// Binds `path` as [`FsDevice::serve`] does: a stale socket file is replaced; a socket
+    /// in use, or a path that is not a socket, is an error.
+    pub fn bind(path: impl AsRef<Path>) -> Result<BoundSocket> {
+        let (listener, file) = conn::bind(path.as_ref())?;
+        Ok(BoundSocket {
+            listener: Some(listener),
+            file: Some(file),
+        })
+    }
+
+    /// The path the socket is bound at.
+    pub fn path(&self) -> Option<&Path> {
+        self.file.as_ref().map(|f| f.path())
+    }
+
+    fn take(mut self) -> Option<(UnixListener, conn::SocketFile)> {
+        Some((self.listener.take()?, self.file.take()?))
+    }
+}
+
+impl Drop for BoundSocket {
+    fn drop(&mut self) {
+        self.listener.take();
+        if let Some(file) = self.file.take() {
+            file.remove();
+        }
+    }
+}
+
+impl std::fmt::Debug for BoundSocket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BoundSocket")
+            .field("path", &self.path())
+            .finish()
     }
 }
 

@@ -32,6 +32,9 @@ fn main() {
 }
 
 #[cfg(all(feature = "vhost", target_os = "linux"))]
+mod sandbox;
+
+#[cfg(all(feature = "vhost", target_os = "linux"))]
 mod linux {
     use std::io::IsTerminal;
     use std::os::fd::{FromRawFd, RawFd};
@@ -43,7 +46,7 @@ mod linux {
     use boxfs::filemount::{default_runtime_dir, FileMountOptions, FileMounts};
     use boxfs::memfs::MemFs;
     use boxfs::passthrough::{HostPermissions, PassthroughFs, SymlinkMode};
-    use boxfs::vhost::{DeviceHandle, Dispatch, FsDevice, DEFAULT_THREAD_POOL_SIZE};
+    use boxfs::vhost::{BoundSocket, DeviceHandle, Dispatch, FsDevice, DEFAULT_THREAD_POOL_SIZE};
     use boxfs::{CachePolicy, DynFileSystem};
     use clap::{ArgGroup, Parser};
 
@@ -197,8 +200,10 @@ mod linux {
         #[arg(long, value_name = "LEVEL", default_value = "info")]
         log_level: String,
 
-        /// Sandbox mode. Only `none` is supported: PassthroughFs confines every lookup to the
-        /// shared directory itself.
+        /// Sandbox mode: `none` (PassthroughFs confines every lookup to the shared directory
+        /// itself), or `namespace`: once the shares are open, the daemon moves into its own
+        /// mount namespace (and user namespace when not root) whose root holds only /proc,
+        /// and sets no_new_privs. Not with --shared-file.
         #[arg(long, value_name = "MODE", default_value = "none")]
         sandbox: String,
 
@@ -508,13 +513,22 @@ mod linux {
     }
 
     fn start(args: &Args) -> Result<(DeviceHandle, Option<FileShare>), String> {
-        if args.sandbox != "none" {
-            return Err(format!(
-                "--sandbox {}: not supported; use --sandbox none (PassthroughFs confines \
-                 lookups to the shared directory with openat2 RESOLVE_BENEATH)",
-                args.sandbox
-            ));
-        }
+        let sandbox = match args.sandbox.as_str() {
+            "none" => false,
+            "namespace" if args.shared_file.is_some() => {
+                return Err("--sandbox namespace: not with --shared-file (its staging \
+                            directory is cleaned up by path)"
+                    .into())
+            }
+            "namespace" => true,
+            other => {
+                return Err(format!(
+                    "--sandbox {other}: not supported; use none or namespace (PassthroughFs \
+                     confines lookups to the shared directory with openat2 RESOLVE_BENEATH \
+                     in any case)"
+                ))
+            }
+        };
         if args.inode_file_handles.is_some() || args.announce_submounts || args.xattr {
             tracing::debug!("ignoring virtiofsd compatibility flags");
         }
@@ -555,20 +569,27 @@ mod linux {
         if let Some(share) = &file_share {
             builder = builder.tag(share.tag.clone());
         }
+        // The socket is bound (and its group set) while its path is reachable; the sandbox,
+        // if any, comes before the device starts its threads.
+        let bound = match &args.socket_path {
+            Some(path) => Some(BoundSocket::bind(path).map_err(|e| e.to_string())?),
+            None => None,
+        };
+        if let (Some(group), Some(path)) = (&args.socket_group, &args.socket_path) {
+            set_socket_group(path, group)?;
+        }
+        if sandbox {
+            crate::sandbox::enter_namespace().map_err(|e| format!("--sandbox namespace: {e}"))?;
+            tracing::info!("sandboxed: private mount namespace with only /proc, no_new_privs");
+        }
         let device = builder.build().map_err(|e| e.to_string())?;
-        let handle = match (&args.socket_path, args.fd) {
-            (Some(path), _) => device.serve(path).map_err(|e| e.to_string())?,
+        let handle = match (bound, args.fd) {
+            (Some(bound), _) => device.serve_bound(bound).map_err(|e| e.to_string())?,
             (None, Some(fd)) => device
                 .serve_listener(inherited_listener(fd)?)
                 .map_err(|e| e.to_string())?,
             (None, None) => return Err("one of --socket-path or --fd is required".into()),
         };
-        if let (Some(group), Some(path)) = (&args.socket_group, &args.socket_path) {
-            if let Err(e) = set_socket_group(path, group) {
-                let _ = handle.stop();
-                return Err(e);
-            }
-        }
         Ok((handle, file_share))
     }
 
