@@ -347,9 +347,12 @@ fn daemon_spec(
                 "--upper".into(),
                 share.into(),
                 // The overlay daemon also runs sandboxed (user + mount namespace, a root
-                // holding only /proc), so the sandbox is proven under pjdfstest too.
+                // holding only /proc, seccomp allow-list killing on anything else), so the
+                // sandbox is proven under pjdfstest too.
                 "--sandbox".into(),
                 "namespace".into(),
+                "--seccomp".into(),
+                "kill".into(),
             ]);
         }
     }

@@ -535,6 +535,8 @@ fn namespace_sandbox_serves_with_nothing_else_reachable() {
         share.path().to_str().unwrap(),
         "--sandbox",
         "namespace",
+        "--seccomp",
+        "kill",
     ]);
     wait_for_socket(&s, &mut child);
     {

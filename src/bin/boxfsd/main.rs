@@ -207,6 +207,11 @@ mod linux {
         #[arg(long, value_name = "MODE", default_value = "none")]
         sandbox: String,
 
+        /// Seccomp filter installed before serving: `none` (default), `log` (calls outside
+        /// the allow-list are logged by the kernel and run) or `kill` (they kill the daemon).
+        #[arg(long, value_name = "MODE", default_value = "none", value_parser = parse_seccomp)]
+        seccomp: crate::sandbox::Seccomp,
+
         /// Keep accepting VMM connections after one disconnects.
         #[arg(long)]
         keep_serving: bool,
@@ -243,6 +248,16 @@ mod linux {
             "all" => Ok(Dispatch::Pool),
             "none" => Ok(Dispatch::VringThread),
             other => Err(format!("`{other}`: expected adaptive, slow, all or none")),
+        }
+    }
+
+    fn parse_seccomp(s: &str) -> Result<crate::sandbox::Seccomp, String> {
+        use crate::sandbox::Seccomp;
+        match s {
+            "none" => Ok(Seccomp::None),
+            "log" => Ok(Seccomp::Log),
+            "kill" => Ok(Seccomp::Kill),
+            other => Err(format!("`{other}`: expected none, log or kill")),
         }
     }
 
@@ -582,6 +597,7 @@ mod linux {
             crate::sandbox::enter_namespace().map_err(|e| format!("--sandbox namespace: {e}"))?;
             tracing::info!("sandboxed: private mount namespace with only /proc, no_new_privs");
         }
+        crate::sandbox::apply_seccomp(args.seccomp).map_err(|e| format!("--seccomp: {e}"))?;
         let device = builder.build().map_err(|e| e.to_string())?;
         let handle = match (bound, args.fd) {
             (Some(bound), _) => device.serve_bound(bound).map_err(|e| e.to_string())?,
@@ -635,6 +651,13 @@ mod linux {
             eprintln!("boxfsd: error: --log-level: {e}");
             return 1;
         }
+        // Handlers first: a signal that arrives once the socket exists must stop the daemon
+        // cleanly, not kill it (and they must exist before the sandbox's seccomp filter).
+        let signals = signal_hook::iterator::Signals::new([
+            signal_hook::consts::SIGTERM,
+            signal_hook::consts::SIGINT,
+            signal_hook::consts::SIGHUP,
+        ]);
         let (handle, file_share) = match start(&args) {
             Ok((h, share)) => (Arc::new(h), share),
             Err(e) => {
@@ -679,11 +702,6 @@ mod linux {
             None => tracing::info!("serving {what} on inherited fd"),
         }
 
-        let signals = signal_hook::iterator::Signals::new([
-            signal_hook::consts::SIGTERM,
-            signal_hook::consts::SIGINT,
-            signal_hook::consts::SIGHUP,
-        ]);
         match signals {
             Ok(mut signals) => {
                 let h = Arc::clone(&handle);

@@ -12,6 +12,10 @@
 //!    path, only through the descriptors already open;
 //! 3. sets `no_new_privs`.
 //!
+//! Independently, `--seccomp log|kill` installs an allow-list of the system calls the daemon
+//! makes while serving ([`apply_seccomp`]), before any thread exists, so every thread
+//! inherits it.
+//!
 //! What it needs: unprivileged user namespaces (Debian and most distributions allow them;
 //! `kernel.unprivileged_userns_clone=0` or an AppArmor policy can forbid them) when not run
 //! as root, and no threads yet (namespaces are per process). Single-file shares are refused:
@@ -132,4 +136,179 @@ pub(crate) fn enter_namespace() -> Result<(), String> {
         "no_new_privs",
     )?;
     Ok(())
+}
+
+/// What a seccomp filter does with a system call outside the allow-list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Seccomp {
+    /// No filter.
+    None,
+    /// Log it (to the kernel audit log) and let it run: for finding what a new code path needs.
+    Log,
+    /// Kill the daemon.
+    Kill,
+}
+
+/// System calls the daemon makes once it serves (collected with `strace -f` over the
+/// real-guest tests and the benchmark smoke run, plus their close relatives).
+#[cfg(target_arch = "x86_64")]
+const ALLOWED: &[libc::c_long] = &[
+    libc::SYS_access,
+    libc::SYS_epoll_wait,
+    libc::SYS_poll,
+    libc::SYS_readlink,
+    libc::SYS_renameat,
+    libc::SYS_open,
+    libc::SYS_stat,
+    libc::SYS_lstat,
+    libc::SYS_fstat,
+    libc::SYS_newfstatat,
+    libc::SYS_arch_prctl,
+];
+#[cfg(target_arch = "aarch64")]
+const ALLOWED: &[libc::c_long] = &[libc::SYS_fstat, libc::SYS_newfstatat];
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+const ALLOWED: &[libc::c_long] = &[];
+
+/// Calls every architecture has.
+const ALLOWED_COMMON: &[libc::c_long] = &[
+    libc::SYS_accept4,
+    libc::SYS_brk,
+    libc::SYS_clock_gettime,
+    libc::SYS_clock_nanosleep,
+    libc::SYS_clone,
+    libc::SYS_clone3,
+    libc::SYS_close,
+    libc::SYS_dup,
+    libc::SYS_dup3,
+    libc::SYS_epoll_create1,
+    libc::SYS_epoll_ctl,
+    libc::SYS_epoll_pwait,
+    libc::SYS_eventfd2,
+    libc::SYS_exit,
+    libc::SYS_exit_group,
+    libc::SYS_faccessat,
+    libc::SYS_faccessat2,
+    libc::SYS_fallocate,
+    libc::SYS_fchmod,
+    libc::SYS_fchmodat,
+    libc::SYS_fcntl,
+    libc::SYS_fdatasync,
+    libc::SYS_fgetxattr,
+    libc::SYS_flistxattr,
+    libc::SYS_flock,
+    libc::SYS_fremovexattr,
+    libc::SYS_fsetxattr,
+    libc::SYS_fstatfs,
+    libc::SYS_fsync,
+    libc::SYS_ftruncate,
+    libc::SYS_futex,
+    libc::SYS_getdents64,
+    libc::SYS_getegid,
+    libc::SYS_geteuid,
+    libc::SYS_getgid,
+    libc::SYS_getpid,
+    libc::SYS_getrandom,
+    libc::SYS_getsockname,
+    libc::SYS_getsockopt,
+    libc::SYS_gettid,
+    libc::SYS_getuid,
+    libc::SYS_getxattr,
+    libc::SYS_ioctl,
+    libc::SYS_lgetxattr,
+    libc::SYS_linkat,
+    libc::SYS_listxattr,
+    libc::SYS_llistxattr,
+    libc::SYS_lseek,
+    libc::SYS_madvise,
+    libc::SYS_mkdirat,
+    libc::SYS_mknodat,
+    libc::SYS_mmap,
+    libc::SYS_mprotect,
+    libc::SYS_mremap,
+    libc::SYS_munmap,
+    libc::SYS_nanosleep,
+    libc::SYS_openat,
+    libc::SYS_openat2,
+    libc::SYS_pipe2,
+    libc::SYS_ppoll,
+    libc::SYS_prctl,
+    libc::SYS_pread64,
+    libc::SYS_preadv,
+    libc::SYS_preadv2,
+    libc::SYS_prlimit64,
+    libc::SYS_pwrite64,
+    libc::SYS_pwritev,
+    libc::SYS_pwritev2,
+    libc::SYS_read,
+    libc::SYS_readlinkat,
+    libc::SYS_readv,
+    libc::SYS_recvfrom,
+    libc::SYS_recvmsg,
+    libc::SYS_removexattr,
+    libc::SYS_renameat2,
+    libc::SYS_restart_syscall,
+    libc::SYS_rseq,
+    libc::SYS_rt_sigaction,
+    libc::SYS_rt_sigprocmask,
+    libc::SYS_rt_sigreturn,
+    libc::SYS_sched_getaffinity,
+    libc::SYS_sched_yield,
+    libc::SYS_sendmsg,
+    libc::SYS_sendto,
+    libc::SYS_set_robust_list,
+    libc::SYS_setxattr,
+    libc::SYS_lsetxattr,
+    libc::SYS_shutdown,
+    libc::SYS_sigaltstack,
+    libc::SYS_socketpair,
+    libc::SYS_statfs,
+    libc::SYS_statx,
+    libc::SYS_symlinkat,
+    libc::SYS_sync_file_range,
+    libc::SYS_tgkill,
+    libc::SYS_truncate,
+    libc::SYS_unlinkat,
+    libc::SYS_utimensat,
+    libc::SYS_write,
+    libc::SYS_writev,
+];
+
+/// The `*xattrat` calls of Linux 6.13 (same numbers on x86_64, aarch64 and riscv64):
+/// PassthroughFs tries `getxattrat` first and falls back when the kernel lacks it.
+#[cfg(any(
+    target_arch = "x86_64",
+    target_arch = "aarch64",
+    target_arch = "riscv64"
+))]
+const XATTRAT: &[libc::c_long] = &[463, 464, 465, 466];
+#[cfg(not(any(
+    target_arch = "x86_64",
+    target_arch = "aarch64",
+    target_arch = "riscv64"
+)))]
+const XATTRAT: &[libc::c_long] = &[];
+
+/// Installs the seccomp allow-list for this thread and every thread it starts later (call it
+/// before the device starts its threads).
+pub(crate) fn apply_seccomp(mode: Seccomp) -> Result<(), String> {
+    use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
+    let mismatch = match mode {
+        Seccomp::None => return Ok(()),
+        Seccomp::Log => SeccompAction::Log,
+        Seccomp::Kill => SeccompAction::KillProcess,
+    };
+    let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(|e| format!("seccomp: {e}"))?;
+    let rules = ALLOWED
+        .iter()
+        .chain(ALLOWED_COMMON)
+        .chain(XATTRAT)
+        .map(|&nr| (i64::from(nr), Vec::new()))
+        .collect();
+    let filter = SeccompFilter::new(rules, mismatch, SeccompAction::Allow, arch)
+        .map_err(|e| format!("seccomp filter: {e}"))?;
+    let program: BpfProgram = filter
+        .try_into()
+        .map_err(|e| format!("seccomp program: {e}"))?;
+    seccompiler::apply_filter(&program).map_err(|e| format!("seccomp: {e}"))
 }
