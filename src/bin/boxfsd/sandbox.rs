@@ -291,6 +291,8 @@ const XATTRAT: &[libc::c_long] = &[];
 
 /// Installs the seccomp allow-list for this thread and every thread it starts later (call it
 /// before the device starts its threads).
+// `c_long` is `i64` on 64-bit targets only; the conversion is real elsewhere.
+#[allow(clippy::useless_conversion)]
 pub(crate) fn apply_seccomp(mode: Seccomp) -> Result<(), String> {
     use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
     let mismatch = match mode {
