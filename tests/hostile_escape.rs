@@ -786,3 +786,83 @@ fn rename2_with_crafted_names_or_unknown_flags() {
     );
     w.check();
 }
+
+/// The host swaps a shared directory for a symlink pointing outside the share while the guest
+/// walks it, opens, reads and writes through it (with a descriptor cache of 16, so the
+/// daemon keeps re-resolving `d` by name): the guest only ever sees the inside file, and the
+/// outside directory is untouched.
+#[test]
+fn host_swaps_a_directory_for_a_symlink_while_the_guest_walks_it() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mut w = world();
+    let victim = w.outer.join("victim");
+    std::fs::create_dir(&victim).expect("victim dir");
+    std::fs::write(victim.join("f"), SECRET).expect("victim file");
+    let victim_before = stamp(&victim.join("f"));
+    let stop = Arc::new(AtomicBool::new(false));
+    let swapper = {
+        let (stop, share, victim) = (stop.clone(), w.share.clone(), victim.clone());
+        std::thread::spawn(move || {
+            let mut swaps = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let _ = std::fs::rename(share.join("d"), share.join("d.real"));
+                let _ = std::os::unix::fs::symlink(&victim, share.join("d"));
+                std::thread::yield_now();
+                let _ = std::fs::remove_file(share.join("d"));
+                let _ = std::fs::rename(share.join("d.real"), share.join("d"));
+                swaps += 1;
+            }
+            swaps
+        })
+    };
+    // Fillers keep `d` out of the descriptor cache.
+    let fillers: Vec<u64> = (0..24)
+        .map(|i| {
+            let (e, o) =
+                w.c.create(
+                    ROOT_ID,
+                    &format!("fill{i}"),
+                    0o644 | libc::S_IFREG,
+                    libc::O_RDWR as u32,
+                )
+                .expect("filler");
+            w.c.release(e.nodeid, o.fh).expect("release");
+            e.nodeid
+        })
+        .collect();
+    let mut inside = 0;
+    for round in 0..1500 {
+        for &f in fillers.iter().skip(round % 8).take(16) {
+            let _ = w.c.getattr(f);
+        }
+        let Ok(d) = w.c.lookup(ROOT_ID, "d") else {
+            continue;
+        };
+        if let Ok(f) = w.c.lookup(d.nodeid, "f") {
+            if let Ok(o) = w.c.open(f.nodeid, libc::O_RDWR as u32) {
+                if let Ok(data) = w.c.read(f.nodeid, o.fh, 0, 64) {
+                    assert!(
+                        !data.windows(6).any(|x| x == b"SECRET"),
+                        "read the outside file through the swapped directory"
+                    );
+                    inside += 1;
+                }
+                let _ = w.c.write(f.nodeid, o.fh, 0, b"inside");
+                let _ = w.c.release(f.nodeid, o.fh);
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let swaps = swapper.join().expect("swapper");
+    assert!(
+        swaps > 0 && inside > 0,
+        "the race ran ({swaps} swaps, {inside} inside reads)"
+    );
+    assert_eq!(
+        stamp(&victim.join("f")),
+        victim_before,
+        "outside file touched"
+    );
+    std::fs::remove_dir_all(&victim).expect("cleanup");
+    w.check();
+}

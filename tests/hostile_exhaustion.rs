@@ -189,3 +189,67 @@ fn inode_and_handle_limits_give_enfile_and_the_device_keeps_serving() {
     drop(c);
     handle.stop().expect("stop");
 }
+
+/// A guest that fills its whole request queue, over and over, without waiting: every request
+/// is answered, nothing is dropped, and the worker pool's backlog is bounded by the queue.
+#[test]
+fn a_flooded_queue_is_served_completely() {
+    use boxfs::memfs::MemFs;
+    use boxfs::SizeExt;
+    use fuse_backend_rs::abi::fuse_abi::GetattrIn;
+    use vm_memory::ByteValued;
+    use vmm::{op, request, Seg, Vmm, VmmConfig};
+
+    let fs: Arc<dyn DynFileSystem> =
+        Arc::new(MemFs::builder().capacity(16.mib()).build().expect("memfs"));
+    let sock = tempfile::tempdir().expect("socket dir");
+    let path = sock.path().join("fs.sock");
+    let handle = FsDevice::builder(fs)
+        .thread_pool_size(2)
+        .dispatch(boxfs::vhost::Dispatch::Pool)
+        .build()
+        .expect("build")
+        .serve(&path)
+        .expect("serve");
+    let queue_size = 256u16;
+    let vmm = Vmm::connect(
+        &path,
+        VmmConfig {
+            queue_size,
+            ..Default::default()
+        },
+    )
+    .expect("connect");
+    let mut c = FuseClient::new(vmm);
+    c.init().expect("init");
+    let q = c.queue;
+    let getattr = GetattrIn::default();
+    for _round in 0..8 {
+        // A request takes two descriptors: half the ring fills the queue.
+        let n = usize::from(queue_size / 2);
+        for _ in 0..n {
+            let u = c.next_unique();
+            c.vmm.submit(
+                q,
+                &[
+                    Seg::R(request(op::GETATTR, u, ROOT_ID, &[getattr.as_slice()])),
+                    Seg::W(256),
+                ],
+            );
+        }
+        for _ in 0..n {
+            let done = c
+                .vmm
+                .wait_any(q, std::time::Duration::from_secs(30))
+                .expect("every flooded request is answered");
+            assert!(done.len > 0);
+        }
+        assert_eq!(c.vmm.in_flight(q), 0);
+    }
+    let stats = handle.stats();
+    assert_eq!(stats.dropped, 0);
+    assert_eq!(stats.error_replies, 0);
+    assert_eq!(c.getattr(ROOT_ID).expect("still serving").attr.ino, ROOT_ID);
+    drop(c);
+    handle.stop().expect("stop");
+}
