@@ -15,7 +15,7 @@ use fuse_backend_rs::abi::fuse_abi::{
     BatchForgetIn, ForgetOne, GetattrIn, InitIn, ReadIn, WriteIn,
 };
 use vm_memory::ByteValued;
-use vmm::testfs::{TestFs, PANIC_INODE};
+use vmm::testfs::{Gate, TestFs, PANIC_INODE};
 use vmm::{
     op, request, FuseClient, Next, RawDesc, Reply, Seg, Vmm, VmmConfig, F_INDIRECT, F_NEXT,
     F_WRITE, OUT_HEADER,
@@ -628,7 +628,7 @@ fn malformed(pool: usize, dispatch: Dispatch) {
 fn a_panicking_filesystem_gets_eio_and_the_device_survives() {
     let fs: Arc<dyn DynFileSystem> = Arc::new(TestFs {
         inner: memfs(),
-        fsync_delay: Duration::ZERO,
+        fsync_gate: None,
     });
     for pool in [0, 1] {
         let dev = start_with(fs.clone(), pool, false);
@@ -639,18 +639,19 @@ fn a_panicking_filesystem_gets_eio_and_the_device_survives() {
     }
 }
 
-/// Submits a 1 s FSYNC and then a GETATTR on the same queue; returns the GETATTR latency.
-fn getattr_latency_behind_slow_fsync(pool: usize, dispatch: Dispatch) -> Duration {
+/// A device over a [`TestFs`] whose fsyncs wait at a gate, a client, and one FSYNC submitted
+/// and known to be blocked in the filesystem. Returns the chain head of the FSYNC.
+fn blocked_fsync(pool: usize, dispatch: Dispatch) -> (Dev, FuseClient, Arc<Gate>, u16) {
+    let gate = Arc::new(Gate::default());
     let fs: Arc<dyn DynFileSystem> = Arc::new(TestFs {
         inner: memfs(),
-        fsync_delay: Duration::from_millis(1000),
+        fsync_gate: Some(gate.clone()),
     });
     let dev = start_dispatch(fs, pool, dispatch, false);
     let mut c = client(&dev.path);
     let (f, o) = c
         .create(ROOT_ID, "f", 0o644 | libc::S_IFREG, libc::O_RDWR as u32)
         .expect("create");
-    let q = c.queue;
     let u = c.next_unique();
     let fsync = request(
         op::FSYNC,
@@ -658,15 +659,26 @@ fn getattr_latency_behind_slow_fsync(pool: usize, dispatch: Dispatch) -> Duratio
         f.nodeid,
         &[&[o.fh.to_le_bytes().as_slice(), &[0u8; 8]].concat()],
     );
+    let q = c.queue;
     let slow = c.vmm.submit(q, &[Seg::R(fsync), Seg::W(64)]);
-    std::thread::sleep(Duration::from_millis(50));
-    let start = Instant::now();
+    gate.wait_entered(1, T);
+    (dev, c, gate, slow)
+}
+
+/// Whether a GETATTR submitted behind a blocked FSYNC on the same queue is answered while the
+/// FSYNC is still blocked (it is given 300 ms; then the FSYNC is let through).
+fn getattr_passes_blocked_fsync(pool: usize, dispatch: Dispatch) -> bool {
+    let (_dev, mut c, gate, slow) = blocked_fsync(pool, dispatch);
+    let q = c.queue;
     let req = getattr_req(&mut c);
     let fast = c.vmm.submit(q, &[Seg::R(req), Seg::W(256)]);
-    c.vmm.wait(q, fast, T).expect("getattr");
-    let latency = start.elapsed();
+    let passed = c.vmm.wait(q, fast, Duration::from_millis(300)).is_some();
+    gate.open();
     c.vmm.wait(q, slow, T).expect("fsync");
-    latency
+    if !passed {
+        c.vmm.wait(q, fast, T).expect("getattr after the fsync");
+    }
+    passed
 }
 
 #[test]
@@ -694,22 +706,19 @@ fn slow_to_pool_offloads_only_syncs_locks_and_fallocate() {
 
 #[test]
 fn a_slow_request_does_not_stall_the_queue_with_a_worker_pool() {
-    let default = getattr_latency_behind_slow_fsync(2, Dispatch::default());
     assert!(
-        default < Duration::from_millis(500),
-        "slow-to-pool: {default:?}"
+        getattr_passes_blocked_fsync(2, Dispatch::default()),
+        "slow-to-pool"
     );
-    let pooled = getattr_latency_behind_slow_fsync(2, Dispatch::Pool);
-    assert!(pooled < Duration::from_millis(500), "pool: {pooled:?}");
-    let inline = getattr_latency_behind_slow_fsync(2, Dispatch::VringThread);
+    assert!(getattr_passes_blocked_fsync(2, Dispatch::Pool), "pool");
+    // Without workers the FSYNC holds the queue's only thread.
     assert!(
-        inline >= Duration::from_millis(500),
-        "vring thread: {inline:?}"
+        !getattr_passes_blocked_fsync(2, Dispatch::VringThread),
+        "vring thread"
     );
-    let no_pool = getattr_latency_behind_slow_fsync(0, Dispatch::default());
     assert!(
-        no_pool >= Duration::from_millis(500),
-        "pool size 0: {no_pool:?}"
+        !getattr_passes_blocked_fsync(0, Dispatch::default()),
+        "pool size 0"
     );
 }
 
@@ -756,9 +765,8 @@ fn keep_serving_accepts_reconnects_and_keeps_the_data() {
         c.write(f.nodeid, o.fh, 0, b"kept").expect("write");
         c.release(f.nodeid, o.fh).expect("release");
     }
-    std::thread::sleep(Duration::from_millis(100));
-    assert!(!dev.handle.is_finished());
     {
+        // Reconnecting works: the device kept serving after the first VMM left.
         let mut c = client(&dev.path);
         let e = c
             .lookup(ROOT_ID, "persist")
@@ -950,67 +958,45 @@ fn many_requests_in_flight() {
 
 #[test]
 fn stop_does_not_hang_on_a_request_blocked_in_the_filesystem() {
-    let fs: Arc<dyn DynFileSystem> = Arc::new(TestFs {
-        inner: memfs(),
-        fsync_delay: Duration::from_secs(60),
-    });
-    let dev = start_dispatch(fs, 1, Dispatch::SlowToPool, false);
-    let mut c = client(&dev.path);
-    let (f, o) = c
-        .create(ROOT_ID, "f", 0o644 | libc::S_IFREG, libc::O_RDWR as u32)
-        .expect("create");
-    let u = c.next_unique();
-    let fsync = request(
-        op::FSYNC,
-        u,
-        f.nodeid,
-        &[&[o.fh.to_le_bytes().as_slice(), &[0u8; 8]].concat()],
+    let (dev, _c, gate, _slow) = blocked_fsync(1, Dispatch::SlowToPool);
+    // The FSYNC never finishes until the gate opens: stop gives up waiting for it (the test
+    // fails, rather than hangs, if stop does not return).
+    let (tx, rx) = std::sync::mpsc::channel();
+    let handle = Arc::new(dev.handle);
+    let stopper = {
+        let handle = handle.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(handle.stop().is_ok());
+        })
+    };
+    assert_eq!(
+        rx.recv_timeout(Duration::from_secs(60)),
+        Ok(true),
+        "stop hung"
     );
-    c.vmm.submit(c.queue, &[Seg::R(fsync), Seg::W(64)]);
-    std::thread::sleep(Duration::from_millis(100));
-    let t = Instant::now();
-    dev.handle.stop().expect("stop");
-    assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
+    stopper.join().expect("stopper");
+    assert!(handle.is_finished());
     assert!(!dev.path.exists());
+    gate.open();
 }
 
 #[test]
 fn adaptive_dispatch_keeps_serving_when_every_worker_is_busy() {
-    let fs: Arc<dyn DynFileSystem> = Arc::new(TestFs {
-        inner: memfs(),
-        fsync_delay: Duration::from_millis(1500),
-    });
-    let dev = start_dispatch(fs, 1, Dispatch::Adaptive, false);
-    let mut c = client(&dev.path);
-    let (f, o) = c
-        .create(ROOT_ID, "f", 0o644 | libc::S_IFREG, libc::O_RDWR as u32)
-        .expect("create");
+    // The only worker is blocked in an FSYNC: a burst of requests is served on the vring
+    // thread instead of queueing behind it, all while the FSYNC is still blocked.
+    let (_dev, mut c, gate, slow) = blocked_fsync(1, Dispatch::Adaptive);
     let q = c.queue;
-    let u = c.next_unique();
-    let fsync = request(
-        op::FSYNC,
-        u,
-        f.nodeid,
-        &[&[o.fh.to_le_bytes().as_slice(), &[0u8; 8]].concat()],
-    );
-    let slow = c.vmm.submit(q, &[Seg::R(fsync), Seg::W(64)]);
-    std::thread::sleep(Duration::from_millis(50));
-    // The only worker is busy: a burst of requests is served on the vring thread instead of
-    // queueing behind it.
-    let start = Instant::now();
     let mut heads = Vec::new();
     for _ in 0..8 {
         let req = getattr_req(&mut c);
         heads.push(c.vmm.submit(q, &[Seg::R(req), Seg::W(256)]));
     }
     for h in heads {
-        c.vmm.wait(q, h, T).expect("getattr");
+        c.vmm
+            .wait(q, h, T)
+            .expect("getattr answered while the worker is blocked");
     }
-    assert!(
-        start.elapsed() < Duration::from_millis(700),
-        "{:?}",
-        start.elapsed()
-    );
+    gate.open();
     c.vmm.wait(q, slow, T).expect("fsync");
 }
 

@@ -349,7 +349,8 @@ impl DualFs {
             if n == 0 {
                 return Err(errno(libc::EIO));
             }
-            buf = &buf[n..];
+            // A backend claiming more than it was given is broken: fail the copy, never panic.
+            buf = buf.get(n..).ok_or_else(|| errno(libc::EIO))?;
             pos += n as u64;
         }
         Ok(())

@@ -1,10 +1,11 @@
 //! A filesystem wrapper for device tests: forwards the common operations to an inner
-//! filesystem, but `fsync` sleeps for a configurable time (a "slow disk") and `statfs` on the
-//! inode [`PANIC_INODE`] panics (a buggy backend).
+//! filesystem, but `fsync` can be held at a [`Gate`] until the test opens it (a "slow disk",
+//! with no timing involved) and `statfs` on the inode [`PANIC_INODE`] panics (a buggy
+//! backend).
 
 use std::ffi::CStr;
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use boxfs::{
@@ -15,10 +16,47 @@ use boxfs::{
 /// `statfs` on this inode panics.
 pub const PANIC_INODE: u64 = 0xdead;
 
+/// Where `fsync` waits: the test learns when a request reached the filesystem and decides
+/// when it may finish.
+#[derive(Default)]
+pub struct Gate {
+    /// (fsyncs that entered, open)
+    state: Mutex<(u32, bool)>,
+    cv: Condvar,
+}
+
+impl Gate {
+    fn pass(&self) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.0 += 1;
+        self.cv.notify_all();
+        while !s.1 {
+            s = self.cv.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Blocks until `n` fsyncs have entered the filesystem (at most `timeout`).
+    pub fn wait_entered(&self, n: u32, timeout: Duration) {
+        let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (s, _) = self
+            .cv
+            .wait_timeout_while(s, timeout, |s| s.0 < n)
+            .unwrap_or_else(|e| e.into_inner());
+        assert!(s.0 >= n, "fsync never reached the filesystem");
+    }
+
+    /// Lets every waiting and future fsync through.
+    pub fn open(&self) {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).1 = true;
+        self.cv.notify_all();
+    }
+}
+
 /// See the module documentation.
 pub struct TestFs {
     pub inner: Arc<dyn DynFileSystem>,
-    pub fsync_delay: Duration,
+    /// `None`: fsync passes straight through.
+    pub fsync_gate: Option<Arc<Gate>>,
 }
 
 impl FileSystem for TestFs {
@@ -121,7 +159,9 @@ impl FileSystem for TestFs {
         )
     }
     fn fsync(&self, ctx: &Context, inode: u64, datasync: bool, handle: u64) -> io::Result<()> {
-        std::thread::sleep(self.fsync_delay);
+        if let Some(gate) = &self.fsync_gate {
+            gate.pass();
+        }
         self.inner.fsync(ctx, inode, datasync, handle)
     }
     #[allow(clippy::too_many_arguments)]
