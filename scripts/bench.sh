@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# boxfs against virtiofsd and the host syscall floor: one table (benches/vs_virtiofsd.rs).
+# boxfs against virtiofsd and the host syscall floor: one table (boxfsd/benches/vs_virtiofsd.rs).
 #
 #   scripts/bench.sh                 installs virtiofsd when missing (cargo install; Debian
 #                                    packages libcap-ng-dev libseccomp-dev), builds boxfsd and
@@ -13,4 +13,4 @@ export PATH="$HOME/.cargo/bin:$PATH"
 if ! command -v virtiofsd >/dev/null 2>&1; then
     scripts/guest/install-deps.sh --with-virtiofsd
 fi
-VIRTIOFSD="$(command -v virtiofsd)" exec cargo bench --bench vs_virtiofsd
+VIRTIOFSD="$(command -v virtiofsd)" exec cargo bench -p boxfsd --bench vs_virtiofsd

@@ -42,25 +42,34 @@ fi
 step "cargo fmt --check"
 cargo fmt --all --check
 
-step "cargo clippy --all-targets -- -D warnings"
-cargo clippy --all-targets -- -D warnings
+step "cargo clippy: every crate, default and all features, and the library for macOS"
+cargo clippy --workspace --all-targets -- -D warnings
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+cargo clippy -p boxfs --no-default-features -- -D warnings
+cargo clippy -p boxfs --target aarch64-apple-darwin --no-default-features -- -D warnings
 
 step "cargo doc (warnings are errors: broken links, private links)"
-RUSTDOCFLAGS="-D warnings" cargo doc --no-deps
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features
 
 step "cargo check --target aarch64-apple-darwin --no-default-features (backends on macOS)"
-cargo check --target aarch64-apple-darwin --no-default-features
+cargo check -p boxfs --target aarch64-apple-darwin --no-default-features
+
+step "minimum supported Rust version: declared, and no dependency needs a newer one"
+scripts/check-msrv.sh
+
+step "packaging: cargo publish --dry-run of every crate (builds each from its package)"
+cargo publish --workspace --dry-run --locked
 
 step "cargo test (unit, doc, integration; benchmarks built and run once as tests)"
-cargo test --all-targets --no-fail-fast
-cargo test --doc
+cargo test --workspace --all-targets --all-features --no-fail-fast
+cargo test --workspace --doc --all-features
 
 step "fuzzing: every target for 30 s (scripts/fuzz.sh; a crash fails the run)"
 scripts/fuzz.sh 30
 
 if [ "$GUEST" = 1 ]; then
     step "real-guest end-to-end tests (QEMU/TCG, pjdfstest; daemon unprivileged)"
-    cargo test --test guest_e2e -- --ignored --nocapture --test-threads=1
+    cargo test -p boxfsd --test guest_e2e -- --ignored --nocapture --test-threads=1
 fi
 
 step "all green in $(( $(date +%s) - START )) s"

@@ -27,6 +27,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 #![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(clippy::unwrap_used)]
 
 mod cache;
@@ -42,7 +43,12 @@ pub mod memfs;
 pub mod passthrough;
 
 #[cfg(all(feature = "vhost", target_os = "linux"))]
+#[cfg_attr(docsrs, doc(cfg(all(feature = "vhost", target_os = "linux"))))]
 pub mod vhost;
+
+#[cfg(all(feature = "sandbox", target_os = "linux"))]
+#[cfg_attr(docsrs, doc(cfg(all(feature = "sandbox", target_os = "linux"))))]
+pub mod sandbox;
 
 /// The README's examples, compiled and run as doctests.
 #[doc = include_str!("../README.md")]
@@ -52,7 +58,7 @@ pub struct ReadmeDoctests;
 pub use cache::CachePolicy;
 pub use error::{Error, Result};
 pub use fs::{DynFileSystem, SharedFs};
-pub use size::SizeExt;
+pub use size::{Size, SizeExt};
 
 /// The FUSE types every backend speaks, re-exported from [`fuse_backend_rs`].
 pub use fuse_backend_rs::abi::fuse_abi::{stat64, statvfs64, CreateIn};

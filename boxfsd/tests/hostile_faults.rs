@@ -1,8 +1,9 @@
 //! Faults: `boxfsd` killed with SIGKILL in the middle of guest writes and of a DualFs
 //! copy-up, then restarted on the same directories. Every write the guest saw acknowledged
 //! with an fsync is there, no partial copy-up is visible, whiteouts survive.
-#![cfg(all(feature = "vhost", target_os = "linux"))]
+#![cfg(target_os = "linux")]
 
+#[path = "../../tests/vmm/mod.rs"]
 mod vmm;
 
 use std::path::{Path, PathBuf};

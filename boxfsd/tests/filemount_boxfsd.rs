@@ -1,7 +1,8 @@
 //! `boxfsd --shared-file`: stages one host file, prints the random tag and the guest plan, serves
 //! only that file to the test VMM, and removes its staging directory when it exits.
-#![cfg(all(feature = "vhost", target_os = "linux"))]
+#![cfg(target_os = "linux")]
 
+#[path = "../../tests/vmm/mod.rs"]
 mod vmm;
 
 use std::io::{BufRead, BufReader};

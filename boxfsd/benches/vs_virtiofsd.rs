@@ -19,7 +19,7 @@
 //! Without `--bench` (as `cargo test --all-targets` runs it) it is a smoke test: a small dataset,
 //! a few operations of every workload against both boxfsd backends, every reply checked.
 
-#[path = "../tests/vmm/mod.rs"]
+#[path = "../../tests/vmm/mod.rs"]
 mod vmm;
 
 use std::collections::HashMap;

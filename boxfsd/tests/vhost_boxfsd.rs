@@ -1,7 +1,8 @@
 //! The `boxfsd` daemon: command-line errors, serving both backends to the test VMM, and clean
 //! shutdown (VMM disconnect, SIGTERM) with the socket file removed.
-#![cfg(all(feature = "vhost", target_os = "linux"))]
+#![cfg(target_os = "linux")]
 
+#[path = "../../tests/vmm/mod.rs"]
 mod vmm;
 
 use std::path::{Path, PathBuf};

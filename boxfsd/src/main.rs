@@ -20,21 +20,18 @@
 //! SIGTERM, SIGINT or SIGHUP, after removing its socket file; with status 1 and a message on
 //! stderr when it cannot start.
 
-#[cfg(all(feature = "vhost", target_os = "linux"))]
+#[cfg(target_os = "linux")]
 fn main() {
     std::process::exit(linux::main());
 }
 
-#[cfg(not(all(feature = "vhost", target_os = "linux")))]
+#[cfg(not(target_os = "linux"))]
 fn main() {
-    eprintln!("boxfsd: this build has no vhost-user support (Linux with feature `vhost` only)");
+    eprintln!("boxfsd: vhost-user virtio-fs needs Linux");
     std::process::exit(1);
 }
 
-#[cfg(all(feature = "vhost", target_os = "linux"))]
-mod sandbox;
-
-#[cfg(all(feature = "vhost", target_os = "linux"))]
+#[cfg(target_os = "linux")]
 mod linux {
     use std::io::IsTerminal;
     use std::os::fd::{FromRawFd, RawFd};
@@ -46,8 +43,9 @@ mod linux {
     use boxfs::filemount::{default_runtime_dir, FileMountOptions, FileMounts};
     use boxfs::memfs::MemFs;
     use boxfs::passthrough::{HostPermissions, PassthroughFs, SymlinkMode};
+    use boxfs::sandbox::Seccomp;
     use boxfs::vhost::{BoundSocket, DeviceHandle, Dispatch, FsDevice, DEFAULT_THREAD_POOL_SIZE};
-    use boxfs::{CachePolicy, DynFileSystem};
+    use boxfs::{CachePolicy, DynFileSystem, Size};
     use clap::{ArgGroup, Parser};
 
     /// vhost-user virtio-fs daemon serving a host directory or an in-memory filesystem.
@@ -93,8 +91,8 @@ mod linux {
         runtime_dir: Option<PathBuf>,
 
         /// Serve an in-memory filesystem (MemFs) of this capacity instead, e.g. 512M, 2G.
-        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
-        memfs_size: Option<u64>,
+        #[arg(long, value_name = "SIZE")]
+        memfs_size: Option<Size>,
 
         /// Overlay: read-only lower host directory (DualFs backend B). Needs --upper.
         #[arg(long, value_name = "DIR", requires = "upper")]
@@ -133,8 +131,8 @@ mod linux {
 
         /// Limit on the bytes of regular files and symlink targets in the shared directory
         /// (e.g. 10G); writes past it fail with ENOSPC. Default: no limit.
-        #[arg(long, value_name = "SIZE", value_parser = parse_size, requires = "dir_backend")]
-        quota: Option<u64>,
+        #[arg(long, value_name = "SIZE", requires = "dir_backend")]
+        quota: Option<Size>,
 
         /// Guest-visible owner `UID:GID` of host files that carry no ownership xattr.
         #[arg(long, value_name = "UID:GID", value_parser = parse_owner, default_value = "0:0",
@@ -200,17 +198,18 @@ mod linux {
         #[arg(long, value_name = "LEVEL", default_value = "info")]
         log_level: String,
 
-        /// Sandbox mode: `none` (PassthroughFs confines every lookup to the shared directory
-        /// itself), or `namespace`: once the shares are open, the daemon moves into its own
-        /// mount namespace (and user namespace when not root) whose root holds only /proc,
-        /// and sets no_new_privs. Not with --shared-file.
-        #[arg(long, value_name = "MODE", default_value = "none")]
+        /// Sandbox mode: `namespace` (default): once the shares are open, the daemon moves into
+        /// its own mount namespace (and user namespace when not root) whose root holds only
+        /// /proc, and sets no_new_privs; or `none` (PassthroughFs still confines every lookup
+        /// to the shared directory itself).
+        #[arg(long, value_name = "MODE", default_value = "namespace")]
         sandbox: String,
 
-        /// Seccomp filter installed before serving: `none` (default), `log` (calls outside
-        /// the allow-list are logged by the kernel and run) or `kill` (they kill the daemon).
-        #[arg(long, value_name = "MODE", default_value = "none", value_parser = parse_seccomp)]
-        seccomp: crate::sandbox::Seccomp,
+        /// Seccomp filter installed before serving: `kill` (default: a call outside the
+        /// allow-list kills the daemon), `log` (such calls are logged by the kernel and run)
+        /// or `none`.
+        #[arg(long, value_name = "MODE", default_value = "kill")]
+        seccomp: Seccomp,
 
         /// Keep accepting VMM connections after one disconnects.
         #[arg(long)]
@@ -251,16 +250,6 @@ mod linux {
         }
     }
 
-    fn parse_seccomp(s: &str) -> Result<crate::sandbox::Seccomp, String> {
-        use crate::sandbox::Seccomp;
-        match s {
-            "none" => Ok(Seccomp::None),
-            "log" => Ok(Seccomp::Log),
-            "kill" => Ok(Seccomp::Kill),
-            other => Err(format!("`{other}`: expected none, log or kill")),
-        }
-    }
-
     /// Parses `UID:GID`.
     fn parse_owner(s: &str) -> Result<(u32, u32), String> {
         let (u, g) = s.split_once(':').ok_or("expected UID:GID")?;
@@ -285,34 +274,6 @@ mod linux {
         }
     }
 
-    /// Parses `1024`, `64K`, `512M`, `2G`, `1T`, with optional `B`/`iB` (binary units).
-    fn parse_size(s: &str) -> Result<u64, String> {
-        let t = s.trim();
-        let lower = t.to_ascii_lowercase();
-        let lower = lower
-            .strip_suffix("ib")
-            .or_else(|| lower.strip_suffix('b'))
-            .unwrap_or(&lower);
-        let (num, shift) = match lower.chars().last() {
-            Some('k') => (&lower[..lower.len() - 1], 10),
-            Some('m') => (&lower[..lower.len() - 1], 20),
-            Some('g') => (&lower[..lower.len() - 1], 30),
-            Some('t') => (&lower[..lower.len() - 1], 40),
-            _ => (lower, 0),
-        };
-        let n: u64 = num
-            .trim()
-            .parse()
-            .map_err(|_| format!("`{s}` is not a size (examples: 1048576, 64K, 512M, 2G)"))?;
-        let v = n
-            .checked_mul(1u64 << shift)
-            .ok_or_else(|| format!("`{s}` is too large"))?;
-        if v == 0 {
-            return Err("size must be larger than 0".into());
-        }
-        Ok(v)
-    }
-
     fn init_logging(level: &str) -> Result<(), String> {
         let level = level.to_ascii_lowercase();
         // fuse-backend-rs logs every error reply at `error` level, which a guest could use to
@@ -335,24 +296,21 @@ mod linux {
     }
 
     fn raise_nofile(want: Option<u64>) {
-        let mut lim = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
+        use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+        let lim = getrlimit(Resource::Nofile);
+        let max = lim.maximum.unwrap_or(u64::MAX);
+        let target = want.unwrap_or(max).min(max);
+        if lim.current.is_some_and(|cur| target <= cur) || lim.current.is_none() {
+            return;
+        }
+        let new = Rlimit {
+            current: Some(target),
+            maximum: lim.maximum,
         };
-        // SAFETY: `lim` is a valid, writable rlimit struct.
-        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-            return;
-        }
-        let target = want.unwrap_or(lim.rlim_max).min(lim.rlim_max);
-        if target <= lim.rlim_cur {
-            return;
-        }
-        lim.rlim_cur = target;
-        // SAFETY: `lim` is a valid rlimit struct.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+        if let Err(e) = setrlimit(Resource::Nofile, new) {
             tracing::warn!(
                 "cannot raise the open-file limit: {}",
-                std::io::Error::last_os_error()
+                std::io::Error::from(e)
             );
         }
     }
@@ -447,8 +405,10 @@ mod linux {
         let upper = args.upper.as_deref().ok_or("--lower needs --upper")?;
         let a: Arc<dyn DynFileSystem> = match upper.strip_prefix("memfs:") {
             Some(size) => {
-                let size = parse_size(size).map_err(|e| format!("--upper {upper}: {e}"))?;
-                let mut m = MemFs::builder().capacity(size).cache_policy(args.cache);
+                let size: Size = size.parse().map_err(|e| format!("--upper {upper}: {e}"))?;
+                let mut m = MemFs::builder()
+                    .capacity(size.bytes())
+                    .cache_policy(args.cache);
                 if let Some(n) = args.memfs_max_inodes {
                     m = m.max_inodes(n);
                 }
@@ -477,7 +437,7 @@ mod linux {
             .readonly(args.readonly)
             .cache_policy(args.cache)
             .writeback(args.writeback)
-            .quota_bytes(args.quota)
+            .quota_bytes(args.quota.map(Size::bytes))
             .default_owner(args.default_owner.0, args.default_owner.1)
             .symlinks(args.symlinks)
             .host_permissions(args.host_permissions);
@@ -502,7 +462,9 @@ mod linux {
             return Ok(Arc::new(passthrough(args, dir, "shared directory")?));
         }
         let size = args.memfs_size.ok_or("no backend given")?;
-        let mut b = MemFs::builder().capacity(size).cache_policy(args.cache);
+        let mut b = MemFs::builder()
+            .capacity(size.bytes())
+            .cache_policy(args.cache);
         if let Some(n) = args.memfs_max_inodes {
             b = b.max_inodes(n);
         }
@@ -530,11 +492,6 @@ mod linux {
     fn start(args: &Args) -> Result<(DeviceHandle, Option<FileShare>), String> {
         let sandbox = match args.sandbox.as_str() {
             "none" => false,
-            "namespace" if args.shared_file.is_some() => {
-                return Err("--sandbox namespace: not with --shared-file (its staging \
-                            directory is cleaned up by path)"
-                    .into())
-            }
             "namespace" => true,
             other => {
                 return Err(format!(
@@ -594,10 +551,16 @@ mod linux {
             set_socket_group(path, group)?;
         }
         if sandbox {
-            crate::sandbox::enter_namespace().map_err(|e| format!("--sandbox namespace: {e}"))?;
+            boxfs::sandbox::enter_namespace().map_err(|e| match e {
+                boxfs::Error::Unsupported(why) => format!(
+                    "--sandbox namespace (the default): {why}. This kernel does not let the \
+                     daemon confine itself; run it with --sandbox none to serve unconfined"
+                ),
+                e => format!("--sandbox namespace: {e}"),
+            })?;
             tracing::info!("sandboxed: private mount namespace with only /proc, no_new_privs");
         }
-        crate::sandbox::apply_seccomp(args.seccomp).map_err(|e| format!("--seccomp: {e}"))?;
+        boxfs::sandbox::install_seccomp(args.seccomp).map_err(|e| format!("--seccomp: {e}"))?;
         let device = builder.build().map_err(|e| e.to_string())?;
         let handle = match (bound, args.fd) {
             (Some(bound), _) => device.serve_bound(bound).map_err(|e| e.to_string())?,
@@ -742,24 +705,6 @@ mod linux {
                 eprintln!("boxfsd: error: {e}");
                 1
             }
-        }
-    }
-
-    #[cfg(test)]
-    mod tests {
-        use super::parse_size;
-
-        #[test]
-        fn sizes() {
-            assert_eq!(parse_size("1024"), Ok(1024));
-            assert_eq!(parse_size("64K"), Ok(64 << 10));
-            assert_eq!(parse_size("512M"), Ok(512 << 20));
-            assert_eq!(parse_size("512MiB"), Ok(512 << 20));
-            assert_eq!(parse_size("2g"), Ok(2 << 30));
-            assert_eq!(parse_size("1TB"), Ok(1 << 40));
-            assert!(parse_size("0").is_err());
-            assert!(parse_size("lots").is_err());
-            assert!(parse_size("99999999999T").is_err());
         }
     }
 }
