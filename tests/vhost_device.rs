@@ -14,9 +14,9 @@ use boxfs::{DynFileSystem, SizeExt, ROOT_ID};
 use fuse_backend_rs::abi::fuse_abi::{
     BatchForgetIn, ForgetOne, GetattrIn, InitIn, ReadIn, WriteIn,
 };
+use vhost::VhostBackend;
 use vm_memory::ByteValued;
 use vmm::testfs::{Gate, TestFs, PANIC_INODE};
-use vhost::VhostBackend;
 use vmm::{
     op, request, FuseClient, Next, RawDesc, Reply, Seg, Vmm, VmmConfig, F_INDIRECT, F_NEXT,
     F_WRITE, OUT_HEADER,
@@ -718,7 +718,10 @@ fn a_slow_request_does_not_stall_the_queue_with_a_worker_pool() {
         getattr_passes_blocked_fsync(2, Dispatch::default(), true),
         "slow-to-pool"
     );
-    assert!(getattr_passes_blocked_fsync(2, Dispatch::Pool, true), "pool");
+    assert!(
+        getattr_passes_blocked_fsync(2, Dispatch::Pool, true),
+        "pool"
+    );
     // Without workers the FSYNC holds the queue's only thread: the GETATTR comes back after
     // it.
     assert!(

@@ -87,7 +87,10 @@ fn requests_before_init_get_eio_and_forgets_are_dropped() {
     let dropped = dev.handle.stats().dropped;
     c.forget(ROOT_ID, 1);
     c.batch_forget(&[(ROOT_ID, 1), (2, 1)]);
-    assert_eq!(dev.track.forgets.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert_eq!(
+        dev.track.forgets.load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
     assert_eq!(dev.handle.stats().dropped, dropped + 2);
 
     // An INIT the server does not complete does not start the session: a newer major gets
@@ -147,7 +150,9 @@ fn a_second_init_resets_the_session() {
         assert_eq!(c.read(f, fh, 0, 16).unwrap_err(), libc::EBADF);
         assert_eq!(c.read(u, uh, 0, 16).unwrap_err(), libc::EBADF);
         // ... and the filesystem itself is intact.
-        let e = c.lookup(ROOT_ID, "kept").expect("lookup in the new session");
+        let e = c
+            .lookup(ROOT_ID, "kept")
+            .expect("lookup in the new session");
         let o = c.open(e.nodeid, libc::O_RDONLY as u32).expect("open");
         assert_eq!(c.read(e.nodeid, o.fh, 0, 16).expect("read"), &data[..16]);
         assert_eq!(c.lookup(ROOT_ID, "gone").unwrap_err(), libc::ENOENT);

@@ -48,7 +48,9 @@ struct Held {
 }
 
 fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").expect("/proc/self/fd").count()
+    std::fs::read_dir("/proc/self/fd")
+        .expect("/proc/self/fd")
+        .count()
 }
 
 fn rss_bytes() -> u64 {
@@ -141,7 +143,11 @@ fn run_cycles(fs: Arc<dyn DynFileSystem>, probe: &dyn Fn() -> (usize, u64, (usiz
     eprintln!("after {WARMUP} cycles: {base:?}\nafter {CYCLES} cycles: {end:?}");
     assert_eq!(end.inodes, base.inodes, "held inodes grew");
     assert_eq!(end.bytes, base.bytes, "MemFs usage grew");
-    assert_eq!(end.tracked, (0, 0), "the session's lookups and handles outlived it");
+    assert_eq!(
+        end.tracked,
+        (0, 0),
+        "the session's lookups and handles outlived it"
+    );
     // A leak of one descriptor, or of one cycle's unlinked file, per cycle would show as 90 or
     // 22 MiB; the slack absorbs a late vring thread's exit event and allocator noise.
     assert!(
@@ -201,11 +207,7 @@ fn reconnect_cycles_hold_nothing_passthrough_tracked() {
     let track = Arc::new(TrackFs::new(pt.clone()));
     let t = track.clone();
     run_cycles(track, &move || {
-        (
-            pt.inode_count(),
-            0,
-            (t.held_inodes(), t.held_handles()),
-        )
+        (pt.inode_count(), 0, (t.held_inodes(), t.held_handles()))
     });
 }
 
@@ -214,7 +216,9 @@ fn reconnect_cycles_hold_nothing_passthrough_tracked() {
 fn reconnect_cycles_hold_nothing_memfs() {
     let mem = memfs();
     let m = mem.clone();
-    run_cycles(mem, &move || (m.inode_count(), m.usage().bytes_used, (0, 0)));
+    run_cycles(mem, &move || {
+        (m.inode_count(), m.usage().bytes_used, (0, 0))
+    });
 }
 
 #[test]
