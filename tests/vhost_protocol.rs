@@ -35,6 +35,7 @@ fn start(pool: usize, keep_serving: bool) -> Dev {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("fs.sock");
     let handle = FsDevice::builder(track.clone())
+        .request_queues(2)
         .thread_pool_size(pool)
         .dispatch(if pool == 0 {
             Dispatch::VringThread
@@ -251,4 +252,35 @@ fn malformed_chains_are_returned_unused_on_the_vring_thread() {
 #[test]
 fn malformed_chains_are_returned_unused_by_the_pool() {
     malformed_chains_are_not_served(2);
+}
+
+/// A guest that sends INIT on one queue while requests are in flight on another: every
+/// request is answered (served in one session or the other, or EIO in between), every INIT
+/// but the first destroys the session before it, and the device keeps serving.
+#[test]
+fn init_racing_requests_on_another_queue() {
+    for pool in [0, 2] {
+        let dev = start(pool, false);
+        let mut c = attach(&dev);
+        assert_eq!(c.vmm.num_queues(), 3);
+        c.init().expect("init");
+        let inits = 20u64;
+        let mut heads = Vec::new();
+        for _ in 0..inits {
+            for _ in 0..4 {
+                let req = getattr_req(&mut c, ROOT_ID);
+                heads.push(c.vmm.submit(1, &[Seg::R(req), Seg::W(256)]));
+            }
+            c.queue = 2;
+            c.init().expect("init on the second queue");
+            c.queue = 1;
+        }
+        for h in heads {
+            let done = c.vmm.wait(1, h, T).expect("answered");
+            let r = Reply::parse(&done).expect("reply");
+            assert!(r.header.error == 0 || r.header.error == -libc::EIO, "{r:?}");
+        }
+        assert_eq!(dev.track.destroys(), inits);
+        assert_eq!(c.getattr(ROOT_ID).expect("still serving").attr.ino, ROOT_ID);
+    }
 }
