@@ -9,7 +9,12 @@
 //!   `ADD_MEM_REG`/`REM_MEM_REG`), and the tag in the config space (`CONFIG`) when a tag is set,
 //! * hardened request handling: a descriptor chain the guest malforms gets an error reply or is
 //!   returned unanswered, the device never panics or exits because of guest input, and keeps
-//!   serving every other request.
+//!   serving every other request; a chain that breaks the virtio rules (a writable descriptor
+//!   before a readable one, a `next` out of range, a loop) is returned unused,
+//! * a strict FUSE session: nothing but FUSE_INIT is served before FUSE_INIT (`EIO`), and a
+//!   DESTROY, a second INIT or the VMM disconnecting ends the session: the filesystem's
+//!   [`destroy`](crate::FileSystem::destroy) releases every lookup and handle the guest held,
+//!   as an unmount would, so a rebooted guest or a reconnected VMM starts clean.
 //!
 //! ```no_run
 //! use boxfs::memfs::MemFs;
