@@ -18,6 +18,14 @@
 //!
 //! Without `--bench` (as `cargo test --all-targets` runs it) it is a smoke test: a small dataset,
 //! a few operations of every workload against both boxfsd backends, every reply checked.
+//!
+//! Hostile mode (`--hostile`, or `BOXFS_BENCH_HOSTILE=1`) instead plays a guest that breaks
+//! the FUSE and virtio rules against `boxfsd --keep-serving` on both backends and checks every
+//! answer: requests before FUSE_INIT get EIO (FORGET comes back unused), descriptor chains
+//! with a writable descriptor before a readable one, a `next` out of range or a loop come back
+//! unused and unserved, a second INIT ends the previous session (its handles and node ids stop
+//! working), and a reconnecting VMM starts before INIT. It prints one line per check and fails
+//! if any check does.
 
 #[path = "../../tests/vmm/mod.rs"]
 mod vmm;
@@ -34,7 +42,7 @@ use fuse_backend_rs::abi::fuse_abi::{
     CreateIn, EntryOut, ForgetIn, GetattrIn, MkdirIn, OpenIn, OpenOut, ReadIn, ReleaseIn, WriteIn,
 };
 use vm_memory::ByteValued;
-use vmm::{op, request, FuseClient, Reply, Seg, Vmm, VmmConfig, OUT_HEADER};
+use vmm::{op, request, FuseClient, Malformed, Reply, Seg, Vmm, VmmConfig, OUT_HEADER};
 
 const ROOT: u64 = 1;
 const RMDIR: u32 = 11;
@@ -841,7 +849,162 @@ impl Agg {
     }
 }
 
+/// Starts `boxfsd --keep-serving` on a MemFs or a host directory; returns the daemon, its
+/// socket and the directory holding both.
+fn hostile_daemon(memfs: bool) -> (Child, PathBuf, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock = dir.path().join("boxfsd.sock");
+    let mut args: Vec<String> = vec![
+        "--socket-path".into(),
+        sock.display().to_string(),
+        "--keep-serving".into(),
+        "--log-level".into(),
+        "error".into(),
+    ];
+    if let Ok(extra) = std::env::var("BOXFS_BENCH_BOXFSD_ARGS") {
+        args.extend(extra.split_whitespace().map(String::from));
+    }
+    if memfs {
+        args.extend(["--memfs-size".into(), "64M".into()]);
+    } else {
+        let share = dir.path().join("share");
+        std::fs::create_dir_all(&share).expect("share");
+        args.extend(["--shared-dir".into(), share.display().to_string()]);
+    }
+    let program = std::env::var_os("BOXFS_BENCH_BOXFSD")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_boxfsd")));
+    let mut child = Command::new(&program)
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {}: {e}", program.display()));
+    // The VMM's connect retries until the socket is there; a daemon that exits early makes it
+    // fail.
+    if let Ok(Some(st)) = child.try_wait() {
+        panic!("boxfsd exited early: {st}");
+    }
+    (child, sock, dir)
+}
+
+/// A VMM attached to `sock`, without FUSE_INIT.
+fn hostile_attach(sock: &Path) -> FuseClient {
+    let vmm = Vmm::connect(sock, VmmConfig::default()).expect("connect the VMM");
+    let mut c = FuseClient::new(vmm);
+    c.timeout = Duration::from_secs(60);
+    c
+}
+
+/// The hostile guest of the module documentation against one daemon; returns (check, passed).
+fn hostile_checks(memfs: bool) -> Vec<(String, bool)> {
+    let (mut child, sock, _dir) = hostile_daemon(memfs);
+    let mut out = Vec::new();
+    let mut check = |name: &str, ok: bool| out.push((name.to_string(), ok));
+
+    let mut c = hostile_attach(&sock);
+    check(
+        "GETATTR before INIT gets EIO",
+        c.getattr(ROOT).err() == Some(libc::EIO),
+    );
+    check(
+        "MKDIR before INIT gets EIO",
+        c.mkdir(ROOT, "early", 0o755).err() == Some(libc::EIO),
+    );
+    let u = c.next_unique();
+    let f = ForgetIn { nlookup: 1 };
+    let head = c
+        .vmm
+        .submit(0, &[Seg::R(request(op::FORGET, u, ROOT, &[f.as_slice()]))]);
+    let forget = c.vmm.wait(0, head, Duration::from_secs(60));
+    check(
+        "FORGET before INIT comes back unused",
+        forget.is_some_and(|d| d.len == 0),
+    );
+    check("INIT", c.init().is_ok());
+    check(
+        "nothing was created before INIT",
+        c.lookup(ROOT, "early").err() == Some(libc::ENOENT),
+    );
+
+    let q = c.queue;
+    for (i, kind) in Malformed::ALL.into_iter().enumerate() {
+        let name = format!("bad{i}");
+        let u = c.next_unique();
+        let m = MkdirIn {
+            mode: 0o755,
+            umask: 0,
+        };
+        let req = request(op::MKDIR, u, ROOT, &[m.as_slice(), &cstr(&name)]);
+        let head = c.vmm.submit_malformed(q, kind, &req, 256);
+        let done = c.vmm.wait(q, head, Duration::from_secs(60));
+        check(
+            &format!("{kind:?} chain comes back unused"),
+            done.is_some_and(|d| d.len == 0),
+        );
+        check(
+            &format!("{kind:?} chain is not served"),
+            c.lookup(ROOT, &name).err() == Some(libc::ENOENT),
+        );
+    }
+
+    // A session with an unlinked-but-open file, then INIT again.
+    let created = c.create(ROOT, "gone", 0o644 | libc::S_IFREG, libc::O_RDWR as u32);
+    check("CREATE", created.is_ok());
+    if let Ok((e, o)) = created {
+        check("WRITE", c.write(e.nodeid, o.fh, 0, b"data").is_ok());
+        check("UNLINK", c.unlink(ROOT, "gone").is_ok());
+        check("a second INIT is answered", c.init().is_ok());
+        check(
+            "the old session's handle no longer reads",
+            c.read(e.nodeid, o.fh, 0, 4).is_err(),
+        );
+        check(
+            "the old session's node id no longer works",
+            c.getattr(e.nodeid).is_err(),
+        );
+    }
+    check("the new session serves", c.getattr(ROOT).is_ok());
+
+    // The guest reboots: the next VMM starts before INIT.
+    drop(c);
+    let mut c = hostile_attach(&sock);
+    check(
+        "after a reconnect, GETATTR before INIT gets EIO",
+        c.getattr(ROOT).err() == Some(libc::EIO),
+    );
+    check("INIT after a reconnect", c.init().is_ok());
+    drop(c);
+
+    check(
+        "the daemon is still running",
+        matches!(child.try_wait(), Ok(None)),
+    );
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let _ = child.wait();
+    out
+}
+
+fn hostile() {
+    let mut failed = 0;
+    for (name, memfs) in [("boxfs-memfs", true), ("boxfs-passthrough", false)] {
+        for (check, ok) in hostile_checks(memfs) {
+            println!("{name:<18} {:<4} {check}", if ok { "ok" } else { "FAIL" });
+            failed += usize::from(!ok);
+        }
+    }
+    assert_eq!(failed, 0, "{failed} hostile checks failed");
+}
+
 fn main() {
+    if std::env::args().any(|a| a == "--hostile")
+        || std::env::var("BOXFS_BENCH_HOSTILE").is_ok_and(|v| v == "1")
+    {
+        hostile();
+        return;
+    }
     let bench = std::env::args().any(|a| a == "--bench");
     let sizes = if bench { FULL } else { SMOKE };
     let secs = if bench {

@@ -22,6 +22,7 @@ use vmm_sys_util::event::{
 
 use super::pool::Pool;
 use super::request::{self, Chain, Mem, Outcome};
+use super::session::Session;
 use super::Dispatch;
 use crate::SharedFs;
 
@@ -46,6 +47,7 @@ pub(crate) struct Counters {
 /// What every connection of a device shares.
 pub(crate) struct DeviceCore {
     pub(crate) server: Server<SharedFs>,
+    pub(crate) session: Session,
     pub(crate) pool: Option<Pool>,
     pub(crate) dispatch: Dispatch,
     /// Requests handed to the pool and not finished yet.
@@ -76,6 +78,8 @@ struct ConnState {
     /// The frontend sent any vhost-user message (every VMM starts with GET_FEATURES): this is
     /// a VMM session, not a probe that connects and closes.
     contacted: AtomicBool,
+    /// The connection is over: vring threads stop polling.
+    closing: AtomicBool,
     /// Exit-event descriptors handed to vhost-user-backend, which registers them with
     /// `into_raw_fd` and never closes them; closed by [`FsBackend::close_exit_events`].
     exit_fds: parking_lot::Mutex<Vec<RawFd>>,
@@ -90,6 +94,7 @@ impl FsBackend {
                 event_idx: AtomicBool::new(false),
                 negotiated: AtomicBool::new(false),
                 contacted: AtomicBool::new(false),
+                closing: AtomicBool::new(false),
                 exit_fds: parking_lot::Mutex::new(Vec::new()),
             }),
         }
@@ -106,6 +111,11 @@ impl FsBackend {
             // thread's epoll loop) has exited, so this is the one and only close.
             unsafe { libc::close(fd) };
         }
+    }
+
+    /// Marks the connection as over: a vring thread polling its queue stops polling.
+    pub(crate) fn close(&self) {
+        self.conn.closing.store(true, Ordering::Release);
     }
 
     /// Whether the frontend got as far as SET_FEATURES on this connection.
@@ -186,7 +196,7 @@ impl FsBackend {
                 .unwrap_or(false)
         };
         let deadline = std::time::Instant::now() + self.core.poll;
-        while std::time::Instant::now() < deadline {
+        while std::time::Instant::now() < deadline && !self.conn.closing.load(O::Relaxed) {
             if pending() {
                 return true;
             }
@@ -231,7 +241,7 @@ impl FsBackend {
 
 fn serve_one(core: &DeviceCore, vring: &Vring, mem: &Mem, chain: Chain, event_idx: bool) {
     let head = chain.head_index();
-    let outcome = request::process(&core.server, mem, chain);
+    let outcome = request::process(&core.server, &core.session, mem, chain);
     core.counters.requests.fetch_add(1, Ordering::Relaxed);
     match outcome {
         Outcome::Served { .. } => {}

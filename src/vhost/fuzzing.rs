@@ -12,6 +12,7 @@ use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 use super::request::{self, Outcome};
+use super::session::Session;
 use crate::{DynFileSystem, SharedFs};
 
 /// What happened to one descriptor chain.
@@ -36,6 +37,7 @@ pub enum FuzzOutcome {
 /// The FUSE server of a device over one filesystem, without the vhost-user connection.
 pub struct RequestHarness {
     server: Server<SharedFs>,
+    session: Session,
 }
 
 /// A split virtqueue laid out in guest memory (addresses of the three parts and the size).
@@ -54,10 +56,13 @@ pub struct QueueLayout {
 }
 
 impl RequestHarness {
-    /// A server over `fs`, as [`super::FsDevice`] builds it.
+    /// A server over `fs`, as [`super::FsDevice`] builds it, in a session that starts as
+    /// if FUSE_INIT had been answered (so every input reaches the filesystem; an INIT in the
+    /// input resets the session as it would on the device).
     pub fn new(fs: Arc<dyn DynFileSystem>) -> Self {
         RequestHarness {
-            server: Server::new(SharedFs::new(fs)),
+            server: Server::new(SharedFs::new(Arc::clone(&fs))),
+            session: Session::new(fs, true),
         }
     }
 
@@ -88,7 +93,7 @@ impl RequestHarness {
         for chain in chains {
             let head = chain.head_index();
             let _ = request::may_block(&chain, mem);
-            let outcome = request::process(&self.server, mem, chain);
+            let outcome = request::process(&self.server, &self.session, mem, chain);
             let _ = q.add_used(mem.as_ref(), head, outcome.used_len());
             out.push(match outcome {
                 Outcome::Served { used } => FuzzOutcome::Served { used },

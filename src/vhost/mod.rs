@@ -9,7 +9,12 @@
 //!   `ADD_MEM_REG`/`REM_MEM_REG`), and the tag in the config space (`CONFIG`) when a tag is set,
 //! * hardened request handling: a descriptor chain the guest malforms gets an error reply or is
 //!   returned unanswered, the device never panics or exits because of guest input, and keeps
-//!   serving every other request.
+//!   serving every other request; a chain that breaks the virtio rules (a writable descriptor
+//!   before a readable one, a `next` out of range, a loop) is returned unused,
+//! * a strict FUSE session: nothing but FUSE_INIT is served before FUSE_INIT (`EIO`), and a
+//!   DESTROY, a second INIT or the VMM disconnecting ends the session: the filesystem's
+//!   [`destroy`](crate::FileSystem::destroy) releases every lookup and handle the guest held,
+//!   as an unmount would, so a rebooted guest or a reconnected VMM starts clean.
 //!
 //! ```no_run
 //! use boxfs::memfs::MemFs;
@@ -64,6 +69,7 @@ mod conn;
 pub mod fuzzing;
 mod pool;
 mod request;
+mod session;
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -250,7 +256,9 @@ impl FsDeviceBuilder {
 
     /// Keep accepting new VMM connections after one disconnects (default: the device ends when
     /// the first VMM disconnects). The filesystem, and everything in it, is kept across
-    /// connections.
+    /// connections; the guest's session is not: when a VMM disconnects, the filesystem's
+    /// `destroy` releases every lookup and handle its guest held, as an unmount would, and the
+    /// next VMM's guest starts with a new FUSE_INIT.
     pub fn keep_serving(mut self, yes: bool) -> Self {
         self.keep_serving = yes;
         self
@@ -306,7 +314,8 @@ impl FsDeviceBuilder {
         };
         Ok(FsDevice {
             core: Arc::new(DeviceCore {
-                server: Server::new(SharedFs::new(self.fs)),
+                server: Server::new(SharedFs::new(Arc::clone(&self.fs))),
+                session: session::Session::new(self.fs, false),
                 pool,
                 dispatch,
                 pooled: Default::default(),
@@ -568,6 +577,8 @@ fn serve_connection(
         }
     }
     let result = daemon.wait();
+    // A vring thread polling its queue stops at once rather than at the end of its poll.
+    probe.close();
     exit_workers(&daemon);
     shared.conn.lock().take();
     // Wait (briefly) for the vring threads to leave their loops: each holds a clone of its
@@ -584,6 +595,9 @@ fn serve_connection(
     } else {
         tracing::debug!("a vring thread is still busy; leaving its exit event open");
     }
+    // The guest's FUSE session ends with its VMM: release what it held (an unmount would), so
+    // the next VMM starts clean.
+    device.core.session.end();
     let session = probe.contacted();
     if probe.negotiated() {
         use vhost::vhost_user::Error as VuError;

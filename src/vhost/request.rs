@@ -22,6 +22,12 @@
 //!   reply);
 //! * if the server still fails, or the filesystem panics, the request gets `EINVAL` (decode
 //!   errors) or `EIO` (anything else).
+//!
+//! Before any of that, a chain that breaks the virtio rules is returned unused (used length 0):
+//! a device-readable descriptor after a device-writable one, a `next` index past the
+//! descriptor table, a chain longer than the table (a loop), or a broken indirect table. And
+//! the FUSE session is enforced ([`super::session`]): a request before FUSE_INIT gets `EIO`
+//! (or is dropped if it expects no reply), and INIT and DESTROY start and end the session.
 
 use std::io::Write;
 use std::mem::size_of;
@@ -38,6 +44,7 @@ use fuse_backend_rs::transport::{Reader, VirtioFsWriter};
 use virtio_queue::DescriptorChain;
 use vm_memory::{ByteValued, GuestMemoryMmap};
 
+use super::session::Session;
 use crate::SharedFs;
 
 /// Guest memory as the device sees it (no dirty-page bitmap: no live migration).
@@ -147,8 +154,41 @@ impl Outcome {
     }
 }
 
+/// Checks the virtio rules (virtio 1.2, 2.7.4 and 2.7.5.3) that virtio-queue 0.17 does not
+/// enforce. Its iterator silently ends a chain at a `next` index past the table, at a loop
+/// (after as many descriptors as the table has), at a nested or misaligned indirect table, or
+/// where the lengths overflow, and it accepts device-readable descriptors after writable ones.
+/// Such a chain must not be served as if it were whole: the last descriptor the iterator
+/// yields still says `NEXT`.
+fn chain_violation(chain: &Chain) -> Option<&'static str> {
+    let mut writable_seen = false;
+    let mut open_end = false;
+    for desc in chain.clone() {
+        if desc.is_write_only() {
+            writable_seen = true;
+        } else if writable_seen {
+            return Some("device-readable descriptor after a device-writable one");
+        }
+        open_end = desc.has_next();
+    }
+    if open_end {
+        return Some(
+            "descriptor chain broken: `next` out of range, a loop, or a bad indirect table",
+        );
+    }
+    None
+}
+
 /// Serves one descriptor chain. Never panics, whatever the guest put in the chain.
-pub(crate) fn process(server: &Server<SharedFs>, mem: &Mem, chain: Chain) -> Outcome {
+pub(crate) fn process(
+    server: &Server<SharedFs>,
+    session: &Session,
+    mem: &Mem,
+    chain: Chain,
+) -> Outcome {
+    if let Some(reason) = chain_violation(&chain) {
+        return Outcome::Dropped { reason };
+    }
     let reader = match Reader::from_descriptor_chain(mem, chain.clone()) {
         Ok(r) => r,
         Err(_) => {
@@ -184,6 +224,14 @@ pub(crate) fn process(server: &Server<SharedFs>, mem: &Mem, chain: Chain) -> Out
     if len < IN_HEADER || len > readable {
         return reply(libc::EINVAL);
     }
+    if opcode != INIT && !session.initialized() {
+        if no_reply(opcode) {
+            return Outcome::Dropped {
+                reason: "request before FUSE_INIT that expects no reply",
+            };
+        }
+        return reply(libc::EIO);
+    }
     if !dispatched(opcode) {
         return reply(libc::ENOSYS);
     }
@@ -196,10 +244,34 @@ pub(crate) fn process(server: &Server<SharedFs>, mem: &Mem, chain: Chain) -> Out
         Check::Drop(reason) => return Outcome::Dropped { reason },
     }
 
+    // INIT and DESTROY start and end the session; they wait for each other and for the end
+    // of a session whose VMM left.
+    let major = match opcode {
+        INIT => peek_init_major(&reader),
+        _ => None,
+    };
+    let transition = match opcode {
+        INIT => Some(session.begin_init()),
+        DESTROY => Some(session.begin_destroy()),
+        _ => None,
+    };
+
     let writer = fuse_backend_rs::transport::Writer::from(writer);
     let result = catch_unwind(AssertUnwindSafe(|| {
         server.handle_message(reader, writer, None, None)
     }));
+    if let Some(t) = transition {
+        if opcode == INIT {
+            // The server calls the filesystem's `init` only for major version 7 (it answers
+            // a newer major with its own version, an older one with EPROTO); a successful
+            // answer carries a body, an error answer is a bare header.
+            let fs_init = major == Some(fuse_backend_rs::abi::fuse_abi::KERNEL_VERSION);
+            let accepted = matches!(result, Ok(Ok(n)) if n > OUT_HEADER);
+            t.init_done(fs_init, accepted);
+        } else {
+            t.destroy_done();
+        }
+    }
     match result {
         Ok(Ok(n)) => {
             // DESTROY writes its reply but the server reports 0 bytes.
@@ -240,6 +312,13 @@ pub(crate) fn process(server: &Server<SharedFs>, mem: &Mem, chain: Chain) -> Out
             reply(libc::EIO)
         }
     }
+}
+
+/// The major version of the INIT request `r` holds (positioned at the header).
+fn peek_init_major(r: &Reader<'_, ()>) -> Option<u32> {
+    let mut r = r.clone();
+    r.read_obj::<InHeader>().ok()?;
+    r.read_obj::<InitIn>().ok().map(|i| i.major)
 }
 
 enum Check {

@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod testfs;
+pub mod trackfs;
 
 use std::collections::HashMap;
 use std::ffi::CString;
@@ -94,6 +95,25 @@ pub enum Next {
     Index(u16),
 }
 
+/// Ways [`Vmm::submit_malformed`] breaks the virtio descriptor-chain rules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Malformed {
+    /// A device-writable descriptor before a device-readable one.
+    WritableFirst,
+    /// A `next` index past the descriptor table.
+    NextOutOfRange,
+    /// A chain longer than the queue (a descriptor that is its own `next`).
+    Loop,
+}
+
+impl Malformed {
+    pub const ALL: [Malformed; 3] = [
+        Malformed::WritableFirst,
+        Malformed::NextOutOfRange,
+        Malformed::Loop,
+    ];
+}
+
 /// One segment of a well-formed request.
 #[derive(Clone, Debug)]
 pub enum Seg {
@@ -107,6 +127,9 @@ pub enum Seg {
 #[derive(Clone, Debug)]
 pub struct Completion {
     pub head: u16,
+    /// Position of this completion in its queue's used ring (0 for the first request the
+    /// device completed on that queue): the order in which the device returned chains.
+    pub seq: u64,
     /// Used length reported by the device.
     pub len: u32,
     /// The first `len` bytes of the writable buffers, concatenated.
@@ -129,6 +152,8 @@ struct Queue {
     free: Vec<u16>,
     avail_idx: u16,
     used_seen: u16,
+    /// Used-ring entries reaped so far.
+    reaped: u64,
     inflight: HashMap<u16, InFlight>,
     done: HashMap<u16, Completion>,
 }
@@ -264,6 +289,7 @@ impl Vmm {
                 free: (0..cfg.queue_size).rev().collect(),
                 avail_idx: 0,
                 used_seen: 0,
+                reaped: 0,
                 inflight: HashMap::new(),
                 done: HashMap::new(),
             };
@@ -612,6 +638,65 @@ impl Vmm {
         head
     }
 
+    /// Submits `req` (a whole FUSE request) with a reply buffer of `reply` bytes, in a chain
+    /// that breaks the virtio rules as `kind` says. Returns the head index and the reply
+    /// buffer's address. A device must return such a chain unused (used length 0).
+    pub fn submit_malformed(&mut self, q: usize, kind: Malformed, req: &[u8], reply: u32) -> u16 {
+        let r = self.alloc_bytes(req);
+        let w = self.alloc(u64::from(reply));
+        let rd = RawDesc {
+            addr: r,
+            len: req.len() as u32,
+            flags: 0,
+            next: Next::None,
+        };
+        let wr = RawDesc {
+            addr: w,
+            len: reply,
+            flags: F_WRITE,
+            next: Next::None,
+        };
+        let raw = match kind {
+            // The reply buffer first, the request after it.
+            Malformed::WritableFirst => vec![
+                RawDesc {
+                    flags: F_WRITE | F_NEXT,
+                    next: Next::Pos(1),
+                    ..wr
+                },
+                rd,
+            ],
+            // A whole request and reply, and then a `next` past the descriptor table.
+            Malformed::NextOutOfRange => vec![
+                RawDesc {
+                    flags: F_NEXT,
+                    next: Next::Pos(1),
+                    ..rd
+                },
+                RawDesc {
+                    flags: F_WRITE | F_NEXT,
+                    next: Next::Index(0xfff0),
+                    ..wr
+                },
+            ],
+            // A whole request and a reply buffer that points back at itself: longer than the
+            // queue.
+            Malformed::Loop => vec![
+                RawDesc {
+                    flags: F_NEXT,
+                    next: Next::Pos(1),
+                    ..rd
+                },
+                RawDesc {
+                    flags: F_WRITE | F_NEXT,
+                    next: Next::Pos(1),
+                    ..wr
+                },
+            ],
+        };
+        self.submit_raw(q, &raw)
+    }
+
     /// Collects new used-ring entries without blocking.
     fn reap(&mut self, q: usize) {
         loop {
@@ -659,9 +744,17 @@ impl Vmm {
                 }
                 self.queues[q].free.extend(fl.descs);
             }
-            self.queues[q]
-                .done
-                .insert(head, Completion { head, len, data });
+            let seq = self.queues[q].reaped;
+            self.queues[q].reaped += 1;
+            self.queues[q].done.insert(
+                head,
+                Completion {
+                    head,
+                    seq,
+                    len,
+                    data,
+                },
+            );
         }
     }
 
@@ -739,6 +832,7 @@ pub mod op {
     pub const WRITE: u32 = 16;
     pub const STATFS: u32 = 17;
     pub const RELEASE: u32 = 18;
+    pub const FLUSH: u32 = 25;
     pub const FSYNC: u32 = 20;
     pub const SETXATTR: u32 = 21;
     pub const INIT: u32 = 26;
@@ -895,15 +989,33 @@ impl FuseClient {
     }
 
     pub fn init(&mut self) -> Result<InitOut, i32> {
+        self.init_version(7, 38)
+    }
+
+    /// FUSE_INIT with the given protocol version.
+    pub fn init_version(&mut self, major: u32, minor: u32) -> Result<InitOut, i32> {
         let init = InitIn {
-            major: 7,
-            minor: 38,
+            major,
+            minor,
             max_readahead: 128 << 10,
             flags: GUEST_INIT_FLAGS | (1 << 30),
         };
         let init2 = InitIn2::default();
         let b = self.call(op::INIT, 0, &[init.as_slice(), init2.as_slice()], 256)?;
-        Ok(obj(&b))
+        let mut out = [0u8; size_of::<InitOut>()];
+        let n = b.len().min(out.len());
+        out[..n].copy_from_slice(&b[..n]);
+        Ok(obj(&out))
+    }
+
+    /// FUSE_DESTROY (what the kernel sends on unmount).
+    pub fn destroy(&mut self) -> Result<(), i32> {
+        self.call(op::DESTROY, 0, &[], 64).map(|_| ())
+    }
+
+    pub fn unlink(&mut self, parent: u64, name: &str) -> Result<(), i32> {
+        let n = cstr(name);
+        self.call(op::UNLINK, parent, &[&n], 64).map(|_| ())
     }
 
     pub fn lookup(&mut self, parent: u64, name: &str) -> Result<EntryOut, i32> {
