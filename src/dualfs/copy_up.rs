@@ -201,7 +201,7 @@ impl DualFs {
         pa: u64,
         name: &CStr,
     ) -> io::Result<u64> {
-        let work = self.work.ok_or_else(|| errno(libc::EROFS))?;
+        let work = self.work_dir()?;
         let stage = CString::new(format!("cu-{:016x}", rand::random::<u64>()))
             .map_err(|_| errno(libc::EIO))?;
         let kind = kind_of(st);
