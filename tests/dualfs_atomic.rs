@@ -287,3 +287,36 @@ fn destroy_releases_every_inode_and_handle_of_the_session() {
     assert_eq!(errno(g.lookup(dir, "b1")), libc::ENOENT);
     assert_eq!(g.get(g.ino(dir, "b0")), b"upper");
 }
+
+/// A rename with `RENAME_NOREPLACE` onto a name whose B entry was deleted (a whiteout in A)
+/// replaces the whiteout: the guest sees no entry there. Also for a source with a B entry,
+/// which leaves a whiteout behind.
+#[test]
+fn noreplace_rename_over_a_whiteout() {
+    let lower = memfs(1 << 20);
+    let hl = h(&*lower);
+    for n in ["a", "b", "c"] {
+        hl.put(ROOT_ID, n, n.as_bytes());
+    }
+    let fs = dualfs(memfs(1 << 20), lower);
+    let g = h(&fs);
+    g.unlink(ROOT_ID, "b").expect("unlink b");
+    g.unlink(ROOT_ID, "c").expect("unlink c");
+    // A B file (copied up, whiteout left at its old name) onto a whiteout.
+    g.rename(ROOT_ID, "a", ROOT_ID, "b", 1)
+        .expect("noreplace rename");
+    assert_eq!(g.get(g.ino(ROOT_ID, "b")), b"a");
+    assert_eq!(errno(g.lookup(ROOT_ID, "a")), libc::ENOENT);
+    // An A-only file onto a whiteout.
+    let (e, fh) = g.create(ROOT_ID, "new", 0o644).expect("create");
+    g.release(e.inode, fh);
+    g.rename(ROOT_ID, "new", ROOT_ID, "c", 1)
+        .expect("noreplace rename");
+    assert_eq!(errno(g.lookup(ROOT_ID, "new")), libc::ENOENT);
+    g.lookup(ROOT_ID, "c").expect("c");
+    // Onto a visible name: still EEXIST.
+    assert_eq!(errno(g.rename(ROOT_ID, "b", ROOT_ID, "c", 1)), libc::EEXIST);
+    let mut names = g.names(ROOT_ID);
+    names.sort();
+    assert_eq!(names, ["b", "c"]);
+}

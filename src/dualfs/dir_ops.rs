@@ -878,13 +878,20 @@ impl DualFs {
                 }
             }
         }
+        // The guest sees no entry where A has a whiteout: `RENAME_NOREPLACE` (checked above
+        // against what the guest sees) must not refuse to replace the whiteout.
+        let a_flags = if dst_whiteout && !exchange {
+            flags & !RENAME_NOREPLACE
+        } else {
+            flags
+        };
         let res = match whiteout {
             Some(w) => {
-                self.rename_leaving_whiteout(ctx, w, pa_old, oldname, pa_new, newname, flags)
+                self.rename_leaving_whiteout(ctx, w, pa_old, oldname, pa_new, newname, a_flags)
             }
             None => self
                 .a()
-                .rename(ctx, pa_old, oldname, pa_new, newname, flags),
+                .rename(ctx, pa_old, oldname, pa_new, newname, a_flags),
         };
         if let Err(e) = res {
             if unlinked_whiteout {
