@@ -320,3 +320,38 @@ fn noreplace_rename_over_a_whiteout() {
     names.sort();
     assert_eq!(names, ["b", "c"]);
 }
+
+/// The same removals over a host directory as A (PassthroughFs: the whiteout is exchanged with
+/// a directory through `renameat2(RENAME_EXCHANGE)`): complete, whiteouts on disk, nothing
+/// left in the staging area.
+#[test]
+fn removals_over_lower_entries_with_a_passthrough_upper() {
+    let (lo, up) = (tempdir(), tempdir());
+    std::fs::write(lo.path().join("f"), "lower-f").unwrap();
+    std::fs::write(lo.path().join("g"), "lower-g").unwrap();
+    std::fs::create_dir(lo.path().join("e")).unwrap();
+    std::fs::write(lo.path().join("e/x"), "x").unwrap();
+    let fs = dualfs(rw(up.path()), ro(lo.path()));
+    let g = h(&fs);
+    overwrite(&fs, "f", b"upper-f");
+    overwrite(&fs, "g", b"upper-g");
+    let e = g.ino(ROOT_ID, "e");
+    g.unlink(e, "x")
+        .expect("unlink e/x (copies e up, whiteout inside)");
+    g.unlink(ROOT_ID, "f").expect("unlink f");
+    g.rmdir(ROOT_ID, "e").expect("rmdir e");
+    g.rename(ROOT_ID, "g", ROOT_ID, "h", 0).expect("rename g");
+    let mut names = g.names(ROOT_ID);
+    names.sort();
+    assert_eq!(names, ["h"]);
+    assert_eq!(g.get(g.ino(ROOT_ID, "h")), b"upper-g");
+    for n in ["e", "f", "g"] {
+        let m = std::fs::symlink_metadata(up.path().join(n)).expect("whiteout on disk");
+        assert!(m.is_file() && m.len() == 0, "{n}: whiteout file");
+    }
+    let work: Vec<_> = std::fs::read_dir(up.path().join(".boxfs-dualfs-work"))
+        .unwrap()
+        .collect();
+    assert!(work.is_empty(), "staging area: {work:?}");
+    assert_eq!(std::fs::read(lo.path().join("f")).unwrap(), b"lower-f");
+}

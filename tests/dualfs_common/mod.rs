@@ -16,7 +16,6 @@ use boxfs::{
     GetxattrReply, ListxattrReply, OpenOptions, SetattrValid, ZeroCopyReader, ZeroCopyWriter,
 };
 
-#[allow(unused_imports)]
 pub use crate::passthrough_common::tempdir;
 
 /// A read-only PassthroughFs over `dir`.
