@@ -26,6 +26,15 @@
 //!   entries that A neither has nor whites out) with stable offsets: a listing resumed from
 //!   any offset, through any handle, neither repeats nor skips entries. Nothing is
 //!   snapshotted; entries are read from the backends in batches.
+//! * **Removals are all-or-nothing.** Removing or renaming an A entry that hides a B entry
+//!   replaces it with a whiteout in one step: the whiteout is made in the staging directory
+//!   first, then renamed over the file, or exchanged with the directory or the renamed entry
+//!   (`RENAME_EXCHANGE`, the effect of the kernel's `RENAME_WHITEOUT`). A full A (`ENOSPC`)
+//!   fails the operation before anything the guest can see changed; the B entry never shows
+//!   through. Backend A must support `RENAME_EXCHANGE` (MemFs and PassthroughFs do).
+//! * **Sessions.** [`FileSystem::destroy`] (unmount, VMM disconnect, a new INIT) releases every
+//!   handle and guest inode, as the kernel does on unmount; see its documentation for what
+//!   survives.
 //! * Renaming a directory that has B content fails with `EXDEV` (as overlayfs without
 //!   `redirect_dir`); files rename across backends (copy-up, then rename in A).
 //! * `statfs` reports A. Errors from A (`ENOSPC` of a full MemFs) reach the guest unchanged;
@@ -33,8 +42,8 @@
 //!
 //! # Format in A
 //!
-//! * whiteout: a character device 0/0 at the name it hides (a guest `mknod` of a 0/0
-//!   character device is refused with `EPERM`);
+//! * whiteout: an empty regular file with the xattr `user.overlay.whiteout` at the name it
+//!   hides;
 //! * opaque directory: xattr `user.overlay.opaque` = `y`;
 //! * every `user.overlay.*` xattr is hidden from and reserved against the guest;
 //! * [`WORK_DIR`] at the root of A: staging area, hidden, emptied at build.
