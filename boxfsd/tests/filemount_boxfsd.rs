@@ -36,7 +36,11 @@ fn stderr(o: &Output) -> String {
 /// Starts the daemon and reads what it prints: the tag line and the plan (through
 /// `# end of plan`). The daemon prints them once its socket listens.
 fn spawn_file_share(args: &[&str]) -> (Child, Tag, String) {
-    let mut child = boxfsd()
+    spawn_file_share_with(boxfsd(), args)
+}
+
+fn spawn_file_share_with(mut cmd: Command, args: &[&str]) -> (Child, Tag, String) {
+    let mut child = cmd
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -303,4 +307,106 @@ fn shared_file_errors() {
         assert!(staging_dirs(other.path()).is_empty());
     }
     assert!(!s.sock.exists());
+}
+
+/// Issue 14, section 2, through the daemon: the host swaps the shared file for a root-owned
+/// file the unprivileged daemon can read but not hard-link (`protected_hardlinks`), then for a
+/// symlink to a sibling, then for a regular file again. The guest reads the new content with
+/// writes refused (it used to keep reading the old content), then gets `EIO` (it used to read
+/// the sibling), then the new file. The root-owned step needs root (to make the file and run
+/// the daemon as another user) and `protected_hardlinks`; without them it is skipped and the
+/// daemon runs as the current user.
+#[test]
+fn host_swaps_never_serve_stale_content_or_a_symlink_target() {
+    use std::os::unix::process::CommandExt;
+    const NOBODY: u32 = 65534;
+    let s = setup();
+    let unprivileged = rustix::process::geteuid().is_root()
+        && std::fs::read_to_string("/proc/sys/fs/protected_hardlinks")
+            .is_ok_and(|v| v.trim() == "1");
+    let mut cmd = boxfsd();
+    if unprivileged {
+        // The daemon runs as nobody and owns the directory and the file; its binary is
+        // copied where it may execute it.
+        let bin = s.dir.path().join("boxfsd");
+        std::fs::copy(env!("CARGO_BIN_EXE_boxfsd"), &bin).expect("copy boxfsd");
+        for p in [s.dir.path(), &s.file, &s.dir.path().join("secret")] {
+            std::os::unix::fs::chown(p, Some(NOBODY), Some(NOBODY)).expect("chown");
+        }
+        cmd = Command::new(&bin);
+        cmd.uid(NOBODY).gid(NOBODY);
+    } else {
+        eprintln!("SKIPPED (root-owned replacement step): needs root and fs.protected_hardlinks=1");
+    }
+    let (mut child, _tag, _plan) = spawn_file_share_with(
+        cmd,
+        &[
+            "--socket-path",
+            s.sock.to_str().unwrap(),
+            "--shared-file",
+            s.file.to_str().unwrap(),
+            "--runtime-dir",
+            s.rt.to_str().unwrap(),
+            "--cache",
+            "never",
+            "--thread-pool-size",
+            "0",
+        ],
+    );
+    let swap_in = |content: Option<&str>, owner: Option<u32>| {
+        let tmp = s.dir.path().join("swap.tmp");
+        match content {
+            Some(c) => {
+                std::fs::write(&tmp, c).unwrap();
+                std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)).unwrap();
+                if let Some(id) = owner {
+                    std::os::unix::fs::chown(&tmp, Some(id), Some(id)).unwrap();
+                }
+            }
+            None => std::os::unix::fs::symlink(s.dir.path().join("secret"), &tmp).unwrap(),
+        }
+        std::fs::rename(&tmp, &s.file).unwrap();
+    };
+    let owner = unprivileged.then_some(NOBODY);
+    {
+        let mut c = FuseClient::connect(&s.sock).expect("connect");
+        let cat = |c: &mut FuseClient| -> Result<Vec<u8>, i32> {
+            let e = c.lookup(ROOT_ID, "app.conf")?;
+            let o = c.open(e.nodeid, libc::O_RDONLY as u32)?;
+            let data = c.read(e.nodeid, o.fh, 0, 100);
+            c.release(e.nodeid, o.fh).expect("release");
+            data
+        };
+        assert_eq!(cat(&mut c), Ok(b"from the host\n".to_vec()));
+        let ino = c.lookup(ROOT_ID, "app.conf").expect("lookup").nodeid;
+
+        if unprivileged {
+            swap_in(Some("root-owned\n"), None);
+            assert_eq!(
+                cat(&mut c),
+                Ok(b"root-owned\n".to_vec()),
+                "the replacement, never the old content"
+            );
+            assert_eq!(c.open(ino, libc::O_RDWR as u32).err(), Some(libc::EACCES));
+            assert_eq!(c.truncate(ino, 0).err(), Some(libc::EACCES));
+        }
+
+        swap_in(None, None);
+        assert_eq!(cat(&mut c), Err(libc::EIO), "never the symlink's target");
+        assert_eq!(c.getattr(ino).err(), Some(libc::EIO));
+        assert_eq!(c.open(ino, libc::O_RDONLY as u32).err(), Some(libc::EIO));
+
+        swap_in(Some("restored\n"), owner);
+        assert_eq!(cat(&mut c), Ok(b"restored\n".to_vec()));
+        let o = c.open(ino, libc::O_RDWR as u32).expect("writable again");
+        c.write(ino, o.fh, 0, b"RESTORED\n").expect("write");
+        c.release(ino, o.fh).expect("release");
+    }
+    assert!(wait_exit(&mut child, Duration::from_secs(10)).success());
+    assert_eq!(std::fs::read_to_string(&s.file).unwrap(), "RESTORED\n");
+    assert_eq!(
+        std::fs::read_to_string(s.dir.path().join("secret")).unwrap(),
+        "sibling"
+    );
+    assert!(staging_dirs(&s.rt).is_empty());
 }

@@ -24,7 +24,11 @@
 //! guest in an initramfs appended to the cached one, and runs `scripts/guest/guest/filemount.sh`:
 //! the plans mount the files at `/root/test.txt` and `/root/ro.txt`; content flows both ways,
 //! the staging paths are gone, the read-only file gives `EROFS`, a guest `chmod 777` leaves the
-//! host mode alone, and a host atomic replace (rename) is seen by the guest.
+//! host mode alone, and a host atomic replace (rename) is seen by the guest. The host then
+//! swaps the file for a root-owned one the unprivileged daemon can read but not hard-link (the
+//! guest must see the new content, writes refused), for a symlink to a sibling (the guest must
+//! get EIO, never the sibling), and for a regular file again (served and writable); the guest
+//! asks for each step with an `FM-STEP` line, which the host reads from the live console log.
 //!
 //! Console and daemon logs are copied to `target/guest/logs/`.
 //!
@@ -1221,6 +1225,19 @@ const FILEMOUNT_CHECKS: &[&str] = &[
     "ro_staging_path_gone",
     "rw_host_replace_seen",
     "rw_write_after_replace",
+    "rw_symlink_never_target",
+    "rw_symlink_eio",
+    "rw_symlink_still_refused",
+    "rw_restored",
+    "rw_write_after_restore",
+];
+
+/// More checks that must PASS when the daemon runs unprivileged (a root-owned replacement
+/// it can read but not hard-link).
+const FILEMOUNT_UNLINKABLE_CHECKS: &[&str] = &[
+    "rw_unlinkable_seen",
+    "rw_unlinkable_write_refused",
+    "rw_unlinkable_unchanged",
 ];
 
 fn run_filemount_e2e() {
@@ -1260,6 +1277,9 @@ fn run_filemount_e2e() {
     let ro_file = data.join("ro.txt");
     fs::write(&rw_file, format!("boxfs host->guest {token}\n")).expect("rw file");
     fs::write(&ro_file, format!("boxfs read-only {token}\n")).expect("ro file");
+    // What a symlink swapped in for the read-write file points to (never to be served).
+    let secret_file = data.join("secret.txt");
+    fs::write(&secret_file, format!("boxfs secret {token}\n")).expect("secret file");
     for f in [&rw_file, &ro_file] {
         fs::set_permissions(f, fs::Permissions::from_mode(0o644)).expect("chmod 644");
     }
@@ -1268,7 +1288,13 @@ fn run_filemount_e2e() {
         // The daemon owns the work and data directories and the read-write file. The
         // read-only file stays root's: protected_hardlinks refuses the daemon a hard link to
         // it, so that share is served from a copy.
-        for p in [work.path(), data.parent().expect("parent"), &data, &rw_file] {
+        for p in [
+            work.path(),
+            data.parent().expect("parent"),
+            &data,
+            &rw_file,
+            &secret_file,
+        ] {
             chown(p, Some(DAEMON_ID), Some(DAEMON_ID)).expect("chown");
         }
     }
@@ -1324,8 +1350,10 @@ fn run_filemount_e2e() {
 
     let initrd = work.path().join("initramfs-filemount.cpio");
     let env = format!(
-        "FM_TOKEN={token}\nFM_TAG_RW={}\nFM_TAG_RO={}\n",
-        rw.tag, ro.tag
+        "FM_TOKEN={token}\nFM_TAG_RW={}\nFM_TAG_RO={}\nFM_UNLINKABLE={}\n",
+        rw.tag,
+        ro.tag,
+        u8::from(unprivileged)
     );
     initramfs_with(
         &base_initrd,
@@ -1365,6 +1393,30 @@ fn run_filemount_e2e() {
     // atomically, as an editor does.
     let wrote = format!("boxfs guest->host {token}\n");
     let mut replaced_at: Option<f64> = None;
+    // Later host steps (see filemount.sh): a root-owned replacement once the guest's second
+    // write landed, a symlink and a regular file again on the guest's "FM-STEP" lines, read
+    // from the live console log.
+    let wrote_2 = format!("boxfs guest->host-2 {token}\n");
+    let live_console = PathBuf::from(format!("{}.raw", console.display()));
+    let mut second_write_seen = false;
+    let mut symlinked = false;
+    let mut restored = false;
+    let swap_in = |content: Option<&str>, owner: Option<u32>| {
+        let tmp = data.join(".test.txt.swap");
+        let _ = fs::remove_file(&tmp);
+        match content {
+            Some(c) => {
+                fs::write(&tmp, c).expect("write replacement");
+                fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644)).expect("chmod");
+                if let Some(id) = owner {
+                    chown(&tmp, Some(id), Some(id)).expect("chown replacement");
+                }
+            }
+            None => std::os::unix::fs::symlink(&secret_file, &tmp).expect("symlink"),
+        }
+        fs::rename(&tmp, &rw_file).expect("rename over");
+    };
+    let daemon_owner = unprivileged.then_some(DAEMON_ID);
     let mut daemon_gone: Option<Instant> = None;
     let run_status = loop {
         if let Some(status) = guest.try_wait().expect("wait run-guest.sh") {
@@ -1379,6 +1431,27 @@ fn run_filemount_e2e() {
             }
             fs::rename(&tmp, &rw_file).expect("rename over");
             replaced_at = Some(guest_start.elapsed().as_secs_f64());
+        }
+        if replaced_at.is_some()
+            && !second_write_seen
+            && fs::read_to_string(&rw_file).ok().as_deref() == Some(&wrote_2)
+        {
+            second_write_seen = true;
+            if unprivileged {
+                // Root's file: the unprivileged daemon may read it but not hard-link it.
+                swap_in(Some(&format!("boxfs root-owned {token}\n")), None);
+            }
+        }
+        if second_write_seen && !restored {
+            let console_now = fs::read_to_string(&live_console).unwrap_or_default();
+            if !symlinked && console_now.contains("FM-STEP symlink") {
+                swap_in(None, None);
+                symlinked = true;
+            }
+            if symlinked && console_now.contains("FM-STEP restore") {
+                swap_in(Some(&format!("boxfs restored {token}\n")), daemon_owner);
+                restored = true;
+            }
         }
         let died = matches!(rw.child.try_wait(), Ok(Some(_)))
             || matches!(ro.child.try_wait(), Ok(Some(_)));
@@ -1453,13 +1526,21 @@ fn run_filemount_e2e() {
     for f in &report.failed {
         problems.push(format!("guest FAIL {f}"));
     }
-    for name in FILEMOUNT_CHECKS {
+    let unlinkable: &[&str] = if unprivileged {
+        FILEMOUNT_UNLINKABLE_CHECKS
+    } else {
+        &[]
+    };
+    for name in FILEMOUNT_CHECKS.iter().chain(unlinkable) {
         if !report.passed.iter().any(|p| p == name) && done_line.is_some() {
             problems.push(format!("check {name} did not PASS"));
         }
     }
+    if !second_write_seen {
+        problems.push("the guest's write after the replace never reached the host".to_owned());
+    }
     let final_content = fs::read_to_string(&rw_file).unwrap_or_else(|e| format!("<{e}>"));
-    if final_content != format!("boxfs guest->host-2 {token}\n") {
+    if final_content != format!("boxfs guest->host-3 {token}\n") {
         problems.push(format!(
             "the host file does not hold the guest's last write: {final_content:?}"
         ));

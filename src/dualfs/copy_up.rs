@@ -201,7 +201,7 @@ impl DualFs {
         pa: u64,
         name: &CStr,
     ) -> io::Result<u64> {
-        let work = self.work.ok_or_else(|| errno(libc::EROFS))?;
+        let work = self.work_dir()?;
         let stage = CString::new(format!("cu-{:016x}", rand::random::<u64>()))
             .map_err(|_| errno(libc::EIO))?;
         let kind = kind_of(st);
@@ -254,7 +254,7 @@ impl DualFs {
         let res = match self.b().open(ctx, b, libc::O_RDONLY as u32, 0) {
             Ok((bfh, _, _)) => {
                 let bfh = bfh.unwrap_or(0);
-                let r = self.copy_data(ctx, b, bfh, e.inode, afh, st.st_size as u64);
+                let r = self.copy_data(ctx, b, bfh, e.inode, afh, st);
                 let _ = self
                     .b()
                     .release(ctx, b, libc::O_RDONLY as u32, bfh, false, false, None);
@@ -281,8 +281,9 @@ impl DualFs {
         bfh: u64,
         a: u64,
         afh: u64,
-        size: u64,
+        st: &stat64,
     ) -> io::Result<()> {
+        let size = st.st_size as u64;
         let mut off = 0u64;
         while off < size {
             let data = match self.b().lseek(ctx, b, bfh, off, SEEK_DATA) {
@@ -316,8 +317,8 @@ impl DualFs {
             }
             off = hole;
         }
-        // SAFETY: stat64 is a plain C struct; all-zero is valid.
-        let mut sz: stat64 = unsafe { std::mem::zeroed() };
+        // Only the size is applied (`SetattrValid::SIZE`); B's attributes fill the rest.
+        let mut sz = *st;
         sz.st_size = size as _;
         self.a()
             .setattr(ctx, a, sz, Some(afh), SetattrValid::SIZE)?;
@@ -369,15 +370,8 @@ impl DualFs {
         if kind == libc::S_IFREG as u32 || kind == libc::S_IFDIR as u32 {
             self.copy_xattrs(ctx, b, e.inode)?;
         }
-        // SAFETY: stat64 is a plain C struct; all-zero is valid.
-        let mut attr: stat64 = unsafe { std::mem::zeroed() };
-        attr.st_uid = st.st_uid;
-        attr.st_gid = st.st_gid;
-        attr.st_mode = st.st_mode;
-        attr.st_atime = st.st_atime;
-        attr.st_atime_nsec = st.st_atime_nsec;
-        attr.st_mtime = st.st_mtime;
-        attr.st_mtime_nsec = st.st_mtime_nsec;
+        // B's attributes; each setattr below applies only the fields it names.
+        let attr: stat64 = *st;
         let (cur, _) = a.getattr(ctx, e.inode, None)?;
         if cur.st_uid != st.st_uid || cur.st_gid != st.st_gid {
             match a.setattr(

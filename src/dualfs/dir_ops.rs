@@ -635,15 +635,14 @@ impl DualFs {
         Ok(())
     }
 
-    /// Records a whiteout for `name` in A directory `pa`.
-    ///
-    /// The whiteout (an empty file marked with [`WHITEOUT_XATTR`]) is made in the staging
-    /// directory and renamed into place, so it appears whole or not at all.
-    pub(super) fn make_whiteout(&self, pa: u64, name: &CStr) -> io::Result<()> {
+    /// Makes a whiteout in the staging directory, ready to be moved over a name in the A
+    /// directory `pa` (which is marked as holding whiteouts first, so that no listing ever
+    /// misses it). Nothing the guest can see changes; on failure nothing is left behind.
+    pub(super) fn stage_whiteout(&self, pa: u64) -> io::Result<StagedWhiteout<'_>> {
         let ctx = Context::new();
         let a = self.a();
-        let work = self.work.ok_or_else(|| errno(libc::EROFS))?;
-        let stage = CString::new(format!("wh-{:016x}", rand::random::<u64>()))
+        let work = self.work_dir()?;
+        let name = CString::new(format!("wh-{:016x}", rand::random::<u64>()))
             .map_err(|_| errno(libc::EINVAL))?;
         let args = CreateIn {
             flags: (libc::O_WRONLY | libc::O_EXCL) as u32,
@@ -651,23 +650,59 @@ impl DualFs {
             umask: 0,
             fuse_flags: 0,
         };
-        let (e, fh, _, _) = a.create(&ctx, work, &stage, args)?;
+        let (e, fh, _, _) = a.create(&ctx, work, &name, args)?;
         if let Some(fh) = fh {
             let _ = a.release(&ctx, e.inode, 0, fh, false, false, None);
         }
-        // Mark the parent first, so that no listing ever misses the whiteout.
-        let marked = has_whiteouts(a, pa) || a.setxattr(&ctx, pa, OPAQUE_XATTR, b"x", 0).is_ok();
-        let made = if marked {
-            a.setxattr(&ctx, e.inode, WHITEOUT_XATTR, b"y", 0)
-                .and_then(|()| a.rename(&ctx, work, &stage, pa, name, 0))
-        } else {
-            Err(errno(libc::EIO))
+        let staged = StagedWhiteout {
+            fs: self,
+            work,
+            name,
+            pending: true,
         };
+        let marked = if has_whiteouts(a, pa) {
+            Ok(())
+        } else {
+            a.setxattr(&ctx, pa, OPAQUE_XATTR, b"x", 0)
+        };
+        let made = marked.and_then(|()| a.setxattr(&ctx, e.inode, WHITEOUT_XATTR, b"y", 0));
         a.forget(&ctx, e.inode, 1);
-        if made.is_err() {
-            let _ = a.unlink(&ctx, work, &stage);
+        // On error `staged` is dropped, which removes the file.
+        made.map(|()| staged)
+    }
+
+    /// Records a whiteout for the free `name` in A directory `pa`.
+    ///
+    /// The whiteout (an empty file marked with [`WHITEOUT_XATTR`]) is made in the staging
+    /// directory and renamed into place, so it appears whole or not at all.
+    pub(super) fn make_whiteout(&self, pa: u64, name: &CStr) -> io::Result<()> {
+        self.stage_whiteout(pa)?.rename_to(pa, name)
+    }
+
+    /// Removes A's directory `pa/name`, which shadows a B entry, replacing it with a whiteout
+    /// in one step: the whiteout is made first and exchanged with the directory (the effect
+    /// of `RENAME_WHITEOUT`), so a failure (a full A) changes nothing. The directory, now in
+    /// the staging area, is then emptied of its whiteouts and removed; should that fail it
+    /// is left there (the staging area is emptied when a DualFs is built).
+    fn replace_dir_with_whiteout(
+        &self,
+        ctx: &Context,
+        pa: u64,
+        name: &CStr,
+        up_ino: u64,
+    ) -> io::Result<()> {
+        let mut w = self.stage_whiteout(pa)?;
+        self.a()
+            .rename(ctx, w.work, &w.name, pa, name, RENAME_EXCHANGE)?;
+        // The staged name now holds the removed directory.
+        w.pending = false;
+        let removed = self
+            .clear_whiteouts(ctx, up_ino)
+            .and_then(|()| self.a().rmdir(ctx, w.work, &w.name));
+        if let Err(e) = removed {
+            tracing::warn!("DualFs: removed directory left in the staging area: {e}");
         }
-        made
+        Ok(())
     }
 
     /// unlink (`dir == false`) and rmdir.
@@ -694,23 +729,31 @@ impl DualFs {
         if let Some(up) = probe.visible_upper() {
             let up_ino = up.inode;
             let pa = parent.layers().a.ok_or_else(|| errno(libc::EIO))?;
+            // With a B entry below, the A entry is replaced by a whiteout in one step (a
+            // full A fails before anything changes), never removed first.
             if dir {
                 let (node, _) = self.node_from_probe(&parent, name, &mut probe)?;
                 if !self.merged_empty(ctx, &node)? {
                     return Err(errno(libc::ENOTEMPTY));
                 }
-                self.clear_whiteouts(ctx, up_ino)?;
-                self.a().rmdir(ctx, pa, name)?;
+                if lower_exists {
+                    self.replace_dir_with_whiteout(ctx, pa, name, up_ino)?;
+                } else {
+                    self.clear_whiteouts(ctx, up_ino)?;
+                    self.a().rmdir(ctx, pa, name)?;
+                }
                 self.shared.clear_origin(up_ino);
             } else {
                 let last = probe.visible_upper().is_some_and(|u| u.attr.st_nlink <= 1);
-                self.a().unlink(ctx, pa, name)?;
+                if lower_exists {
+                    // Renaming the whiteout over the file replaces it atomically.
+                    self.stage_whiteout(pa)?.rename_to(pa, name)?;
+                } else {
+                    self.a().unlink(ctx, pa, name)?;
+                }
                 if last {
                     self.shared.clear_origin(up_ino);
                 }
-            }
-            if lower_exists {
-                self.make_whiteout(pa, name)?;
             }
             return Ok(());
         }
@@ -809,7 +852,23 @@ impl DualFs {
         }
         let pa_old = self.copy_up(&op_, None)?;
         let pa_new = self.copy_up(&np, None)?;
-        if dst_whiteout && !exchange {
+        // Everything that can fail for lack of room in A comes first: the old name's
+        // whiteout is staged, and a directory moving over a B entry is made opaque (it has
+        // no B content of its own, so this shows nothing yet).
+        let whiteout = if src_lower && !exchange {
+            Some(self.stage_whiteout(pa_old)?)
+        } else {
+            None
+        };
+        if src.is_dir() && dst_lower && !exchange {
+            if let Some(sa) = src.layers().a {
+                self.a()
+                    .setxattr(&Context::new(), sa, OPAQUE_XATTR, b"y", 0)?;
+            }
+        }
+        // A non-directory simply replaces a whiteout at the new name; a directory cannot.
+        let unlinked_whiteout = dst_whiteout && !exchange && src.is_dir();
+        if unlinked_whiteout {
             self.a().unlink(ctx, pa_new, newname)?;
         }
         if let Some(d) = &dst {
@@ -819,23 +878,26 @@ impl DualFs {
                 }
             }
         }
-        let res = self
-            .a()
-            .rename(ctx, pa_old, oldname, pa_new, newname, flags);
+        // The guest sees no entry where A has a whiteout: `RENAME_NOREPLACE` (checked above
+        // against what the guest sees) must not refuse to replace the whiteout.
+        let a_flags = if dst_whiteout && !exchange {
+            flags & !RENAME_NOREPLACE
+        } else {
+            flags
+        };
+        let res = match whiteout {
+            Some(w) => {
+                self.rename_leaving_whiteout(ctx, w, pa_old, oldname, pa_new, newname, a_flags)
+            }
+            None => self
+                .a()
+                .rename(ctx, pa_old, oldname, pa_new, newname, a_flags),
+        };
         if let Err(e) = res {
-            if dst_whiteout && !exchange {
+            if unlinked_whiteout {
                 let _ = self.make_whiteout(pa_new, newname);
             }
             return Err(e);
-        }
-        if src.is_dir() && dst_lower && !exchange {
-            if let Some(sa) = src.layers().a {
-                self.a()
-                    .setxattr(&Context::new(), sa, OPAQUE_XATTR, b"y", 0)?;
-            }
-        }
-        if src_lower && !exchange {
-            self.make_whiteout(pa_old, oldname)?;
         }
         src.set_parent(np.clone(), newname.to_owned());
         if exchange {
@@ -844,5 +906,69 @@ impl DualFs {
             }
         }
         Ok(())
+    }
+
+    /// Renames A's `pa_old/oldname` (which shadows a B entry) to `pa_new/newname`, leaving
+    /// the staged whiteout `w` at the old name, all or nothing: the whiteout is exchanged
+    /// with the source (which moves to the staging area), then the source is renamed to its
+    /// new name; if that fails the exchange is undone.
+    #[allow(clippy::too_many_arguments)]
+    fn rename_leaving_whiteout(
+        &self,
+        ctx: &Context,
+        mut w: StagedWhiteout<'_>,
+        pa_old: u64,
+        oldname: &CStr,
+        pa_new: u64,
+        newname: &CStr,
+        flags: u32,
+    ) -> io::Result<()> {
+        let a = self.a();
+        a.rename(ctx, w.work, &w.name, pa_old, oldname, RENAME_EXCHANGE)?;
+        match a.rename(ctx, w.work, &w.name, pa_new, newname, flags) {
+            Ok(()) => {
+                w.pending = false;
+                Ok(())
+            }
+            Err(e) => {
+                if let Err(back) = a.rename(ctx, w.work, &w.name, pa_old, oldname, RENAME_EXCHANGE)
+                {
+                    w.pending = false;
+                    tracing::error!(
+                        "DualFs: cannot put back {oldname:?} after a failed rename ({e}): {back}; \
+                         it is left in the staging area"
+                    );
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+/// A whiteout made in the staging directory and not yet moved into place; removed on drop
+/// while `pending`.
+pub(super) struct StagedWhiteout<'a> {
+    fs: &'a DualFs,
+    work: u64,
+    name: CString,
+    pending: bool,
+}
+
+impl StagedWhiteout<'_> {
+    /// Moves the whiteout to `pa/name`, replacing a non-directory there (atomically).
+    pub(super) fn rename_to(mut self, pa: u64, name: &CStr) -> io::Result<()> {
+        self.fs
+            .a()
+            .rename(&Context::new(), self.work, &self.name, pa, name, 0)?;
+        self.pending = false;
+        Ok(())
+    }
+}
+
+impl Drop for StagedWhiteout<'_> {
+    fn drop(&mut self) {
+        if self.pending {
+            let _ = self.fs.a().unlink(&Context::new(), self.work, &self.name);
+        }
     }
 }

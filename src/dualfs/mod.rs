@@ -26,6 +26,15 @@
 //!   entries that A neither has nor whites out) with stable offsets: a listing resumed from
 //!   any offset, through any handle, neither repeats nor skips entries. Nothing is
 //!   snapshotted; entries are read from the backends in batches.
+//! * **Removals are all-or-nothing.** Removing or renaming an A entry that hides a B entry
+//!   replaces it with a whiteout in one step: the whiteout is made in the staging directory
+//!   first, then renamed over the file, or exchanged with the directory or the renamed entry
+//!   (`RENAME_EXCHANGE`, the effect of the kernel's `RENAME_WHITEOUT`). A full A (`ENOSPC`)
+//!   fails the operation before anything the guest can see changed; the B entry never shows
+//!   through. Backend A must support `RENAME_EXCHANGE` (MemFs and PassthroughFs do).
+//! * **Sessions.** [`FileSystem::destroy`] (unmount, VMM disconnect, a new INIT) releases every
+//!   handle and guest inode, as the kernel does on unmount; see its documentation for what
+//!   survives.
 //! * Renaming a directory that has B content fails with `EXDEV` (as overlayfs without
 //!   `redirect_dir`); files rename across backends (copy-up, then rename in A).
 //! * `statfs` reports A. Errors from A (`ENOSPC` of a full MemFs) reach the guest unchanged;
@@ -33,8 +42,8 @@
 //!
 //! # Format in A
 //!
-//! * whiteout: a character device 0/0 at the name it hides (a guest `mknod` of a 0/0
-//!   character device is refused with `EPERM`);
+//! * whiteout: an empty regular file with the xattr `user.overlay.whiteout` at the name it
+//!   hides;
 //! * opaque directory: xattr `user.overlay.opaque` = `y`;
 //! * every `user.overlay.*` xattr is hidden from and reserved against the guest;
 //! * [`WORK_DIR`] at the root of A: staging area, hidden, emptied at build.
@@ -121,8 +130,9 @@ pub struct DualFs {
     nodes: NodeTable,
     handles: Vec<RwLock<HashMap<u64, Arc<Handle>>>>,
     next_fh: AtomicU64,
-    /// Inode of [`WORK_DIR`] in A (`None` if A is read-only).
-    work: Option<u64>,
+    /// Inode of [`WORK_DIR`] in A (`None` if A is read-only); looked up again after
+    /// `destroy`.
+    work: Mutex<Option<u64>>,
     /// B inode -> A inode of copied-up multiply-linked files (holding one A reference each),
     /// so further names of the same B file become links to the copy.
     hardlinks: Mutex<HashMap<u64, u64>>,
@@ -232,7 +242,7 @@ impl DualFsBuilder {
             nodes,
             handles: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
             next_fh: AtomicU64::new(1),
-            work,
+            work: Mutex::new(work),
             hardlinks: Mutex::new(HashMap::new()),
         })
     }
@@ -257,6 +267,11 @@ impl DualFs {
     /// Number of open files and directories.
     pub fn handle_count(&self) -> usize {
         self.handles.iter().map(|s| s.read().len()).sum()
+    }
+
+    /// The staging directory in A (`EROFS` if A is read-only).
+    fn work_dir(&self) -> io::Result<u64> {
+        (*self.work.lock()).ok_or_else(|| errno(libc::EROFS))
     }
 
     fn a(&self) -> &dyn DynFileSystem {
@@ -361,7 +376,7 @@ impl Drop for DualFs {
         for (_, a) in self.hardlinks.get_mut().drain() {
             self.shared.a.forget(&ctx, a, 1);
         }
-        if let Some(w) = self.work {
+        if let Some(w) = *self.work.get_mut() {
             self.shared.a.forget(&ctx, w, 1);
         }
     }
@@ -377,9 +392,74 @@ impl FileSystem for DualFs {
         Ok(a & b)
     }
 
+    /// Ends the guest session (unmount, disconnect, a new INIT), as the kernel does on
+    /// unmount: every open file and directory is released on its backend, every guest
+    /// inode but the root is forgotten (giving back the backend lookups it held), then both
+    /// backends are destroyed and the staging directory in A is looked up again (and
+    /// emptied).
+    ///
+    /// What survives: the root, and nothing else. The copy-up bookkeeping (the guest ids
+    /// copies inherited from their B originals, and the B -> A map that turns further names
+    /// of a multiply-linked B file into links to its copy) is keyed by backend inode
+    /// numbers, which a backend may reuse for other files once its own `destroy` dropped
+    /// them; it is given back and cleared. A new session holds no inode of the old one, so
+    /// it needs no continuity of ids; a B file with several names whose copy was made in an
+    /// earlier session gets a separate copy for its other names (as overlayfs without its
+    /// inode index).
+    ///
+    /// Must not run concurrently with other requests (the device calls it with its queues
+    /// stopped).
     fn destroy(&self) {
+        let ctx = Context::new();
+        for shard in &self.handles {
+            let drained: Vec<Arc<Handle>> = shard.write().drain().map(|(_, h)| h).collect();
+            for h in drained {
+                match &*h {
+                    Handle::File {
+                        layer,
+                        ino,
+                        fh,
+                        flags,
+                        ..
+                    } => {
+                        let _ = self
+                            .shared
+                            .fs(*layer)
+                            .release(&ctx, *ino, *flags, *fh, false, true, None);
+                    }
+                    Handle::Dir { a, b, .. } => {
+                        if let Some((ino, fh)) = a {
+                            let _ = self.a().releasedir(&ctx, *ino, 0, *fh);
+                        }
+                        if let Some((ino, fh)) = b {
+                            let _ = self.b().releasedir(&ctx, *ino, 0, *fh);
+                        }
+                    }
+                }
+            }
+        }
+        // Dropping the nodes gives their backend lookups back (children first, as each
+        // holds its parent).
+        self.nodes.clear_except_root();
+        for (_, a) in self.hardlinks.lock().drain() {
+            self.a().forget(&ctx, a, 1);
+        }
+        self.shared.clear_origins();
+        let work = self.work.lock().take();
+        if let Some(w) = work {
+            self.a().forget(&ctx, w, 1);
+        }
         self.a().destroy();
         self.b().destroy();
+        if work.is_some() {
+            match copy_up::prepare_work_dir(self.a()) {
+                Ok(w) => *self.work.lock() = w,
+                Err(e) => tracing::error!(
+                    "DualFs: cannot prepare the staging directory after destroy ({e}); \
+                     writes that need it fail with EROFS"
+                ),
+            }
+        }
     }
 
     fn lookup(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {
@@ -570,7 +650,8 @@ impl FileSystem for DualFs {
         offset: u64,
         length: u64,
     ) -> io::Result<()> {
-        let (layer, ino, fh) = self.file(handle)?;
+        // Like Linux: `EBADF` for a handle not open for writing.
+        let (layer, ino, fh) = self.writable_file(handle)?;
         self.shared
             .fs(layer)
             .fallocate(ctx, ino, fh, mode, offset, length)
@@ -675,13 +756,16 @@ impl FileSystem for DualFs {
             return Err(errno(libc::EBADF));
         };
         self.handle_shard(handle).write().remove(&handle);
-        if let Some((ino, fh)) = a {
-            self.a().releasedir(ctx, *ino, flags, *fh)?;
-        }
-        if let Some((ino, fh)) = b {
-            self.b().releasedir(ctx, *ino, flags, *fh)?;
-        }
-        Ok(())
+        // Both sides are released whatever the other answers; the first error is reported.
+        let ra = match a {
+            Some((ino, fh)) => self.a().releasedir(ctx, *ino, flags, *fh),
+            None => Ok(()),
+        };
+        let rb = match b {
+            Some((ino, fh)) => self.b().releasedir(ctx, *ino, flags, *fh),
+            None => Ok(()),
+        };
+        ra.and(rb)
     }
 
     fn access(&self, ctx: &Context, inode: u64, mask: u32) -> io::Result<()> {

@@ -125,6 +125,11 @@ impl Shared {
     pub fn clear_origin(&self, a: u64) {
         self.origins.lock().remove(&a);
     }
+
+    /// Forgets every origin (see `DualFs::destroy`).
+    pub fn clear_origins(&self) {
+        self.origins.lock().clear();
+    }
 }
 
 /// The deterministic guest id of a backend inode, if it has one.
@@ -296,6 +301,32 @@ impl NodeTable {
             if shard.get(&node.id).is_some_and(|n| Arc::ptr_eq(n, node)) {
                 shard.remove(&node.id);
             }
+        }
+    }
+
+    /// Drops every node but the root, whose guest count goes back to the one it has when
+    /// the filesystem is built. The nodes are dropped outside the table's locks.
+    pub fn clear_except_root(&self) {
+        let mut dropped = Vec::new();
+        for shard in &self.shards {
+            let mut s = shard.write();
+            s.retain(|id, n| {
+                let keep = *id == crate::ROOT_ID;
+                if !keep {
+                    dropped.push(n.clone());
+                }
+                keep
+            });
+        }
+        for n in &dropped {
+            *n.lookups.lock() = 0;
+            // Listing state and the parent link go with the session.
+            *n.cookies.lock() = None;
+        }
+        drop(dropped);
+        if let Some(root) = self.get(crate::ROOT_ID) {
+            *root.lookups.lock() = 1;
+            *root.cookies.lock() = None;
         }
     }
 

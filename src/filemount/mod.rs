@@ -32,7 +32,14 @@
 //!   dentry, so the guest-visible inode must never change. [`SingleFileFs`] shows one fixed
 //!   inode and re-links the staged name to the current host file whenever the host path names
 //!   a different inode (checked with one `stat` on `lookup`, `open` and `getattr`); the guest
-//!   sees the new content on its next open, within the attribute cache timeout.
+//!   sees the new content on its next open, within the attribute cache timeout. The guest
+//!   never silently reads stale content: a replacement that cannot be hard-linked (another
+//!   owner with `protected_hardlinks`) is served as a private copy with writes refused
+//!   (`EACCES`), and one that cannot be served at all answers `EIO`.
+//! * **Symlinks.** Symlinks in the path given at staging are resolved then, once. The file's
+//!   directory is then held open and only its final name is looked at again, without
+//!   following a symlink: a symlink put there later (through another share of the directory,
+//!   say) is refused — logged, and `EIO` to the guest — never followed.
 //! * **Guest chmod/chown** change metadata held by [`SingleFileFs`] in memory for the mount's
 //!   lifetime — never the host file's mode or owner, and never an xattr on the host inode
 //!   (which a hard link shares with the user's file).
@@ -81,7 +88,7 @@ pub use tag::{Tag, TAG_PREFIX};
 
 use crate::passthrough::{HostPermissions, PassthroughFs};
 use crate::{CachePolicy, DynFileSystem, Error, Result};
-use staging::{place, PlaceError, Staging};
+use staging::{place, HostFile, PlaceError, Staging};
 
 /// Options of one file mount; see [`FileMount::stage`].
 #[derive(Clone, Debug)]
@@ -262,7 +269,10 @@ impl FileMount {
             }
         };
         let allow_copy = options.readonly;
-        let (placement, source) = match place(&host_file, staging.share(), &name_os, allow_copy) {
+        // Symlinks in the given path are resolved here, once; the file's directory is then
+        // pinned and only its final name is looked at again (a symlink there is refused).
+        let host = HostFile::resolve(&host_file).map_err(|e| Error::path(&host_file, e))?;
+        let (placement, source) = match place(&host, staging.share(), &name_os, allow_copy) {
             Ok(p) => p,
             Err(PlaceError::NoLink(e)) => {
                 let why = if e.raw_os_error() == Some(libc::EXDEV) {
@@ -285,6 +295,15 @@ impl FileMount {
                 )));
             }
             Err(PlaceError::Io(e)) => return Err(Error::path(&host_file, e)),
+            Err(PlaceError::Symlink | PlaceError::NotFile) => {
+                return Err(Error::path(
+                    &host_file,
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        "replaced by something other than a regular file while staging",
+                    ),
+                ))
+            }
         };
         let inner = PassthroughFs::builder(staging.share())
             .readonly(options.readonly)
@@ -298,6 +317,7 @@ impl FileMount {
         let fs = SingleFileFs::new(single::Parts {
             inner,
             host_path: host_file.clone(),
+            host,
             share: staging.share().to_path_buf(),
             name_os,
             readonly: options.readonly,

@@ -15,9 +15,18 @@
 //!   (re-copied) to the current host file and the fixed inode now serves it. Open handles keep
 //!   the file they opened, like on the host. The guest sees the new content on its next open
 //!   once its attribute cache expires (the cache policy's timeout; `open` always asks the
-//!   daemon). A host file that disappears without a replacement keeps being served as it was;
-//!   so does the old file when the new one cannot be hard-linked (a read-write mount never
-//!   falls back to a copy), with a warning in the log.
+//!   daemon, and the first open after a switch drops the guest's cached pages). A host file
+//!   that disappears without a replacement keeps being served as it was.
+//! * **Never stale, never through a symlink.** The host path is looked at through its pinned
+//!   directory, final name only, without following a symlink. When the replacement cannot be
+//!   hard-linked (another owner with `protected_hardlinks`, `EMLINK`), a read-write mount
+//!   serves a private copy of it with writes refused (`EACCES`: the daemon could not write
+//!   that file either, or it could have linked it), so no guest write is ever lost; the
+//!   mount is writable again once the host file can be linked. When the replacement cannot
+//!   be served at all (unreadable, a symlink, a directory, an I/O error), `lookup`, `open`,
+//!   `getattr` and the xattr calls of the file answer `EIO` until the host path names a
+//!   servable file again. Each such change is logged once, when it happens. Handles opened
+//!   earlier keep the file they opened, as on the host.
 //! * **Metadata outside the host file.** Guest `chmod`/`chown` change a mode and owner kept in
 //!   memory by this wrapper, never the host file: with a hard link, PassthroughFs's ownership
 //!   xattr would land on the user's own inode (an unexpected xattr on their file, and a failure
@@ -37,7 +46,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use super::staging::{place, Placement, Source};
+use super::staging::{place, HostFile, PlaceError, Placement, Source};
 use super::sys;
 use crate::{
     errno, stat64, statvfs64, Context, CreateIn, DirEntry, DynFileSystem, Entry, FileLock,
@@ -69,12 +78,43 @@ struct State {
     handles: HashMap<u64, u64>,
     /// Superseded PassthroughFs inodes with open handles → number of open handles.
     retired: HashMap<u64, usize>,
+    /// Why the current host file cannot be served (the guest gets `EIO`), if so.
+    broken: Option<Broken>,
+    /// The host file that could not be served, so it is not tried again until it changes.
+    failed: Option<Source>,
+    /// The staged file is a copy standing in for a read-write mount's file that could not be
+    /// linked: writes are refused (`EACCES`).
+    write_refused: bool,
+    /// The staged file changed since the last open: the next open drops the guest's cache.
+    switched: bool,
+}
+
+/// Why the host file cannot be served right now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Broken {
+    /// The host file's name is a symlink now.
+    Symlink,
+    /// The host file's name is not a regular file now.
+    NotFile,
+    /// The host file cannot be looked at, linked or copied (the error).
+    Unusable(String),
+}
+
+impl std::fmt::Display for Broken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Broken::Symlink => f.write_str("it is a symlink now, which is never followed"),
+            Broken::NotFile => f.write_str("it is not a regular file now"),
+            Broken::Unusable(e) => write!(f, "it cannot be linked or copied: {e}"),
+        }
+    }
 }
 
 /// The filesystem of one file mount; see the [module documentation](crate::filemount).
 pub struct SingleFileFs {
     inner: Arc<dyn DynFileSystem>,
     host_path: PathBuf,
+    host: HostFile,
     share: PathBuf,
     name: CString,
     name_os: OsString,
@@ -97,6 +137,7 @@ impl std::fmt::Debug for SingleFileFs {
 pub(crate) struct Parts {
     pub inner: Arc<dyn DynFileSystem>,
     pub host_path: PathBuf,
+    pub host: HostFile,
     pub share: PathBuf,
     pub name_os: OsString,
     pub readonly: bool,
@@ -114,6 +155,7 @@ impl SingleFileFs {
         Ok(SingleFileFs {
             inner: p.inner,
             host_path: p.host_path,
+            host: p.host,
             share: p.share,
             name,
             name_os: p.name_os,
@@ -125,6 +167,10 @@ impl SingleFileFs {
                 source: p.source,
                 handles: HashMap::new(),
                 retired: HashMap::new(),
+                broken: None,
+                failed: None,
+                write_refused: false,
+                switched: false,
             }),
             meta: Mutex::new(Meta {
                 uid: p.owner.0,
@@ -139,30 +185,48 @@ impl SingleFileFs {
         self.state.lock().placement
     }
 
-    /// Re-links (re-copies) the staged name if the host path now names another file.
+    /// Number of guest handles open on the file.
+    pub fn handle_count(&self) -> usize {
+        self.state.lock().handles.len()
+    }
+
+    /// Re-links (re-copies) the staged name if the host path now names another file; marks
+    /// the file unservable when the host path names nothing servable.
     fn refresh(&self) {
-        let Ok(m) = std::fs::metadata(&self.host_path) else {
-            return; // Gone without a replacement: keep serving what is staged.
+        let (kind, now) = match self.host.stat() {
+            Ok(k) => k,
+            // Gone without a replacement: keep serving what is staged.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return,
+            Err(e) => {
+                self.set_broken(&mut self.state.lock(), Broken::Unusable(e.to_string()));
+                return;
+            }
         };
-        if !m.is_file() {
-            return;
-        }
-        let now = Source::of(&m);
         let mut st = self.state.lock();
-        if st.source.unchanged(st.placement, &now) {
+        match kind {
+            sys::Kind::File => {}
+            sys::Kind::Symlink => return self.set_broken(&mut st, Broken::Symlink),
+            sys::Kind::Other => return self.set_broken(&mut st, Broken::NotFile),
+        }
+        if st.broken.is_none() && st.source.unchanged(st.placement, &now) {
             return;
         }
-        let (placement, source) =
-            match place(&self.host_path, &self.share, &self.name_os, self.allow_copy) {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::warn!(
-                        "file mount {}: cannot follow the replaced host file: {e:?}",
-                        self.host_path.display()
-                    );
-                    return;
-                }
-            };
+        if st.broken.is_some() && st.failed == Some(now) {
+            return; // The same file that could not be served: not tried again.
+        }
+        // A read-write mount falls back to a copy too, with writes refused.
+        let (placement, source) = match place(&self.host, &self.share, &self.name_os, true) {
+            Ok(p) => p,
+            Err(e) => {
+                let why = match e {
+                    PlaceError::Symlink => Broken::Symlink,
+                    PlaceError::NotFile => Broken::NotFile,
+                    PlaceError::NoLink(e) | PlaceError::Io(e) => Broken::Unusable(e.to_string()),
+                };
+                st.failed = Some(now);
+                return self.set_broken(&mut st, why);
+            }
+        };
         let ctx = Context::new();
         match self.inner.lookup(&ctx, ROOT_ID, &self.name) {
             Ok(e) => {
@@ -179,12 +243,59 @@ impl SingleFileFs {
                 }
                 st.placement = placement;
                 st.source = source;
+                st.switched = true;
+                st.failed = None;
+                let refuse_writes = placement == Placement::Copied && !self.allow_copy;
+                if refuse_writes && !st.write_refused {
+                    tracing::warn!(
+                        "file mount {}: the replaced host file cannot be hard-linked; serving \
+                         a copy of it, read-only (writes fail with EACCES) until it can be",
+                        self.host_path.display()
+                    );
+                }
+                st.write_refused = refuse_writes;
+                if let Some(was) = st.broken.take() {
+                    tracing::info!(
+                        "file mount {}: serving the host file again (it was unservable: {was})",
+                        self.host_path.display()
+                    );
+                }
             }
-            Err(e) => tracing::warn!(
-                "file mount {}: cannot look up the re-staged file: {e}",
-                self.host_path.display()
-            ),
+            Err(e) => {
+                st.failed = Some(now);
+                self.set_broken(&mut st, Broken::Unusable(format!("re-staged file: {e}")));
+            }
         }
+    }
+
+    /// Marks the file unservable, logging the change once.
+    fn set_broken(&self, st: &mut State, why: Broken) {
+        if st.broken.as_ref() != Some(&why) {
+            tracing::warn!(
+                "file mount {}: the host file cannot be served, the guest gets EIO: {why}",
+                self.host_path.display()
+            );
+            st.broken = Some(why);
+        }
+    }
+
+    /// `EIO` while the host file cannot be served.
+    fn servable(&self) -> io::Result<()> {
+        if self.state.lock().broken.is_some() {
+            return Err(errno(libc::EIO));
+        }
+        Ok(())
+    }
+
+    /// `EROFS` for a read-only mount, `EACCES` while a copy stands in for the file.
+    fn writable(&self) -> io::Result<()> {
+        if self.readonly {
+            return Err(errno(libc::EROFS));
+        }
+        if self.state.lock().write_refused {
+            return Err(errno(libc::EACCES));
+        }
+        Ok(())
     }
 
     fn current(&self) -> u64 {
@@ -315,10 +426,28 @@ impl FileSystem for SingleFileFs {
         Ok(sys::without_readdirplus(opts))
     }
 
+    /// Ends the guest session: releases every handle the guest still holds, gives back the
+    /// staged file's lookup, destroys PassthroughFs, then looks the staged name up again
+    /// for the next session. The guest metadata (mode, owner) lives on with the mount.
     fn destroy(&self) {
-        self.inner.destroy();
+        let ctx = Context::new();
         let mut st = self.state.lock();
-        st.handles.clear();
+        for (h, ino) in std::mem::take(&mut st.handles) {
+            let _ = self.inner.release(&ctx, ino, 0, h, false, true, None);
+        }
+        for (ino, _) in std::mem::take(&mut st.retired) {
+            self.inner.forget(&ctx, ino, 1);
+        }
+        self.inner.forget(&ctx, st.current, 1);
+        self.inner.destroy();
+        match self.inner.lookup(&ctx, ROOT_ID, &self.name) {
+            Ok(e) => st.current = e.inode,
+            Err(e) => {
+                let why = Broken::Unusable(format!("staged file lost: {e}"));
+                self.set_broken(&mut st, why);
+            }
+        }
+        st.switched = true;
     }
 
     fn lookup(&self, _ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {
@@ -335,6 +464,7 @@ impl FileSystem for SingleFileFs {
             return Err(errno(libc::ENOENT));
         }
         self.refresh();
+        self.servable()?;
         self.file_entry()
     }
 
@@ -369,6 +499,7 @@ impl FileSystem for SingleFileFs {
                 }
                 None => {
                     self.refresh();
+                    self.servable()?;
                     self.file_attr()
                 }
             },
@@ -387,6 +518,9 @@ impl FileSystem for SingleFileFs {
         self.check_inode(inode)?;
         if inode == ROOT_ID || self.readonly {
             return Err(self.refuse());
+        }
+        if handle.is_none() {
+            self.servable()?;
         }
         #[cfg(target_os = "linux")]
         let kill = SetattrValid::KILL_SUIDGID;
@@ -419,6 +553,11 @@ impl FileSystem for SingleFileFs {
             *m = new;
         }
         let rest = valid - virt;
+        if !rest.is_empty() && handle.is_none() {
+            // Size and times would change a stand-in copy, not the host file. (A handle
+            // keeps the file it was opened on, writable if it was opened so.)
+            self.writable()?;
+        }
         if ctx.uid != 0 && !rest.is_empty() {
             // Truncating needs write permission; setting times needs ownership, or write
             // permission when setting them to "now".
@@ -529,11 +668,19 @@ impl FileSystem for SingleFileFs {
         let m = *self.meta.lock();
         self.permitted(ctx, m.mode, m.uid, m.gid, mask)?;
         self.refresh();
+        self.servable()?;
+        if mask & libc::W_OK as u32 != 0 {
+            self.writable()?;
+        }
         let mut st = self.state.lock();
         let ino = st.current;
-        let (h, opts, passthrough) = self.inner.open(&inner_ctx(), ino, flags, fuse_flags)?;
+        let (h, mut opts, passthrough) = self.inner.open(&inner_ctx(), ino, flags, fuse_flags)?;
         if let Some(h) = h {
             st.handles.insert(h, ino);
+        }
+        if std::mem::take(&mut st.switched) {
+            // Another file than the guest may have cached: drop its pages.
+            opts.remove(OpenOptions::KEEP_CACHE);
         }
         drop(st);
         if f & libc::O_TRUNC != 0 && ctx.uid != 0 {
@@ -666,7 +813,10 @@ impl FileSystem for SingleFileFs {
     ) -> io::Result<GetxattrReply> {
         let ino = match inode {
             ROOT_ID => ROOT_ID,
-            FILE_INODE => self.current(),
+            FILE_INODE => {
+                self.servable()?;
+                self.current()
+            }
             _ => return Err(errno(libc::ENOENT)),
         };
         self.inner.getxattr(ctx, ino, name, size)
@@ -675,7 +825,10 @@ impl FileSystem for SingleFileFs {
     fn listxattr(&self, ctx: &Context, inode: u64, size: u32) -> io::Result<ListxattrReply> {
         let ino = match inode {
             ROOT_ID => ROOT_ID,
-            FILE_INODE => self.current(),
+            FILE_INODE => {
+                self.servable()?;
+                self.current()
+            }
             _ => return Err(errno(libc::ENOENT)),
         };
         self.inner.listxattr(ctx, ino, size)
@@ -753,7 +906,13 @@ impl FileSystem for SingleFileFs {
                 }
                 self.permitted(ctx, 0o555, m.uid, m.gid, mask)
             }
-            FILE_INODE => self.permitted(ctx, m.mode, m.uid, m.gid, mask),
+            FILE_INODE => {
+                self.permitted(ctx, m.mode, m.uid, m.gid, mask)?;
+                if mask & libc::W_OK as u32 != 0 {
+                    self.writable()?;
+                }
+                Ok(())
+            }
             _ => Err(errno(libc::ENOENT)),
         }
     }

@@ -14,11 +14,12 @@
 use std::ffi::OsString;
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use super::sweep::{runtime_lock, OWNER_LOCK};
-use super::sys;
+use super::sys::{self, Kind};
 use super::tag::Tag;
 use crate::passthrough::INTERNAL_PREFIX;
 
@@ -35,24 +36,45 @@ pub enum Placement {
 /// Identity of the host file a placement came from, to notice when the host changed it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Source {
-    dev: u64,
-    ino: u64,
-    size: u64,
-    mtime: (i64, i64),
-    ctime: (i64, i64),
+    pub(crate) dev: u64,
+    pub(crate) ino: u64,
+    pub(crate) size: u64,
+    pub(crate) mtime: (i64, i64),
+    pub(crate) ctime: (i64, i64),
+}
+
+/// The host file of a mount, resolved once when it is staged: its directory, held open, and
+/// its final name, which every later look is made at afresh without following a symlink.
+/// A symlink given by the user is resolved at staging; one that appears later is refused.
+#[derive(Debug)]
+pub(crate) struct HostFile {
+    dir: OwnedFd,
+    name: OsString,
+}
+
+impl HostFile {
+    /// Resolves `path` (symlinks included, once) and pins the directory of the file.
+    pub(crate) fn resolve(path: &Path) -> io::Result<HostFile> {
+        let real = std::fs::canonicalize(path)?;
+        let (Some(parent), Some(name)) = (real.parent(), real.file_name()) else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a regular file",
+            ));
+        };
+        Ok(HostFile {
+            dir: sys::open_dir(parent)?,
+            name: name.to_os_string(),
+        })
+    }
+
+    /// What the final name is now (a symlink there is reported, not followed).
+    pub(crate) fn stat(&self) -> io::Result<(Kind, Source)> {
+        sys::stat_at(&self.dir, &self.name)
+    }
 }
 
 impl Source {
-    pub(crate) fn of(m: &std::fs::Metadata) -> Source {
-        Source {
-            dev: m.dev(),
-            ino: m.ino(),
-            size: m.size(),
-            mtime: (m.mtime(), m.mtime_nsec()),
-            ctime: (m.ctime(), m.ctime_nsec()),
-        }
-    }
-
     /// Whether `now` (the host path's current metadata) is still what `self` placed. A hard
     /// link shares the inode, so only a different inode (atomic replace) matters; a copy also
     /// goes stale when the file is modified in place.
@@ -144,42 +166,61 @@ impl Drop for Staging {
 pub(crate) enum PlaceError {
     /// No hard link could be made (`EXDEV` and friends) and copying is not allowed.
     NoLink(io::Error),
+    /// The host file's name is now a symlink (never followed).
+    Symlink,
+    /// The host file's name is now something other than a regular file.
+    NotFile,
     /// Anything else.
     Io(io::Error),
 }
 
-/// Places `host` in `share` under `name`, atomically replacing what is there: a hard link, or a
-/// copy when no link can be made and `allow_copy`. Returns how, and what was placed.
+impl From<io::Error> for PlaceError {
+    fn from(e: io::Error) -> Self {
+        PlaceError::Io(e)
+    }
+}
+
+fn refuse(kind: Kind) -> Result<(), PlaceError> {
+    match kind {
+        Kind::File => Ok(()),
+        Kind::Symlink => Err(PlaceError::Symlink),
+        Kind::Other => Err(PlaceError::NotFile),
+    }
+}
+
+/// Places the host file in `share` under `name`, atomically replacing what is there: a hard
+/// link, or a copy when no link can be made and `allow_copy`. Returns how, and what was
+/// placed. A symlink at the host file's name is never followed.
 pub(crate) fn place(
-    host: &Path,
+    host: &HostFile,
     share: &Path,
     name: &OsString,
     allow_copy: bool,
 ) -> Result<(Placement, Source), PlaceError> {
-    let meta = std::fs::metadata(host).map_err(PlaceError::Io)?;
-    if !meta.is_file() {
-        return Err(PlaceError::Io(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "not a regular file",
-        )));
-    }
+    refuse(host.stat()?.0)?;
     let mut tmp = OsString::from(String::from_utf8_lossy(INTERNAL_PREFIX).into_owned());
     tmp.push(format!("stage-{:016x}", rand::random::<u64>()));
     let tmp = share.join(tmp);
     let dst = share.join(name);
-    let placed = match sys::link_following(host, &tmp) {
+    let placed = match sys::link_at(&host.dir, &host.name, &tmp) {
         Ok(()) => {
-            // Identity of what was actually linked (the host path may have changed since).
-            let m = std::fs::metadata(&tmp).map_err(PlaceError::Io)?;
-            (Placement::Linked, Source::of(&m))
+            // What was actually linked: the name may have changed since it was looked at, and
+            // a symlink there is linked as itself, never followed.
+            let (kind, source) = sys::lstat(&tmp).inspect_err(|_| {
+                let _ = std::fs::remove_file(&tmp);
+            })?;
+            if let Err(e) = refuse(kind) {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+            (Placement::Linked, source)
         }
         Err(e) if is_link_refusal(&e) => {
             if !allow_copy {
                 return Err(PlaceError::NoLink(e));
             }
-            let src = copy_to(host, &tmp).map_err(|e| {
+            let src = copy_to(host, &tmp).inspect_err(|_| {
                 let _ = std::fs::remove_file(&tmp);
-                PlaceError::Io(e)
             })?;
             (Placement::Copied, src)
         }
@@ -200,16 +241,15 @@ fn is_link_refusal(e: &io::Error) -> bool {
     )
 }
 
-/// Copies `host` to the new file `tmp`; returns the identity of the file copied from.
-fn copy_to(host: &Path, tmp: &Path) -> io::Result<Source> {
-    let mut src = File::open(host)?;
-    let m = src.metadata()?;
-    if !m.is_file() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "not a regular file",
-        ));
-    }
+/// Copies the host file to the new file `tmp`; returns the identity of the file copied from.
+fn copy_to(host: &HostFile, tmp: &Path) -> Result<Source, PlaceError> {
+    let mut src = match sys::open_at_nofollow(&host.dir, &host.name) {
+        Ok(f) => f,
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Err(PlaceError::Symlink),
+        Err(e) => return Err(PlaceError::Io(e)),
+    };
+    let (kind, source) = sys::fstat(&src)?;
+    refuse(kind)?;
     let mut dst = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -217,5 +257,5 @@ fn copy_to(host: &Path, tmp: &Path) -> io::Result<Source> {
         .custom_flags(libc::O_CLOEXEC)
         .open(tmp)?;
     io::copy(&mut src, &mut dst)?;
-    Ok(Source::of(&m))
+    Ok(source)
 }

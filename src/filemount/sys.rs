@@ -1,16 +1,25 @@
-//! The few host calls file mounts make directly (the rest goes through `std` and
-//! PassthroughFs), and the only platform-specific code of the module. The host calls are POSIX
-//! and available on Linux and macOS alike: the crash sweep uses `flock` rather than `/proc`, and
-//! `EXDEV` is detected from `linkat` itself (no `statfs` comparison), so they need no fallback.
+//! The few host calls file mounts make directly (through `rustix`; the rest goes through
+//! `std` and PassthroughFs), and the only platform-specific code of the module. The host calls
+//! are POSIX and available on Linux and macOS alike: the crash sweep uses `flock` rather than
+//! `/proc`, and `EXDEV` is detected from `linkat` itself (no `statfs` comparison), so they need
+//! no fallback. The host file's directory is pinned with `O_PATH` on Linux, with a plain
+//! read-only directory descriptor elsewhere.
 //! The Linux-only items are a FUSE protocol flag (`readdirplus`, absent on macOS) and the
 //! Linux value of `ENOTSUP` for the guest.
 
-use std::ffi::CString;
+// Stat field types differ per platform.
+#![allow(clippy::unnecessary_cast)]
+
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::OwnedFd;
 use std::path::Path;
 
+use rustix::fs::{AtFlags, FileType, FlockOperation, Mode, OFlags, CWD};
+use rustix::io::Errno;
+
+use super::staging::Source;
 use crate::FsOptions;
 
 /// `ENOTSUP` as the Linux guest knows it. (The other errnos the single-file filesystem
@@ -34,58 +43,105 @@ pub(crate) fn without_readdirplus(opts: FsOptions) -> FsOptions {
     opts
 }
 
-fn cpath(p: &Path) -> io::Result<CString> {
-    CString::new(p.as_os_str().as_encoded_bytes())
-        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
-}
-
 /// Takes an exclusive `flock` on `file`. With `wait == false` returns `Ok(false)` instead of
 /// blocking when another open file description holds it (also one in this process).
 pub(crate) fn lock_exclusive(file: &File, wait: bool) -> io::Result<bool> {
     let op = if wait {
-        libc::LOCK_EX
+        FlockOperation::LockExclusive
     } else {
-        libc::LOCK_EX | libc::LOCK_NB
+        FlockOperation::NonBlockingLockExclusive
     };
     loop {
-        // SAFETY: flock on a descriptor `file` keeps open; no memory is involved.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), op) };
-        if rc == 0 {
-            return Ok(true);
+        match rustix::fs::flock(file, op) {
+            Ok(()) => return Ok(true),
+            Err(Errno::INTR) => continue,
+            Err(Errno::WOULDBLOCK) if !wait => return Ok(false),
+            Err(e) => return Err(e.into()),
         }
-        let e = io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::EINTR) => continue,
-            Some(libc::EWOULDBLOCK) if !wait => return Ok(false),
-            _ => return Err(e),
-        }
-    }
-}
-
-/// Hard-links `src` (following a symlink at `src`, so the link names the file itself) to the
-/// new name `dst`.
-pub(crate) fn link_following(src: &Path, dst: &Path) -> io::Result<()> {
-    let s = cpath(src)?;
-    let d = cpath(dst)?;
-    // SAFETY: both paths are NUL-terminated C strings that outlive the call.
-    let rc = unsafe {
-        libc::linkat(
-            libc::AT_FDCWD,
-            s.as_ptr(),
-            libc::AT_FDCWD,
-            d.as_ptr(),
-            libc::AT_SYMLINK_FOLLOW,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
     }
 }
 
 /// The real user id of this process (names the default runtime directory).
 pub(crate) fn uid() -> u32 {
-    // SAFETY: getuid has no preconditions and cannot fail.
-    unsafe { libc::getuid() as u32 }
+    rustix::process::getuid().as_raw()
+}
+
+/// Opens the directory `path` to resolve names in it later (`O_PATH` on Linux: no read
+/// permission needed, and the descriptor allows nothing but lookups).
+pub(crate) fn open_dir(path: &Path) -> io::Result<OwnedFd> {
+    #[cfg(target_os = "linux")]
+    let how = OFlags::PATH;
+    #[cfg(not(target_os = "linux"))]
+    let how = OFlags::RDONLY;
+    Ok(rustix::fs::open(
+        path,
+        how | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+/// What the final name `name` in `dir` is, without following a symlink there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// A regular file.
+    File,
+    /// A symbolic link (never followed).
+    Symlink,
+    /// Anything else (directory, FIFO, device, socket).
+    Other,
+}
+
+/// `(kind, identity)` of `name` in `dir`, not following a symlink at `name`.
+pub(crate) fn stat_at(dir: &OwnedFd, name: &OsStr) -> io::Result<(Kind, Source)> {
+    let st = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
+    Ok((kind_of(&st), source_of(&st)))
+}
+
+/// `(kind, identity)` of an open file.
+pub(crate) fn fstat(file: &File) -> io::Result<(Kind, Source)> {
+    let st = rustix::fs::fstat(file)?;
+    Ok((kind_of(&st), source_of(&st)))
+}
+
+/// The identity of the file at `path`, not following a symlink there.
+pub(crate) fn lstat(path: &Path) -> io::Result<(Kind, Source)> {
+    let st = rustix::fs::statat(CWD, path, AtFlags::SYMLINK_NOFOLLOW)?;
+    Ok((kind_of(&st), source_of(&st)))
+}
+
+fn kind_of(st: &rustix::fs::Stat) -> Kind {
+    match FileType::from_raw_mode(st.st_mode as _) {
+        FileType::RegularFile => Kind::File,
+        FileType::Symlink => Kind::Symlink,
+        _ => Kind::Other,
+    }
+}
+
+fn source_of(st: &rustix::fs::Stat) -> Source {
+    Source {
+        dev: st.st_dev as u64,
+        ino: st.st_ino as u64,
+        size: st.st_size as u64,
+        mtime: (st.st_mtime as i64, st.st_mtime_nsec as i64),
+        ctime: (st.st_ctime as i64, st.st_ctime_nsec as i64),
+    }
+}
+
+/// Hard-links `name` in `dir` to the new path `dst`, never following a symlink at `name`
+/// (a symlink there would be linked itself; callers check what they linked).
+pub(crate) fn link_at(dir: &OwnedFd, name: &OsStr, dst: &Path) -> io::Result<()> {
+    rustix::fs::linkat(dir, name, CWD, dst, AtFlags::empty())?;
+    Ok(())
+}
+
+/// Opens `name` in `dir` for reading, refusing a symlink there (`ELOOP`) and never blocking
+/// on a FIFO.
+pub(crate) fn open_at_nofollow(dir: &OwnedFd, name: &OsStr) -> io::Result<File> {
+    let fd = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    Ok(File::from(fd))
 }

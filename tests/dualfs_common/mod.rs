@@ -117,6 +117,14 @@ pub struct Faults {
     pub fail_unlink: AtomicBool,
     /// Number of `create` calls seen.
     pub creates: AtomicU64,
+    /// Fail every releasedir with `EIO` (after releasing the directory in the backend).
+    pub fail_releasedir: AtomicBool,
+    /// Number of `opendir` calls that succeeded.
+    pub opendirs: AtomicU64,
+    /// Number of `releasedir` calls seen.
+    pub releasedirs: AtomicU64,
+    /// Number of `fallocate` calls seen.
+    pub fallocates: AtomicU64,
 }
 
 /// A backend wrapper that forwards everything and injects [`Faults`].
@@ -291,6 +299,7 @@ impl FileSystem for Faulty {
         self.inner.fsync(ctx, inode, ds, h)
     }
     fn fallocate(&self, ctx: &Context, i: u64, h: u64, m: u32, o: u64, l: u64) -> io::Result<()> {
+        self.faults.fallocates.fetch_add(1, Ordering::SeqCst);
         self.inner.fallocate(ctx, i, h, m, o, l)
     }
     fn release(
@@ -321,7 +330,9 @@ impl FileSystem for Faulty {
         self.inner.removexattr(ctx, i, n)
     }
     fn opendir(&self, ctx: &Context, i: u64, f: u32) -> io::Result<(Option<u64>, OpenOptions)> {
-        self.inner.opendir(ctx, i, f)
+        let r = self.inner.opendir(ctx, i, f)?;
+        self.faults.opendirs.fetch_add(1, Ordering::SeqCst);
+        Ok(r)
     }
     fn readdir(
         &self,
@@ -335,7 +346,15 @@ impl FileSystem for Faulty {
         self.inner.readdir(ctx, i, h, s, o, add)
     }
     fn releasedir(&self, ctx: &Context, i: u64, f: u32, h: u64) -> io::Result<()> {
-        self.inner.releasedir(ctx, i, f, h)
+        self.faults.releasedirs.fetch_add(1, Ordering::SeqCst);
+        self.inner.releasedir(ctx, i, f, h)?;
+        if self.faults.fail_releasedir.load(Ordering::SeqCst) {
+            return eio();
+        }
+        Ok(())
+    }
+    fn destroy(&self) {
+        self.inner.destroy()
     }
     fn access(&self, ctx: &Context, i: u64, m: u32) -> io::Result<()> {
         self.inner.access(ctx, i, m)

@@ -4,7 +4,7 @@
 # appended by tests/guest_e2e.rs):
 #   plan-rw.sh   the plan of a read-write file share, destination /root/test.txt
 #   plan-ro.sh   the plan of a read-only file share, destination /root/ro.txt
-#   env          FM_TOKEN=..., FM_TAG_RW=..., FM_TAG_RO=... (sourced)
+#   env          FM_TOKEN=..., FM_TAG_RW=..., FM_TAG_RO=..., FM_UNLINKABLE=0|1 (sourced)
 # Run with boxfs.automount=0 (nothing else mounts the shares) and both devices attached.
 #
 # Host <-> guest protocol: the host created the read-write file holding "boxfs host->guest TOKEN"
@@ -12,6 +12,15 @@
 # TOKEN" into the read-write file; the host, seeing it, replaces its file atomically (rename) with
 # "boxfs replaced TOKEN"; the guest waits to see that through the same bind mount, then writes
 # "boxfs guest->host-2 TOKEN" (which must land in the new host file).
+# Then the host swaps the file for things the daemon must not serve as before (issue 14):
+#   1. (only with FM_UNLINKABLE=1: the daemon runs unprivileged) a root-owned file the daemon can
+#      read but not hard-link: the guest must see its content, and writes fail (EACCES);
+#      the guest then prints "FM-STEP symlink";
+#   2. a symlink to a sibling file "boxfs secret TOKEN": the guest must get errors (EIO), never
+#      the sibling's content; it then prints "FM-STEP restore";
+#   3. a regular file "boxfs restored TOKEN": served again, and the guest writes
+#      "boxfs guest->host-3 TOKEN" into it (the host checks it at the end).
+# The host reads the "FM-STEP" lines from the live console log.
 # One "PASS name" / "FAIL name detail" line per check; last line "FILEMOUNT-DONE pass=N fail=N".
 FM=${BOXFS_FM_DIR:-/fm}
 P=0
@@ -88,5 +97,72 @@ eq rw_host_replace_seen "$got" "$want"
 if printf 'boxfs guest->host-2 %s\n' "$FM_TOKEN" > "$T"; then pass rw_write_after_replace; else fail rw_write_after_replace "write failed"; fi
 eq rw_mode_after_replace "$(stat -c %a "$T")" 777
 ko rw_staging_still_gone ls "$STAGE/$FM_TAG_RW"
+sync
+
+# Polls `cat $T` (up to 120 s) until it prints $1; prints the last output.
+wait_content() {
+    i=0
+    got="$(cat "$T" 2>&1)"
+    while [ "$got" != "$1" ] && [ $i -lt 240 ]; do
+        sleep 0.5
+        i=$((i + 1))
+        got="$(cat "$T" 2>&1)"
+    done
+    printf '%s' "$got"
+}
+
+# --- host swaps in a file the daemon can read but not link --------------------------------------
+if [ "${FM_UNLINKABLE:-0}" = 1 ]; then
+    echo "INFO waiting for the root-owned replacement"
+    got=$(wait_content "boxfs root-owned $FM_TOKEN")
+    eq rw_unlinkable_seen "$got" "boxfs root-owned $FM_TOKEN"
+    if out=$( (printf 'x\n' > "$T") 2>&1 ); then
+        fail rw_unlinkable_write_refused "write succeeded"
+    else
+        case "$out" in
+            *"Permission denied"*) pass rw_unlinkable_write_refused ;;
+            *) fail rw_unlinkable_write_refused "$out" ;;
+        esac
+    fi
+    eq rw_unlinkable_unchanged "$(cat "$T" 2>&1)" "boxfs root-owned $FM_TOKEN"
+else
+    echo "INFO unlinkable replacement skipped (the daemon is not unprivileged)"
+fi
+echo "FM-STEP symlink"
+
+# --- host swaps in a symlink to a sibling -------------------------------------------------------
+echo "INFO waiting for the symlink swap"
+i=0
+leaked=0
+while [ $i -lt 240 ]; do
+    if got=$(cat "$T" 2>&1); then
+        case "$got" in *secret*) leaked=1; break ;; esac
+        sleep 0.5
+        i=$((i + 1))
+    else
+        break
+    fi
+done
+echo "INFO symlink swap seen after ${i} polls: $got"
+if [ $leaked = 1 ]; then
+    fail rw_symlink_never_target "read the symlink's target: $got"
+else
+    pass rw_symlink_never_target
+fi
+case "$got" in
+    *"I/O error"*|*"Input/output error"*) pass rw_symlink_eio ;;
+    *) fail rw_symlink_eio "$got" ;;
+esac
+case "$(cat "$T" 2>&1)" in
+    *secret*) fail rw_symlink_still_refused "read the symlink's target" ;;
+    *"I/O error"*|*"Input/output error"*) pass rw_symlink_still_refused ;;
+    *) fail rw_symlink_still_refused "$(cat "$T" 2>&1)" ;;
+esac
+echo "FM-STEP restore"
+
+# --- host puts a regular file back --------------------------------------------------------------
+got=$(wait_content "boxfs restored $FM_TOKEN")
+eq rw_restored "$got" "boxfs restored $FM_TOKEN"
+if printf 'boxfs guest->host-3 %s\n' "$FM_TOKEN" > "$T"; then pass rw_write_after_restore; else fail rw_write_after_restore "write failed"; fi
 sync
 done_
