@@ -272,7 +272,7 @@ impl FileMount {
         // Symlinks in the given path are resolved here, once; the file's directory is then
         // pinned and only its final name is looked at again (a symlink there is refused).
         let host = HostFile::resolve(&host_file).map_err(|e| Error::path(&host_file, e))?;
-        let (placement, source) = match place(&host, staging.share(), &name_os, allow_copy) {
+        let (placement, source) = match place(&host, staging.share_fd(), &name_os, allow_copy) {
             Ok(p) => p,
             Err(PlaceError::NoLink(e)) => {
                 let why = if e.raw_os_error() == Some(libc::EXDEV) {
@@ -319,6 +319,7 @@ impl FileMount {
             host_path: host_file.clone(),
             host,
             share: staging.share().to_path_buf(),
+            share_fd: Arc::clone(staging.share_fd()),
             name_os,
             readonly: options.readonly,
             allow_copy,

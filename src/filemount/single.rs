@@ -40,6 +40,7 @@
 use std::collections::HashMap;
 use std::ffi::{CStr, CString, OsString};
 use std::io;
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -116,6 +117,7 @@ pub struct SingleFileFs {
     host_path: PathBuf,
     host: HostFile,
     share: PathBuf,
+    share_fd: Arc<OwnedFd>,
     name: CString,
     name_os: OsString,
     readonly: bool,
@@ -139,6 +141,7 @@ pub(crate) struct Parts {
     pub host_path: PathBuf,
     pub host: HostFile,
     pub share: PathBuf,
+    pub share_fd: Arc<OwnedFd>,
     pub name_os: OsString,
     pub readonly: bool,
     pub allow_copy: bool,
@@ -157,6 +160,7 @@ impl SingleFileFs {
             host_path: p.host_path,
             host: p.host,
             share: p.share,
+            share_fd: p.share_fd,
             name,
             name_os: p.name_os,
             readonly: p.readonly,
@@ -215,7 +219,7 @@ impl SingleFileFs {
             return; // The same file that could not be served: not tried again.
         }
         // A read-write mount falls back to a copy too, with writes refused.
-        let (placement, source) = match place(&self.host, &self.share, &self.name_os, true) {
+        let (placement, source) = match place(&self.host, &self.share_fd, &self.name_os, true) {
             Ok(p) => p,
             Err(e) => {
                 let why = match e {

@@ -11,12 +11,13 @@
 //!
 //! The owner lock lives outside `share/`, so the guest never sees it.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::sweep::{runtime_lock, OWNER_LOCK};
 use super::sys::{self, Kind};
@@ -93,10 +94,18 @@ impl Source {
 }
 
 /// One staging directory, owned (locked) by this process; removed on drop.
+///
+/// Everything after creation goes through descriptors (the runtime directory, the staging
+/// directory and `share/`), never through paths: a daemon that confined itself to a mount
+/// namespace without the host's file system still refreshes and removes it.
 #[derive(Debug)]
 pub(crate) struct Staging {
     dir: PathBuf,
     share: PathBuf,
+    name: OsString,
+    runtime_fd: OwnedFd,
+    dir_fd: OwnedFd,
+    share_fd: Arc<OwnedFd>,
     _owner: File,
 }
 
@@ -105,6 +114,7 @@ impl Staging {
     /// `AlreadyExists` if a directory of that tag exists (the caller draws another tag).
     pub(crate) fn create(runtime_dir: &Path, tag: &Tag) -> io::Result<Staging> {
         let dir = runtime_dir.join(tag.as_str());
+        let runtime_fd = sys::open_dir(runtime_dir)?;
         let owner = {
             let _guard = runtime_lock(runtime_dir)?;
             DirBuilder::new().mode(0o700).create(&dir)?;
@@ -127,13 +137,21 @@ impl Staging {
             }
             owner
         };
-        let staging = Staging {
-            share: dir.join("share"),
+        // From here on a failure leaves the directory to the next sweep (the lock dies with
+        // `owner`).
+        let dir_fd = sys::open_dir(&dir)?;
+        let share = dir.join("share");
+        DirBuilder::new().mode(0o700).create(&share)?;
+        let share_fd = Arc::new(sys::open_dir(&share)?);
+        Ok(Staging {
+            name: OsString::from(tag.as_str()),
+            share,
             dir,
+            runtime_fd,
+            dir_fd,
+            share_fd,
             _owner: owner,
-        };
-        DirBuilder::new().mode(0o700).create(&staging.share)?;
-        Ok(staging)
+        })
     }
 
     /// The directory served to the guest.
@@ -141,16 +159,30 @@ impl Staging {
         &self.share
     }
 
+    /// The directory served to the guest, held open.
+    pub(crate) fn share_fd(&self) -> &Arc<OwnedFd> {
+        &self.share_fd
+    }
+
     /// The whole staging directory (`fm_<tag>`).
     pub(crate) fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    fn remove(&self) -> io::Result<()> {
+        for (name, is_dir) in sys::list_dir(&self.share_fd)? {
+            sys::unlink_at(&self.share_fd, &name, is_dir)?;
+        }
+        sys::unlink_at(&self.dir_fd, OsStr::new("share"), true)?;
+        sys::unlink_at(&self.dir_fd, OsStr::new(OWNER_LOCK), false)?;
+        sys::unlink_at(&self.runtime_fd, &self.name, true)
     }
 }
 
 impl Drop for Staging {
     fn drop(&mut self) {
         // Still holding the owner lock, so a concurrent sweep leaves it to us.
-        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+        if let Err(e) = self.remove() {
             if e.kind() != io::ErrorKind::NotFound {
                 tracing::warn!(
                     "cannot remove staging directory {}: {e}",
@@ -193,24 +225,23 @@ fn refuse(kind: Kind) -> Result<(), PlaceError> {
 /// placed. A symlink at the host file's name is never followed.
 pub(crate) fn place(
     host: &HostFile,
-    share: &Path,
-    name: &OsString,
+    share: &OwnedFd,
+    name: &OsStr,
     allow_copy: bool,
 ) -> Result<(Placement, Source), PlaceError> {
     refuse(host.stat()?.0)?;
     let mut tmp = OsString::from(String::from_utf8_lossy(INTERNAL_PREFIX).into_owned());
     tmp.push(format!("stage-{:016x}", rand::random::<u64>()));
-    let tmp = share.join(tmp);
-    let dst = share.join(name);
-    let placed = match sys::link_at(&host.dir, &host.name, &tmp) {
+    let discard = || {
+        let _ = sys::unlink_at(share, &tmp, false);
+    };
+    let placed = match sys::link_at(&host.dir, &host.name, share, &tmp) {
         Ok(()) => {
             // What was actually linked: the name may have changed since it was looked at, and
             // a symlink there is linked as itself, never followed.
-            let (kind, source) = sys::lstat(&tmp).inspect_err(|_| {
-                let _ = std::fs::remove_file(&tmp);
-            })?;
+            let (kind, source) = sys::stat_at(share, &tmp).inspect_err(|_| discard())?;
             if let Err(e) = refuse(kind) {
-                let _ = std::fs::remove_file(&tmp);
+                discard();
                 return Err(e);
             }
             (Placement::Linked, source)
@@ -219,15 +250,13 @@ pub(crate) fn place(
             if !allow_copy {
                 return Err(PlaceError::NoLink(e));
             }
-            let src = copy_to(host, &tmp).inspect_err(|_| {
-                let _ = std::fs::remove_file(&tmp);
-            })?;
+            let src = copy_to(host, share, &tmp).inspect_err(|_| discard())?;
             (Placement::Copied, src)
         }
         Err(e) => return Err(PlaceError::Io(e)),
     };
-    if let Err(e) = std::fs::rename(&tmp, &dst) {
-        let _ = std::fs::remove_file(&tmp);
+    if let Err(e) = sys::rename_in(share, &tmp, name) {
+        discard();
         return Err(PlaceError::Io(e));
     }
     Ok(placed)
@@ -241,8 +270,9 @@ fn is_link_refusal(e: &io::Error) -> bool {
     )
 }
 
-/// Copies the host file to the new file `tmp`; returns the identity of the file copied from.
-fn copy_to(host: &HostFile, tmp: &Path) -> Result<Source, PlaceError> {
+/// Copies the host file to the new file `tmp` in `share`; returns the identity of the file
+/// copied from.
+fn copy_to(host: &HostFile, share: &OwnedFd, tmp: &OsStr) -> Result<Source, PlaceError> {
     let mut src = match sys::open_at_nofollow(&host.dir, &host.name) {
         Ok(f) => f,
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Err(PlaceError::Symlink),
@@ -250,12 +280,7 @@ fn copy_to(host: &HostFile, tmp: &Path) -> Result<Source, PlaceError> {
     };
     let (kind, source) = sys::fstat(&src)?;
     refuse(kind)?;
-    let mut dst = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(tmp)?;
+    let mut dst = sys::create_at(share, tmp)?;
     io::copy(&mut src, &mut dst)?;
     Ok(source)
 }

@@ -10,13 +10,14 @@
 // Stat field types differ per platform.
 #![allow(clippy::unnecessary_cast)]
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io;
 use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use rustix::fs::{AtFlags, FileType, FlockOperation, Mode, OFlags, CWD};
+use rustix::fs::{AtFlags, FileType, FlockOperation, Mode, OFlags};
 use rustix::io::Errno;
 
 use super::staging::Source;
@@ -103,12 +104,6 @@ pub(crate) fn fstat(file: &File) -> io::Result<(Kind, Source)> {
     Ok((kind_of(&st), source_of(&st)))
 }
 
-/// The identity of the file at `path`, not following a symlink there.
-pub(crate) fn lstat(path: &Path) -> io::Result<(Kind, Source)> {
-    let st = rustix::fs::statat(CWD, path, AtFlags::SYMLINK_NOFOLLOW)?;
-    Ok((kind_of(&st), source_of(&st)))
-}
-
 fn kind_of(st: &rustix::fs::Stat) -> Kind {
     match FileType::from_raw_mode(st.st_mode as _) {
         FileType::RegularFile => Kind::File,
@@ -127,11 +122,68 @@ fn source_of(st: &rustix::fs::Stat) -> Source {
     }
 }
 
-/// Hard-links `name` in `dir` to the new path `dst`, never following a symlink at `name`
-/// (a symlink there would be linked itself; callers check what they linked).
-pub(crate) fn link_at(dir: &OwnedFd, name: &OsStr, dst: &Path) -> io::Result<()> {
-    rustix::fs::linkat(dir, name, CWD, dst, AtFlags::empty())?;
+/// Hard-links `name` in `dir` to the new name `dst` in `dst_dir`, never following a symlink at
+/// `name` (a symlink there would be linked itself; callers check what they linked).
+pub(crate) fn link_at(
+    dir: &OwnedFd,
+    name: &OsStr,
+    dst_dir: &OwnedFd,
+    dst: &OsStr,
+) -> io::Result<()> {
+    rustix::fs::linkat(dir, name, dst_dir, dst, AtFlags::empty())?;
     Ok(())
+}
+
+/// Creates the new file `name` in `dir` (mode 0600) for writing.
+pub(crate) fn create_at(dir: &OwnedFd, name: &OsStr) -> io::Result<File> {
+    let fd = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )?;
+    Ok(File::from(fd))
+}
+
+/// Renames `from` to `to`, both in `dir`, replacing `to`.
+pub(crate) fn rename_in(dir: &OwnedFd, from: &OsStr, to: &OsStr) -> io::Result<()> {
+    rustix::fs::renameat(dir, from, dir, to)?;
+    Ok(())
+}
+
+/// Removes `name` from `dir` (a directory when `is_dir`).
+pub(crate) fn unlink_at(dir: &OwnedFd, name: &OsStr, is_dir: bool) -> io::Result<()> {
+    let flags = if is_dir {
+        AtFlags::REMOVEDIR
+    } else {
+        AtFlags::empty()
+    };
+    rustix::fs::unlinkat(dir, name, flags)?;
+    Ok(())
+}
+
+/// The names in the directory `dir` (without `.` and `..`), with whether each is a directory.
+pub(crate) fn list_dir(dir: &OwnedFd) -> io::Result<Vec<(OsString, bool)>> {
+    let mut names = Vec::new();
+    // `dir` may be an `O_PATH` descriptor, which cannot be read: open it afresh for reading.
+    let readable = rustix::fs::openat(
+        dir,
+        ".",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    for entry in rustix::fs::Dir::new(readable)? {
+        let entry = entry?;
+        let name = OsStr::from_bytes(entry.file_name().to_bytes());
+        if name == "." || name == ".." {
+            continue;
+        }
+        names.push((
+            name.to_os_string(),
+            entry.file_type() == FileType::Directory,
+        ));
+    }
+    Ok(names)
 }
 
 /// Opens `name` in `dir` for reading, refusing a symlink there (`ELOOP`) and never blocking
