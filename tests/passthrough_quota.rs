@@ -6,11 +6,71 @@
 mod harness;
 mod passthrough_common;
 
+use std::io;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 use boxfs::passthrough::PassthroughFs;
-use boxfs::FileSystem;
+use boxfs::zero_copy::MemReader;
+use boxfs::{FileReadWriteVolatile, FileSystem, ZeroCopyReader};
 use harness::*;
+
+/// A write payload that runs `hook` when the backend starts copying it into the file, that
+/// is after the backend decided what the write costs and before the file changes.
+struct HookedReader<'a, F: FnMut()> {
+    inner: MemReader<'a>,
+    hook: F,
+}
+
+impl<F: FnMut()> io::Read for HookedReader<'_, F> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf)
+    }
+}
+
+impl<F: FnMut()> ZeroCopyReader for HookedReader<'_, F> {
+    fn read_to(
+        &mut self,
+        f: &mut dyn FileReadWriteVolatile,
+        count: usize,
+        off: u64,
+    ) -> io::Result<usize> {
+        (self.hook)();
+        self.inner.read_to(f, count, off)
+    }
+}
+
+fn hooked_write(
+    fs: &PassthroughFs,
+    ino: u64,
+    fh: u64,
+    off: u64,
+    data: &[u8],
+    hook: impl FnMut(),
+) -> io::Result<usize> {
+    let mut r = HookedReader {
+        inner: MemReader::new(data),
+        hook,
+    };
+    fs.write(
+        &boxfs::Context::new(),
+        ino,
+        fh,
+        &mut r,
+        data.len() as u32,
+        off,
+        None,
+        false,
+        0,
+        0,
+    )
+}
+
+/// Whether thread `tid` of this process is blocked waiting on a lock (in `futex`).
+fn blocked_in_futex(tid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall"))
+        .is_ok_and(|s| s.split_whitespace().next() == Some(&libc::SYS_futex.to_string()))
+}
 
 /// Apparent size of every regular file under `dir` (what the quota counts).
 fn bytes_on_disk(dir: &Path) -> u64 {
@@ -82,6 +142,52 @@ fn eight_writers_extending_one_file_are_charged_exactly() {
     assert_eq!(fs.quota_used(), Some(bytes_on_disk(dir.path())));
     h.release(e.inode, fh);
     h.release(a.inode, afh);
+}
+
+/// Two extending writes in flight at once, made deterministic: the first write holds still
+/// just before it changes the file until the second one has either completed or is
+/// blocked waiting for it.
+#[test]
+fn two_extending_writes_in_flight_at_once_are_charged_once() {
+    let dir = passthrough_common::tempdir();
+    let fs = quota_fs(dir.path());
+    let h = H {
+        fs: &fs,
+        ctx: boxfs::Context::new(),
+    };
+    let (e, fh) = h.create(ROOT, "f", 0o644).expect("create");
+    let first_in = AtomicBool::new(false);
+    let second_done = AtomicBool::new(false);
+    let second_tid = AtomicI32::new(0);
+    let data = vec![9u8; 100_000];
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: gettid has no preconditions.
+            second_tid.store(unsafe { libc::gettid() }, Ordering::SeqCst);
+            while !first_in.load(Ordering::SeqCst) {
+                std::thread::yield_now();
+            }
+            hooked_write(&fs, e.inode, fh, 100_000, &data, || {}).expect("second write");
+            second_done.store(true, Ordering::SeqCst);
+        });
+        hooked_write(&fs, e.inode, fh, 0, &data, || {
+            first_in.store(true, Ordering::SeqCst);
+            let tid = loop {
+                let t = second_tid.load(Ordering::SeqCst);
+                if t != 0 {
+                    break t;
+                }
+                std::thread::yield_now();
+            };
+            while !second_done.load(Ordering::SeqCst) && !blocked_in_futex(tid) {
+                std::thread::yield_now();
+            }
+        })
+        .expect("first write");
+    });
+    assert_eq!(h.getattr(e.inode).st_size, 200_000);
+    assert_eq!(fs.quota_used(), Some(200_000));
+    h.release(e.inode, fh);
 }
 
 #[test]
