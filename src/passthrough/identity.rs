@@ -18,16 +18,21 @@
 //!
 //! On macOS the fingerprint is the birth time (`st_birthtime`).
 
+use std::ffi::CStr;
 use std::os::fd::RawFd;
+
+/// Handle bytes kept exactly (ext4, xfs, tmpfs and btrfs handles fit); longer handles are
+/// kept as a 128-bit digest.
+const HANDLE_BYTES: usize = 20;
 
 /// A host file's identity beyond its inode number; see the [module documentation](self).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Fingerprint {
     /// Nothing could be learned: files with the same number are taken to be the same.
     Unknown,
-    /// Handle type followed by the handle bytes.
+    /// Handle type, length and bytes (or digest, past [`HANDLE_BYTES`]).
     #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
-    Handle(Box<[u8]>),
+    Handle(i32, u8, [u8; HANDLE_BYTES]),
     /// Birth time (seconds, nanoseconds).
     Birth(i64, u32),
 }
@@ -37,7 +42,7 @@ impl Fingerprint {
     /// of the same kind, and differ.
     pub fn same(&self, other: &Fingerprint) -> bool {
         match (self, other) {
-            (Fingerprint::Handle(a), Fingerprint::Handle(b)) => a == b,
+            (Fingerprint::Handle(..), Fingerprint::Handle(..)) => self == other,
             (Fingerprint::Birth(a, b), Fingerprint::Birth(c, d)) => (a, b) == (c, d),
             _ => true,
         }
@@ -47,40 +52,67 @@ impl Fingerprint {
 /// The fingerprint of the file `fd` refers to (any descriptor, `O_PATH` included).
 #[cfg(target_os = "linux")]
 pub(crate) fn fingerprint(fd: RawFd) -> Fingerprint {
+    if let Some(h) = handle_at(fd, c"", libc::AT_EMPTY_PATH) {
+        return h;
+    }
+    birth_at(fd, c"", libc::AT_EMPTY_PATH).unwrap_or(Fingerprint::Unknown)
+}
+
+/// The fingerprint of `name` in directory `dir` (a symlink itself, not its target), of the
+/// same kind as `like`, without opening it; `None` if it cannot be had.
+#[cfg(target_os = "linux")]
+pub(crate) fn fingerprint_at(dir: RawFd, name: &CStr, like: &Fingerprint) -> Option<Fingerprint> {
+    match like {
+        Fingerprint::Unknown => Some(Fingerprint::Unknown),
+        Fingerprint::Handle(..) => handle_at(dir, name, 0),
+        Fingerprint::Birth(..) => birth_at(dir, name, libc::AT_SYMLINK_NOFOLLOW),
+    }
+}
+
+/// A file handle, or an identification-only one where the filesystem cannot export
+/// handles.
+#[cfg(target_os = "linux")]
+fn handle_at(dir: RawFd, name: &CStr, flags: i32) -> Option<Fingerprint> {
     use std::sync::atomic::{AtomicBool, Ordering};
 
     /// Set once the kernel rejected `AT_HANDLE_FID` (before Linux 6.5).
     static NO_FID: AtomicBool = AtomicBool::new(false);
 
-    if let Some(h) = handle(fd, 0) {
-        return h;
+    match handle_result(dir, name, flags) {
+        Ok(h) => return Some(h),
+        Err(libc::EOPNOTSUPP) if !NO_FID.load(Ordering::Relaxed) => {}
+        Err(_) => return None,
     }
-    if !NO_FID.load(Ordering::Relaxed) {
-        match handle_result(fd, libc::AT_HANDLE_FID) {
-            Ok(h) => return h,
-            Err(libc::EINVAL) => NO_FID.store(true, Ordering::Relaxed),
-            Err(_) => {}
+    match handle_result(dir, name, flags | libc::AT_HANDLE_FID) {
+        Ok(h) => Some(h),
+        Err(e) => {
+            if e == libc::EINVAL {
+                NO_FID.store(true, Ordering::Relaxed);
+            }
+            None
         }
     }
-    // SAFETY: `fd` is an open descriptor for the duration of this call.
-    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+}
+
+/// The birth time, where the filesystem records one.
+#[cfg(target_os = "linux")]
+fn birth_at(dir: RawFd, name: &CStr, flags: i32) -> Option<Fingerprint> {
     use rustix::fs::{statx, AtFlags, StatxFlags};
-    match statx(fd, c"", AtFlags::EMPTY_PATH, StatxFlags::BTIME) {
-        Ok(stx) if stx.stx_mask & StatxFlags::BTIME.bits() != 0 => {
-            Fingerprint::Birth(stx.stx_btime.tv_sec, stx.stx_btime.tv_nsec)
-        }
-        _ => Fingerprint::Unknown,
+    // SAFETY: `dir` is an open descriptor for the duration of this call.
+    let dir = unsafe { std::os::fd::BorrowedFd::borrow_raw(dir) };
+    let flags = AtFlags::from_bits_truncate(flags as _);
+    match statx(dir, name, flags, StatxFlags::BTIME) {
+        Ok(stx) if stx.stx_mask & StatxFlags::BTIME.bits() != 0 => Some(Fingerprint::Birth(
+            stx.stx_btime.tv_sec,
+            stx.stx_btime.tv_nsec,
+        )),
+        _ => None,
     }
 }
 
+/// `name_to_handle_at(dir, name, flags)`, or the errno.
 #[cfg(target_os = "linux")]
-fn handle(fd: RawFd, flags: i32) -> Option<Fingerprint> {
-    handle_result(fd, flags).ok()
-}
-
-/// `name_to_handle_at(fd, "", AT_EMPTY_PATH | flags)`, or the errno.
-#[cfg(target_os = "linux")]
-fn handle_result(fd: RawFd, flags: i32) -> Result<Fingerprint, i32> {
+fn handle_result(dir: RawFd, name: &CStr, flags: i32) -> Result<Fingerprint, i32> {
     const MAX: usize = libc::MAX_HANDLE_SZ as usize;
     /// `struct file_handle` with room for the largest handle.
     #[repr(C)]
@@ -95,15 +127,16 @@ fn handle_result(fd: RawFd, flags: i32) -> Result<Fingerprint, i32> {
         data: [0; MAX],
     };
     let mut mount_id: libc::c_int = 0;
-    // SAFETY: `buf` starts with the `file_handle` header and has `handle_bytes` bytes of
-    // room after it; the empty path with `AT_EMPTY_PATH` names `fd` itself.
+    // SAFETY: `name` is NUL-terminated; `buf` starts with the `file_handle` header and has
+    // `handle_bytes` bytes of room after it. Without `AT_SYMLINK_FOLLOW` a symlink is not
+    // followed.
     let r = unsafe {
         libc::name_to_handle_at(
-            fd,
-            c"".as_ptr(),
+            dir,
+            name.as_ptr(),
             (&mut buf as *mut Buf).cast::<libc::file_handle>(),
             &mut mount_id,
-            libc::AT_EMPTY_PATH | flags,
+            flags,
         )
     };
     if r < 0 {
@@ -112,10 +145,23 @@ fn handle_result(fd: RawFd, flags: i32) -> Result<Fingerprint, i32> {
             .unwrap_or(libc::EIO));
     }
     let len = (buf.bytes as usize).min(MAX);
-    let mut v = Vec::with_capacity(4 + len);
-    v.extend_from_slice(&buf.kind.to_ne_bytes());
-    v.extend_from_slice(&buf.data[..len]);
-    Ok(Fingerprint::Handle(v.into_boxed_slice()))
+    let mut out = [0u8; HANDLE_BYTES];
+    if len <= HANDLE_BYTES {
+        out[..len].copy_from_slice(&buf.data[..len]);
+    } else {
+        use std::hash::{Hash, Hasher};
+        for (i, part) in out.chunks_mut(8).enumerate() {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (i, &buf.data[..len]).hash(&mut h);
+            let d = h.finish().to_ne_bytes();
+            part.copy_from_slice(&d[..part.len()]);
+        }
+    }
+    Ok(Fingerprint::Handle(
+        buf.kind,
+        len.min(u8::MAX as usize) as u8,
+        out,
+    ))
 }
 
 /// Other platforms (macOS): the birth time, which every macOS filesystem records.
@@ -128,6 +174,25 @@ pub(crate) fn fingerprint(fd: RawFd) -> Fingerprint {
         return Fingerprint::Unknown;
     }
     Fingerprint::Birth(st.st_birthtime as i64, st.st_birthtime_nsec as u32)
+}
+
+/// The fingerprint of `name` in directory `dir` (never following a symlink), of the same
+/// kind as `like`; `None` if it cannot be had.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn fingerprint_at(dir: RawFd, name: &CStr, like: &Fingerprint) -> Option<Fingerprint> {
+    if *like == Fingerprint::Unknown {
+        return Some(Fingerprint::Unknown);
+    }
+    // SAFETY: all-zero is a valid `stat`.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `name` is NUL-terminated and `st` a valid out-pointer.
+    if unsafe { libc::fstatat(dir, name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) } < 0 {
+        return None;
+    }
+    Some(Fingerprint::Birth(
+        st.st_birthtime as i64,
+        st.st_birthtime_nsec as u32,
+    ))
 }
 
 #[cfg(all(test, target_os = "linux"))]
@@ -151,6 +216,10 @@ mod tests {
         std::fs::write(&p, b"2").expect("write");
         let c = std::fs::File::open(&p).expect("open");
         assert!(!fa.same(&fingerprint(c.as_raw_fd())));
+        let d = std::fs::File::open(&dir).expect("open dir");
+        let by_name = fingerprint_at(d.as_raw_fd(), c"f", &fa).expect("by name");
+        assert!(by_name.same(&fingerprint(c.as_raw_fd())));
+        assert!(!by_name.same(&fa));
         assert!(Fingerprint::Unknown.same(&fa));
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }

@@ -205,13 +205,16 @@ impl PassthroughFs {
     ) -> io::Result<Entry> {
         // Fast path: a name that leads to an inode the guest already holds needs one `statx`
         // (one validated component, never following a symlink) instead of open + stat +
-        // close, provided the inode's descriptor is open: no other file can have its
-        // number then. Otherwise the number may have been reused by a new file, which only
-        // the slow path (open, fingerprint) can tell.
+        // close, provided the file is the inode's: certainly so while the inode's
+        // descriptor is open (no other file can have its number then), otherwise if the
+        // name's fingerprint is the inode's (the number may have gone to a new file).
         if let Ok(hs) = platform::stat_at(dirfd, name) {
             let key = key_of(&hs);
             if let Some(inode) = self.inodes.get_by_key(&key) {
-                if self.holds_fd(&inode) && self.inodes.add_lookup_if_current(&key, &inode) {
+                let same = self.holds_fd(&inode)
+                    || identity::fingerprint_at(dirfd, name, &inode.fp)
+                        .is_some_and(|f| inode.fp.same(&f));
+                if same && self.inodes.add_lookup_if_current(&key, &inode) {
                     if inode.pinned.lock().is_none() {
                         let mut path = inode.path.lock();
                         let same = path
