@@ -9,6 +9,7 @@ mod passthrough_common;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
 
 use boxfs::passthrough::PassthroughFs;
 use harness::*;
@@ -26,17 +27,48 @@ fn recreate_with_ino(dir: &Path, path: &Path, ino: u64, data: &[u8]) -> bool {
     false
 }
 
+/// A temp dir on a filesystem that gives a deleted file's inode number to the next new file
+/// (ext4 and xfs do at once; tmpfs since Linux 5.9 never does), found by trying.
+fn reusing_tempdir() -> Option<tempfile::TempDir> {
+    passthrough_common::unprivileged();
+    for base in ["/tmp", "/var/tmp", "/dev/shm"] {
+        let Ok(dir) = tempfile::Builder::new()
+            .prefix("boxfs-pt-")
+            .tempdir_in(base)
+        else {
+            continue;
+        };
+        let probe = dir.path().join("probe");
+        std::fs::write(&probe, b"1").expect("write");
+        let ino = std::fs::metadata(&probe).expect("stat").ino();
+        std::fs::remove_file(&probe).expect("rm");
+        if recreate_with_ino(dir.path(), &probe, ino, b"2") {
+            for e in std::fs::read_dir(dir.path()).expect("read_dir") {
+                std::fs::remove_file(e.expect("entry").path()).expect("rm");
+            }
+            return Some(dir);
+        }
+    }
+    eprintln!(
+        "skipped: no filesystem at hand reuses inode numbers (tried /tmp, /var/tmp, /dev/shm)"
+    );
+    None
+}
+
 /// A share whose descriptor cache is as small as allowed, so held inodes lose their
-/// descriptors; on the unprivileged test user's `/tmp` (ext4 reuses a freed inode number for
-/// the next file; tmpfs since Linux 5.9 never does).
-fn setup() -> (tempfile::TempDir, PassthroughFs) {
-    let dir = passthrough_common::tempdir();
+/// descriptors, on a filesystem that reuses inode numbers.
+fn setup() -> Option<(MutexGuard<'static, ()>, tempfile::TempDir, PassthroughFs)> {
+    // One test at a time, so the tests do not take each other's freed numbers.
+    let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = reusing_tempdir()?;
     let fs = passthrough_common::builder(dir.path())
         .fd_cache_size(16)
         .build()
         .expect("build");
-    (dir, fs)
+    Some((serial, dir, fs))
 }
+
+static SERIAL: Mutex<()> = Mutex::new(());
 
 /// Creates `name` owned by 1234:5678 with `data`, then evicts its descriptor by creating
 /// more files than the cache holds. Returns its guest inode and host inode number.
@@ -53,7 +85,9 @@ fn held_and_evicted(h: &H<'_>, dir: &Path, name: &str, data: &[u8]) -> (u64, u64
 
 #[test]
 fn a_new_file_with_a_reused_number_under_the_same_name_is_a_new_inode() {
-    let (dir, fs) = setup();
+    let Some((_serial, dir, fs)) = setup() else {
+        return;
+    };
     let h = H {
         fs: &fs,
         ctx: boxfs::Context::new(),
@@ -62,7 +96,8 @@ fn a_new_file_with_a_reused_number_under_the_same_name_is_a_new_inode() {
     let (old, host_ino) = held_and_evicted(&h, dir.path(), "f", b"old");
     std::fs::remove_file(&path).expect("host unlink");
     if !recreate_with_ino(dir.path(), &path, host_ino, b"new file") {
-        eprintln!("skipped: the host filesystem of /tmp does not reuse inode numbers");
+        // Another process took the freed number first.
+        eprintln!("skipped: the host gave the freed inode number to another file");
         return;
     }
 
@@ -84,7 +119,9 @@ fn a_new_file_with_a_reused_number_under_the_same_name_is_a_new_inode() {
 
 #[test]
 fn the_old_inode_is_stale_before_the_new_file_is_looked_up() {
-    let (dir, fs) = setup();
+    let Some((_serial, dir, fs)) = setup() else {
+        return;
+    };
     let h = H {
         fs: &fs,
         ctx: boxfs::Context::new(),
@@ -93,7 +130,8 @@ fn the_old_inode_is_stale_before_the_new_file_is_looked_up() {
     let (old, host_ino) = held_and_evicted(&h, dir.path(), "g", b"old");
     std::fs::remove_file(&path).expect("host unlink");
     if !recreate_with_ino(dir.path(), &path, host_ino, b"new file") {
-        eprintln!("skipped: the host filesystem of /tmp does not reuse inode numbers");
+        // Another process took the freed number first.
+        eprintln!("skipped: the host gave the freed inode number to another file");
         return;
     }
     // Re-resolving the held inode by its remembered name finds a file with its number:
@@ -108,7 +146,9 @@ fn the_old_inode_is_stale_before_the_new_file_is_looked_up() {
 
 #[test]
 fn a_new_file_with_a_reused_number_under_another_name_is_a_new_inode() {
-    let (dir, fs) = setup();
+    let Some((_serial, dir, fs)) = setup() else {
+        return;
+    };
     let h = H {
         fs: &fs,
         ctx: boxfs::Context::new(),
@@ -117,7 +157,8 @@ fn a_new_file_with_a_reused_number_under_another_name_is_a_new_inode() {
     std::fs::remove_file(dir.path().join("a")).expect("host unlink");
     let path = dir.path().join("b");
     if !recreate_with_ino(dir.path(), &path, host_ino, b"other") {
-        eprintln!("skipped: the host filesystem of /tmp does not reuse inode numbers");
+        // Another process took the freed number first.
+        eprintln!("skipped: the host gave the freed inode number to another file");
         return;
     }
     let e = h.lookup(ROOT, "b").expect("lookup the new file");
@@ -132,7 +173,9 @@ fn a_new_file_with_a_reused_number_under_another_name_is_a_new_inode() {
 
 #[test]
 fn a_guest_created_file_with_a_reused_number_is_a_new_inode() {
-    let (dir, fs) = setup();
+    let Some((_serial, dir, fs)) = setup() else {
+        return;
+    };
     let h = H {
         fs: &fs,
         ctx: boxfs::Context::new(),
@@ -155,7 +198,8 @@ fn a_guest_created_file_with_a_reused_number_is_a_new_inode() {
         }
     }
     let Some((name, e)) = reused else {
-        eprintln!("skipped: the host filesystem of /tmp does not reuse inode numbers");
+        // Another process took the freed number first.
+        eprintln!("skipped: the host gave the freed inode number to another file");
         return;
     };
     assert_ne!(e.inode, old, "{name} took over the held guest inode");
