@@ -210,7 +210,11 @@ impl PassthroughFsBuilder {
 
     /// Limit on the total apparent size of regular files in the share; guest writes that
     /// would exceed it fail with `ENOSPC`, and `statfs` reports it. The existing tree is
-    /// measured once at build time.
+    /// measured once at build time; from then on the charge follows every guest change
+    /// exactly, concurrent writes included, and a file unlinked while the guest holds it
+    /// stays charged until the guest lets go of it. `fallocate(FALLOC_FL_KEEP_SIZE)` past
+    /// the end of a file fails with `EOPNOTSUPP` (the space would not show in the apparent
+    /// size).
     pub fn quota_bytes(mut self, quota: Option<u64>) -> Self {
         self.cfg.quota_bytes = quota;
         self
