@@ -227,6 +227,8 @@ const ALLOWED_COMMON: &[libc::c_long] = &[
     libc::SYS_mprotect,
     libc::SYS_mremap,
     libc::SYS_munmap,
+    // PassthroughFs fingerprints inodes by file handle (reused inode numbers).
+    libc::SYS_name_to_handle_at,
     libc::SYS_nanosleep,
     libc::SYS_openat,
     libc::SYS_openat2,
