@@ -116,6 +116,15 @@ impl FdCache {
         }
     }
 
+    /// Drops every entry.
+    pub fn clear(&self) {
+        for shard in self.shards.iter() {
+            let old = std::mem::take(&mut *shard.lock());
+            // Closed outside the lock.
+            drop(old);
+        }
+    }
+
     /// Number of cached descriptors.
     pub fn len(&self) -> usize {
         self.shards.iter().map(|s| s.lock().map.len()).sum()

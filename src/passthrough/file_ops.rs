@@ -17,7 +17,11 @@ use crate::{errno, Context, OpenOptions, ZeroCopyReader, ZeroCopyWriter};
 
 /// `WRITE_KILL_PRIV` in a FUSE write's flags.
 const WRITE_KILL_PRIV: u32 = 4;
-const FALLOC_FL_KEEP_SIZE: u32 = 1;
+/// Linux `fallocate` modes (the guest's values on every host).
+const FALLOC_FL_KEEP_SIZE: u32 = 0x01;
+const FALLOC_FL_PUNCH_HOLE: u32 = 0x02;
+const FALLOC_FL_COLLAPSE_RANGE: u32 = 0x08;
+const FALLOC_FL_INSERT_RANGE: u32 = 0x20;
 
 /// Borrows an open `File` as the `&mut File` the volatile I/O traits want, without taking
 /// ownership of the descriptor.
@@ -63,20 +67,19 @@ impl PassthroughFs {
             return Err(errno(libc::EROFS));
         }
         let fd = self.fd_of(&inode)?;
-        let old_size = if truncate && self.quota.is_some() {
-            platform::fstat(fd.as_raw_fd())?.st.st_size as u64
-        } else {
-            0
-        };
         let io_flags = self.io_flags(flags);
-        let file = self.with_fd_retry(|| platform::reopen(fd.as_raw_fd(), io_flags))?;
-        if truncate {
-            if let Some(q) = &self.quota {
+        let file = match &self.quota {
+            Some(q) if truncate => {
+                let _excl = inode.resize.write();
+                let old_size = platform::fstat(fd.as_raw_fd())?.st.st_size as u64;
+                let file = self.with_fd_retry(|| platform::reopen(fd.as_raw_fd(), io_flags))?;
                 q.release(old_size);
+                file
             }
-            if ctx.uid != 0 {
-                self.kill_priv_of(&inode)?;
-            }
+            _ => self.with_fd_retry(|| platform::reopen(fd.as_raw_fd(), io_flags))?,
+        };
+        if truncate && ctx.uid != 0 {
+            self.kill_priv_of(&inode)?;
         }
         let fh = self.handles.insert(Handle {
             inode,
@@ -131,30 +134,39 @@ impl PassthroughFs {
         if ctx.uid != 0 || fuse_flags & WRITE_KILL_PRIV != 0 {
             self.kill_priv_of(&h.inode)?;
         }
-        let mut reserved = 0;
-        let mut cur = 0;
-        if let Some(q) = &self.quota {
-            cur = platform::fstat(f.as_raw_fd())?.st.st_size as u64;
-            let start = if h.flags & libc::O_APPEND != 0 {
-                cur
-            } else {
-                offset
-            };
-            let end = start.saturating_add(size as u64);
-            reserved = end.saturating_sub(cur);
-            q.reserve(reserved)?;
+        let Some(q) = &self.quota else {
+            let mut file = borrow_file(f);
+            return r.read_to(&mut *file, size as usize, offset);
+        };
+        let append = h.flags & libc::O_APPEND != 0;
+        let end_of = |cur: u64| {
+            let start = if append { cur } else { offset };
+            start.saturating_add(size as u64)
+        };
+        // A write inside the file changes no size: it runs alongside other such writes,
+        // holding off truncation. One that may extend the file measures, charges and writes
+        // alone, so two extending writes never both charge the same growth.
+        let shared = h.inode.resize.read();
+        let cur = platform::fstat(f.as_raw_fd())?.st.st_size as u64;
+        if end_of(cur) <= cur {
+            let mut file = borrow_file(f);
+            let res = r.read_to(&mut *file, size as usize, offset);
+            drop(shared);
+            return res;
         }
+        drop(shared);
+        let _excl = h.inode.resize.write();
+        let cur = platform::fstat(f.as_raw_fd())?.st.st_size as u64;
+        let reserved = end_of(cur).saturating_sub(cur);
+        q.reserve(reserved)?;
         let mut file = borrow_file(f);
         let res = r.read_to(&mut *file, size as usize, offset);
-        if let Some(q) = &self.quota {
-            let used = match &res {
-                Ok(_) => platform::fstat(f.as_raw_fd())
-                    .map(|hs| (hs.st.st_size as u64).saturating_sub(cur))
-                    .unwrap_or(reserved),
-                Err(_) => 0,
-            };
-            q.release(reserved.saturating_sub(used));
-        }
+        let after = match platform::fstat(f.as_raw_fd()) {
+            Ok(hs) => hs.st.st_size as u64,
+            // Assume the worst: everything reserved was used.
+            Err(_) => cur + reserved,
+        };
+        q.settle(reserved, cur, after);
         res
     }
 
@@ -185,20 +197,34 @@ impl PassthroughFs {
         let HandleKind::File(f) = &h.kind else {
             return Err(errno(libc::EBADF));
         };
-        let mut reserved = 0;
-        if let Some(q) = &self.quota {
-            if mode & FALLOC_FL_KEEP_SIZE == 0 {
-                let cur = platform::fstat(f.as_raw_fd())?.st.st_size as u64;
-                reserved = offset.saturating_add(length).saturating_sub(cur);
-                q.reserve(reserved)?;
+        let Some(q) = &self.quota else {
+            return platform::fallocate(f.as_raw_fd(), mode, offset, length);
+        };
+        let _excl = h.inode.resize.write();
+        let before = platform::fstat(f.as_raw_fd())?.st.st_size as u64;
+        let end = offset.saturating_add(length);
+        let reserved = if mode & FALLOC_FL_INSERT_RANGE != 0 {
+            length
+        } else if mode & (FALLOC_FL_COLLAPSE_RANGE | FALLOC_FL_PUNCH_HOLE) != 0 {
+            0
+        } else if mode & FALLOC_FL_KEEP_SIZE != 0 {
+            // Space allocated past the end is invisible in the apparent size the quota
+            // counts, and could fill the host disk uncharged.
+            if end > before {
+                return Err(errno(libc::EOPNOTSUPP));
             }
-        }
+            0
+        } else {
+            end.saturating_sub(before)
+        };
+        q.reserve(reserved)?;
         let res = platform::fallocate(f.as_raw_fd(), mode, offset, length);
-        if res.is_err() {
-            if let Some(q) = &self.quota {
-                q.release(reserved);
-            }
-        }
+        let after = match platform::fstat(f.as_raw_fd()) {
+            Ok(hs) => hs.st.st_size as u64,
+            Err(_) if res.is_err() => before,
+            Err(_) => before.saturating_add(reserved),
+        };
+        q.settle(reserved, before, after);
         res
     }
 

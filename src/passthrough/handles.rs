@@ -65,7 +65,12 @@ impl HandleTable {
         self.map.write().remove(&id)
     }
 
-    pub fn clear(&self) {
-        self.map.write().clear();
+    pub fn len(&self) -> usize {
+        self.map.read().len()
+    }
+
+    /// Removes every handle and returns them, so they are closed outside the lock.
+    pub fn take_all(&self) -> HashMap<u64, Arc<Handle>> {
+        std::mem::take(&mut *self.map.write())
     }
 }

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use parking_lot::{Mutex, RwLock};
 
 use super::fd_cache::SharedFd;
+use super::identity::Fingerprint;
 use super::override_stat::OverrideStat;
+use super::quota::OrphanCharge;
 
 /// Host identity of an inode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -40,6 +42,8 @@ pub(crate) struct InodeData {
     pub id: u64,
     /// Host identity.
     pub key: InodeKey,
+    /// Tells the host file from a later one with the same `key` (see `identity.rs`).
+    pub fp: Fingerprint,
     /// `S_IFMT` bits of the host object (fixed for its lifetime).
     pub host_type: u32,
     /// Outstanding lookups.
@@ -50,6 +54,13 @@ pub(crate) struct InodeData {
     pub pinned: Mutex<Option<SharedFd>>,
     /// Cached ownership override; also serialises read-modify-write of it.
     pub meta: Mutex<Override>,
+    /// With a quota: held shared by writes that do not change the file's size, exclusively
+    /// by everything that may (extending writes, truncation, fallocate), so measuring the
+    /// size, charging and changing it is one step.
+    pub resize: RwLock<()>,
+    /// With a quota: the charge of a file the guest unlinked while holding it, credited when
+    /// the last reference to this inode (lookup or open handle) goes.
+    pub orphan: Mutex<Option<OrphanCharge>>,
 }
 
 /// Start of the node ids used when the host inode number is taken or unusable.
@@ -89,36 +100,47 @@ impl InodeStore {
         g.by_key.get(key).and_then(|id| g.by_id.get(id)).cloned()
     }
 
-    /// The inode with host identity `key` with one lookup added, if it exists.
-    pub fn lookup_existing(&self, key: &InodeKey) -> Option<Arc<InodeData>> {
+    /// Adds one lookup to `inode` if it is still the inode of `key`.
+    pub fn add_lookup_if_current(&self, key: &InodeKey, inode: &Arc<InodeData>) -> bool {
         let g = self.inner.read();
-        let d = g.by_key.get(key).and_then(|id| g.by_id.get(id))?;
-        d.lookups.fetch_add(1, Ordering::Relaxed);
-        Some(d.clone())
+        // The same object, not merely the same number: a forgotten inode's number may
+        // already belong to a new inode of the same file.
+        let current = g.by_key.get(key) == Some(&inode.id)
+            && g.by_id
+                .get(&inode.id)
+                .is_some_and(|d| Arc::ptr_eq(d, inode));
+        if current {
+            inode.lookups.fetch_add(1, Ordering::Relaxed);
+        }
+        current
     }
 
-    /// Finds the inode with `key` and adds one lookup, or creates it with `make(id)`.
-    /// Returns the inode and whether it was created.
+    /// Inserts a new inode for `key` built by `make(id)`, with one lookup, and returns it
+    /// with `true`. If `key` already belongs to an inode other than `stale`, that one gets a
+    /// lookup and is returned with `false` instead (another request registered the same
+    /// file first). `stale` (a previous file whose inode number the host reused) keeps its
+    /// node id until the guest forgets it but is no longer found by `key`.
     ///
     /// A new inode's number is the host inode number when that is free (so the guest's
     /// `st_ino`, directory entries and FUSE node ids agree and stay stable), otherwise one
     /// from a private range above 2^62.
-    pub fn lookup_or_insert(
+    pub fn insert(
         &self,
         key: InodeKey,
+        stale: Option<&Arc<InodeData>>,
         make: impl FnOnce(u64) -> InodeData,
     ) -> (Arc<InodeData>, bool) {
-        {
-            let g = self.inner.read();
-            if let Some(d) = g.by_key.get(&key).and_then(|id| g.by_id.get(id)) {
-                d.lookups.fetch_add(1, Ordering::Relaxed);
-                return (d.clone(), false);
-            }
-        }
         let mut g = self.inner.write();
-        if let Some(d) = g.by_key.get(&key).and_then(|id| g.by_id.get(id)).cloned() {
-            d.lookups.fetch_add(1, Ordering::Relaxed);
-            return (d, false);
+        if let Some(&id) = g.by_key.get(&key) {
+            if stale.map_or(true, |s| {
+                s.id != id || !g.by_id.get(&id).is_some_and(|d| Arc::ptr_eq(d, s))
+            }) {
+                if let Some(d) = g.by_id.get(&id) {
+                    d.lookups.fetch_add(1, Ordering::Relaxed);
+                    return (d.clone(), false);
+                }
+            }
+            g.by_key.remove(&key);
         }
         let mut id = key.ino;
         if id <= fuse_backend_rs::api::filesystem::ROOT_ID
@@ -154,6 +176,24 @@ impl InodeStore {
             g.by_key.remove(&d.key);
         }
         Some(d)
+    }
+
+    /// Removes every inode but the root (the guest let go of everything) and returns them.
+    pub fn drain(&self) -> Vec<Arc<InodeData>> {
+        let root = fuse_backend_rs::api::filesystem::ROOT_ID;
+        let mut g = self.inner.write();
+        let Inner { by_id, by_key } = &mut *g;
+        by_key.retain(|_, id| *id == root);
+        let mut gone = Vec::with_capacity(by_id.len().saturating_sub(1));
+        by_id.retain(|id, d| {
+            if *id == root {
+                true
+            } else {
+                gone.push(d.clone());
+                false
+            }
+        });
+        gone
     }
 
     /// Number of inodes known (including the root).

@@ -164,23 +164,24 @@ impl PassthroughFs {
                 return Err(errno(libc::EINVAL));
             }
             let new_size = u64::try_from(attr.st_size).map_err(|_| errno(libc::EINVAL))?;
-            let old_size = hs.st.st_size as u64;
-            if let Some(q) = &self.quota {
-                if new_size > old_size {
-                    q.reserve(new_size - old_size)?;
-                }
-            }
-            let res = match handle.as_ref().map(|h| &h.kind) {
+            let truncate = || match handle.as_ref().map(|h| &h.kind) {
                 Some(HandleKind::File(f)) if f.set_len(new_size).is_ok() => Ok(()),
                 _ => platform::truncate_inode(fd.as_raw_fd(), new_size),
             };
-            if let Some(q) = &self.quota {
-                match &res {
-                    Ok(()) if new_size < old_size => q.release(old_size - new_size),
-                    Err(_) if new_size > old_size => q.release(new_size - old_size),
-                    _ => {}
+            let res = match &self.quota {
+                None => truncate(),
+                Some(q) => {
+                    // Measured, charged and changed as one step (see `quota.rs`).
+                    let _excl = inode.resize.write();
+                    let old_size = platform::fstat(fd.as_raw_fd())?.st.st_size as u64;
+                    let reserved = new_size.saturating_sub(old_size);
+                    q.reserve(reserved)?;
+                    let res = truncate();
+                    let after = if res.is_ok() { new_size } else { old_size };
+                    q.settle(reserved, old_size, after);
+                    res
                 }
-            }
+            };
             res?;
             if ctx.uid != 0 && !valid.contains(SetattrValid::MODE) {
                 self.kill_priv_of(&inode)?;

@@ -14,7 +14,11 @@
 //! Inodes are identified by the host's (device, inode, mount id); hard links share one
 //! inode. Descriptors are bounded: inode descriptors live in an LRU cache
 //! ([`PassthroughFsBuilder::fd_cache_size`]) and an evicted inode is re-opened from its parent
-//! by name, verifying its identity (`ESTALE` if the host replaced it).
+//! by name, verifying its identity (`ESTALE` if the host replaced it). Because the host may
+//! give a deleted file's inode number to a new file once nothing holds the old one open, an
+//! inode also records its file handle (which carries the generation number; birth time where
+//! the filesystem has no handles): a new file with a reused number is served as a new inode,
+//! and the guest's old inode answers `ESTALE`.
 //!
 //! Guest inode numbers are the host's inode numbers where possible, so `st_ino`, directory
 //! entries and FUSE node ids agree and stay stable across lookups (inodes on submounts inside
@@ -28,8 +32,11 @@
 //!   fail with `ESTALE` once its descriptor has been evicted; nothing else is ever served in its
 //!   place. Host errors such as `EMFILE` are passed through unchanged.
 //! * `create` always creates (`EEXIST` for an existing name), like the other backends.
-//! * `quota_bytes` charges the apparent size of regular files (symlink targets included);
-//!   `fallocate(FALLOC_FL_KEEP_SIZE)` is not charged.
+//! * `quota_bytes` charges the apparent size of regular files (symlink targets included),
+//!   exactly also under concurrent writes; a file unlinked while open stays charged until the
+//!   guest lets go of it. `fallocate(FALLOC_FL_KEEP_SIZE)` past the end of the file, which
+//!   allocates space the apparent size does not show, fails with `EOPNOTSUPP` under a quota.
+//! * `destroy` (unmount, or a new session) releases every inode and handle the guest held.
 //! * Server-side `copy_file_range` is not offered: fuse-backend-rs 0.14 does not dispatch it.
 //!
 //! ```no_run
@@ -60,6 +67,7 @@ mod fd_cache;
 mod file_ops;
 mod fs_impl;
 mod handles;
+mod identity;
 mod inode_store;
 mod metadata;
 mod namespace_ops;
@@ -76,7 +84,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 
 pub use config::{HostPermissions, SymlinkMode};
 pub use override_stat::{OverrideStat, OVERRIDE_KEY};
@@ -107,7 +115,7 @@ pub struct PassthroughFs {
     inodes: InodeStore,
     fds: FdCache,
     handles: HandleTable,
-    quota: Option<Quota>,
+    quota: Option<Arc<Quota>>,
 }
 
 /// Builder for [`PassthroughFs`]; see [`PassthroughFs::builder`].
@@ -163,6 +171,11 @@ impl PassthroughFs {
         self.fds.len()
     }
 
+    /// Number of files and directories the guest currently has open.
+    pub fn open_handles(&self) -> usize {
+        self.handles.len()
+    }
+
     /// Bytes charged against the quota, if one is set.
     pub fn quota_used(&self) -> Option<u64> {
         self.quota.as_ref().map(|q| q.used())
@@ -197,7 +210,11 @@ impl PassthroughFsBuilder {
 
     /// Limit on the total apparent size of regular files in the share; guest writes that
     /// would exceed it fail with `ENOSPC`, and `statfs` reports it. The existing tree is
-    /// measured once at build time.
+    /// measured once at build time; from then on the charge follows every guest change
+    /// exactly, concurrent writes included, and a file unlinked while the guest holds it
+    /// stays charged until the guest lets go of it. `fallocate(FALLOC_FL_KEEP_SIZE)` past
+    /// the end of a file fails with `EOPNOTSUPP` (the space would not show in the apparent
+    /// size).
     pub fn quota_bytes(mut self, quota: Option<u64>) -> Self {
         self.cfg.quota_bytes = quota;
         self
@@ -299,17 +316,20 @@ impl PassthroughFsBuilder {
                 ino: hs.st.st_ino as u64,
                 mnt_id: hs.mnt_id,
             },
+            fp: identity::fingerprint(root_fd.as_raw_fd()),
             host_type,
             lookups: AtomicU64::new(1),
             path: Mutex::new(None),
             pinned: Mutex::new(Some(root_fd.clone())),
             meta: Mutex::new(ovr),
+            resize: RwLock::new(()),
+            orphan: Mutex::new(None),
         });
         let quota = match self.cfg.quota_bytes {
             Some(limit) => {
                 let used = resolve::measure_tree(root_fd.as_raw_fd())
                     .map_err(|e| Error::io("measuring the share for its quota", e))?;
-                Some(Quota::new(limit, used))
+                Some(Arc::new(Quota::new(limit, used)))
             }
             None => None,
         };

@@ -5,8 +5,11 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
+use super::fd_cache::SharedFd;
+use super::identity;
 use super::inode_store::InodeData;
 use super::platform::{self, HostStat};
+use super::quota::OrphanCharge;
 use super::resolve::{key_of, S_IFDIR, S_IFMT, S_IFREG};
 use super::PassthroughFs;
 use crate::errno;
@@ -56,6 +59,7 @@ impl PassthroughFs {
             return Err(errno(libc::EISDIR));
         }
         let doomed = self.doomed(&p, name, &hs);
+        let orphan = self.orphan_of(pfd.as_raw_fd(), name, &hs, doomed.as_ref());
         let flags = if dir { libc::AT_REMOVEDIR } else { 0 };
         // SAFETY: `name` is a validated, NUL-terminated single component.
         if unsafe { libc::unlinkat(pfd.as_raw_fd(), name.as_ptr(), flags) } < 0 {
@@ -64,12 +68,53 @@ impl PassthroughFs {
         if let Some((inode, fd)) = doomed {
             self.pin(&inode, fd);
         }
-        if let Some(q) = &self.quota {
-            if hs.st.st_mode as u32 & S_IFMT == S_IFREG && hs.st.st_nlink <= 1 {
-                q.release(hs.st.st_size as u64);
+        self.charge_removed(&hs, orphan);
+        Ok(())
+    }
+
+    /// With a quota, for the last name of a regular file the guest holds: the inode and a
+    /// descriptor of the file, taken before the name goes, so the file stays charged until
+    /// the guest lets go of it (it may even grow meanwhile).
+    fn orphan_of(
+        &self,
+        dirfd: i32,
+        name: &CStr,
+        hs: &HostStat,
+        doomed: Option<&(Arc<InodeData>, SharedFd)>,
+    ) -> Option<(Arc<InodeData>, SharedFd)> {
+        self.quota.as_ref()?;
+        if hs.st.st_mode as u32 & S_IFMT != S_IFREG || hs.st.st_nlink > 1 {
+            return None;
+        }
+        if let Some((inode, fd)) = doomed {
+            return Some((inode.clone(), fd.clone()));
+        }
+        let inode = self.inodes.get_by_key(&key_of(hs))?;
+        let fd = platform::open_inode(dirfd, name).ok()?;
+        let now = platform::fstat(fd.as_raw_fd()).ok()?;
+        if key_of(&now) != inode.key || !inode.fp.same(&identity::fingerprint(fd.as_raw_fd())) {
+            return None;
+        }
+        Some((inode, Arc::new(fd)))
+    }
+
+    /// Settles the quota after the name `hs` was removed (by unlink or rename over it): an
+    /// orphan the guest holds stays charged until it goes, anything else whose last name
+    /// this was is credited now.
+    fn charge_removed(&self, hs: &HostStat, orphan: Option<(Arc<InodeData>, SharedFd)>) {
+        let Some(q) = &self.quota else {
+            return;
+        };
+        if let Some((inode, fd)) = orphan {
+            let mut slot = inode.orphan.lock();
+            if slot.is_none() {
+                *slot = Some(OrphanCharge::new(q.clone(), fd));
+                return;
             }
         }
-        Ok(())
+        if hs.st.st_mode as u32 & S_IFMT == S_IFREG && hs.st.st_nlink <= 1 {
+            q.release(hs.st.st_size as u64);
+        }
     }
 
     pub(crate) fn do_unlink(&self, parent: u64, name: &CStr) -> io::Result<()> {
@@ -104,6 +149,12 @@ impl PassthroughFs {
             (Some(hs), false) if key_of(hs) != key_of(&old_hs) => self.doomed(&np, newname, hs),
             _ => None,
         };
+        let orphan = match (&new_hs, flags & RENAME_EXCHANGE != 0) {
+            (Some(hs), false) if key_of(hs) != key_of(&old_hs) => {
+                self.orphan_of(nfd.as_raw_fd(), newname, hs, target.as_ref())
+            }
+            _ => None,
+        };
         let exchanged = match (&new_hs, flags & RENAME_EXCHANGE != 0) {
             (Some(hs), true) => self.inodes.get_by_key(&key_of(hs)),
             _ => None,
@@ -112,15 +163,9 @@ impl PassthroughFs {
         if let Some((inode, fd)) = target {
             self.pin(&inode, fd);
         }
-        if let Some(q) = &self.quota {
-            if let Some(hs) = &new_hs {
-                if flags & RENAME_EXCHANGE == 0
-                    && key_of(hs) != key_of(&old_hs)
-                    && hs.st.st_mode as u32 & S_IFMT == S_IFREG
-                    && hs.st.st_nlink <= 1
-                {
-                    q.release(hs.st.st_size as u64);
-                }
+        if let Some(hs) = &new_hs {
+            if flags & RENAME_EXCHANGE == 0 && key_of(hs) != key_of(&old_hs) {
+                self.charge_removed(hs, orphan);
             }
         }
         if let Some(inode) = moved {

@@ -6,9 +6,10 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 
 use super::fd_cache::SharedFd;
+use super::identity::{self, Fingerprint};
 use super::inode_store::{InodeData, InodeKey, Override};
 use super::override_stat::{OverrideStat, OVERRIDE_KEY};
 use super::platform::{self, HostStat};
@@ -167,7 +168,9 @@ impl PassthroughFs {
                     _ => e,
                 })?;
             let hs = platform::fstat(fd.as_raw_fd())?;
-            if key_of(&hs) != node.key {
+            // Same number is not enough: the file may be a new one that got the number of
+            // the deleted original.
+            if key_of(&hs) != node.key || !node.fp.same(&identity::fingerprint(fd.as_raw_fd())) {
                 return Err(errno(libc::ESTALE));
             }
             let fd = Arc::new(fd);
@@ -202,21 +205,27 @@ impl PassthroughFs {
     ) -> io::Result<Entry> {
         // Fast path: a name that leads to an inode the guest already holds needs one `statx`
         // (one validated component, never following a symlink) instead of open + stat +
-        // close. The key cannot belong to another file while the inode's descriptor is
-        // cached (an open file keeps its number); if it was evicted, the next use re-opens
-        // it by the path recorded here and verifies its identity.
+        // close, provided the file is the inode's: certainly so while the inode's
+        // descriptor is open (no other file can have its number then), otherwise if the
+        // name's fingerprint is the inode's (the number may have gone to a new file).
         if let Ok(hs) = platform::stat_at(dirfd, name) {
-            if let Some(inode) = self.inodes.lookup_existing(&key_of(&hs)) {
-                if inode.pinned.lock().is_none() {
-                    let mut path = inode.path.lock();
-                    let same = path
-                        .as_ref()
-                        .is_some_and(|(p, n)| p.id == parent.id && n.as_c_str() == name);
-                    if !same {
-                        *path = Some((parent.clone(), name.to_owned()));
+            let key = key_of(&hs);
+            if let Some(inode) = self.inodes.get_by_key(&key) {
+                let same = self.holds_fd(&inode)
+                    || identity::fingerprint_at(dirfd, name, &inode.fp)
+                        .is_some_and(|f| inode.fp.same(&f));
+                if same && self.inodes.add_lookup_if_current(&key, &inode) {
+                    if inode.pinned.lock().is_none() {
+                        let mut path = inode.path.lock();
+                        let same = path
+                            .as_ref()
+                            .is_some_and(|(p, n)| p.id == parent.id && n.as_c_str() == name);
+                        if !same {
+                            *path = Some((parent.clone(), name.to_owned()));
+                        }
                     }
+                    return self.entry(&inode, &hs);
                 }
-                return self.entry(&inode, &hs);
             }
         }
         let fd = self.with_fd_retry(|| platform::open_inode(dirfd, name))?;
@@ -242,43 +251,90 @@ impl PassthroughFs {
         let key = key_of(hs);
         let path = Some((parent.clone(), name.to_owned()));
         let fd = Arc::new(fd);
-        let existing = match known {
-            None => self.inodes.lookup_existing(&key),
-            Some(_) => None,
-        };
-        let (inode, created) = match existing {
-            Some(inode) => (inode, false),
-            None => {
-                if self.inodes.len() >= self.cfg.max_inodes {
-                    return Err(errno(libc::ENFILE));
+        // An inode already registered with this key is this file if its descriptor is open
+        // (two open files never share a number) or its fingerprint matches; otherwise it is
+        // a deleted file whose number the host gave to this one.
+        let mut fp: Option<Fingerprint> = None;
+        let mut stale = None;
+        if let Some(existing) = self.inodes.get_by_key(&key) {
+            let same = self.holds_fd(&existing)
+                || existing
+                    .fp
+                    .same(fp.get_or_insert_with(|| identity::fingerprint(fd.as_raw_fd())));
+            if !same {
+                stale = Some(existing);
+            } else if self.inodes.add_lookup_if_current(&key, &existing) {
+                if let Some(o) = known {
+                    *existing.meta.lock() = o;
                 }
-                let host_type = hs.st.st_mode as u32 & S_IFMT;
-                let ovr = match known {
-                    Some(o) => o,
-                    None => read_override(fd.as_raw_fd(), host_type)?,
-                };
-                let (inode, created) = self.inodes.lookup_or_insert(key, |id| InodeData {
-                    id,
-                    key,
-                    host_type,
-                    lookups: AtomicU64::new(0),
-                    path: Mutex::new(path.clone()),
-                    pinned: Mutex::new(None),
-                    meta: Mutex::new(ovr),
-                });
-                if !created {
-                    *inode.meta.lock() = ovr;
-                }
-                (inode, created)
+                self.attach(&existing, path, fd);
+                return Ok((existing, false));
             }
-        };
-        if !created && inode.pinned.lock().is_none() {
-            *inode.path.lock() = path;
         }
+        if self.inodes.len() >= self.cfg.max_inodes {
+            return Err(errno(libc::ENFILE));
+        }
+        let host_type = hs.st.st_mode as u32 & S_IFMT;
+        let ovr = match known {
+            Some(o) => o,
+            None => read_override(fd.as_raw_fd(), host_type)?,
+        };
+        let fp = fp.unwrap_or_else(|| identity::fingerprint(fd.as_raw_fd()));
+        let (inode, created) = self.inodes.insert(key, stale.as_ref(), |id| InodeData {
+            id,
+            key,
+            fp,
+            host_type,
+            lookups: AtomicU64::new(0),
+            path: Mutex::new(path.clone()),
+            pinned: Mutex::new(None),
+            meta: Mutex::new(ovr),
+            resize: RwLock::new(()),
+            orphan: Mutex::new(None),
+        });
+        if let Some(old) = stale {
+            // The guest's old inode keeps its number until forgotten; with neither a path
+            // nor a descriptor every use of it answers `ESTALE`.
+            old.path.lock().take();
+            self.fds.remove(old.id);
+        }
+        if !created {
+            if let Some(o) = known {
+                *inode.meta.lock() = o;
+            }
+        }
+        self.attach(&inode, path, fd);
+        Ok((inode, created))
+    }
+
+    /// Records where `inode` was just found and caches its descriptor (unless pinned).
+    fn attach(&self, inode: &Arc<InodeData>, path: super::inode_store::InodePath, fd: SharedFd) {
         if inode.pinned.lock().is_none() {
+            *inode.path.lock() = path;
             self.fds.insert(inode.id, fd);
         }
-        Ok((inode, created))
+    }
+
+    /// Whether a descriptor of `inode` is open (pinned or cached), which keeps its host
+    /// inode number from being given to another file.
+    fn holds_fd(&self, inode: &InodeData) -> bool {
+        inode.pinned.lock().is_some() || self.fds.get(inode.id).is_some()
+    }
+
+    /// Releases every inode (but the root) and handle the guest holds, as an unmount does,
+    /// closing their descriptors.
+    pub(crate) fn do_destroy(&self) {
+        let handles = self.handles.take_all();
+        let gone = self.inodes.drain();
+        for d in &gone {
+            d.pinned.lock().take();
+            // Children hold their parents through their paths: cut the chains.
+            d.path.lock().take();
+        }
+        self.fds.clear();
+        // Closed (and unlinked files credited to the quota) outside every lock.
+        drop(handles);
+        drop(gone);
     }
 
     /// Drops `count` lookups of `id`, freeing the inode at zero.
