@@ -222,10 +222,9 @@ fn reconnect_cycles_hold_nothing_memfs() {
 }
 
 #[test]
-#[ignore = "needs backend destroy (merge)"]
 fn reconnect_cycles_hold_nothing_passthrough() {
     let root = tempfile::tempdir().expect("tempdir");
     let pt = passthrough(root.path());
     let p = pt.clone();
-    run_cycles(pt, &move || (p.inode_count(), 0, (0, 0)));
+    run_cycles(pt, &move || (p.inode_count(), 0, (0, p.open_handles())));
 }
