@@ -51,13 +51,16 @@ die() { echo "build-initramfs: $*" >&2; exit 1; }
 MODULES=(virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci fuse virtiofs)
 
 if [ -z "$KVER" ]; then
-    # Newest installed kernel that has the virtiofs module.
+    # Newest installed kernel that has virtiofs (a module, or built in as in 6.12).
     for k in $(ls -1 /boot/vmlinuz-* 2>/dev/null | sort -V -r); do
         v="${k#/boot/vmlinuz-}"
-        if ls /lib/modules/"$v"/kernel/fs/fuse/virtiofs.ko* >/dev/null 2>&1; then KVER="$v"; break; fi
+        if ls /lib/modules/"$v"/kernel/fs/fuse/virtiofs.ko* >/dev/null 2>&1 \
+            || grep -q '/virtiofs.ko$' /lib/modules/"$v"/modules.builtin 2>/dev/null; then
+            KVER="$v"; break
+        fi
     done
 fi
-[ -n "$KVER" ] || die "no /boot/vmlinuz-* with a virtiofs module (run scripts/guest/install-deps.sh)"
+[ -n "$KVER" ] || die "no /boot/vmlinuz-* with virtiofs (run scripts/guest/install-deps.sh)"
 KERNEL="/boot/vmlinuz-$KVER"
 [ -r "$KERNEL" ] || die "$KERNEL not readable"
 

@@ -4,8 +4,10 @@
 #   scripts/guest/install-deps.sh [--with-virtiofsd]
 #
 # Idempotent and non-interactive: nothing is downloaded when everything is present.
-#   - Debian packages: qemu-system-x86 (pulls seabios + ipxe-qemu, the BIOS and option ROMs QEMU
-#     needs), linux-image-amd64 (the guest kernel and its virtio/fuse modules), busybox-static
+#   - Debian packages: QEMU 10 (qemu-system-x86, from bookworm-backports; pulls seabios +
+#     ipxe-qemu, the BIOS and option ROMs QEMU needs) and Linux 6.12 (linux-image-amd64, from
+#     bookworm-backports: virtio, fuse and virtiofs built in, and several request queues per
+#     device, which 6.1 lacks), busybox-static
 #     (the guest userland), attr (setfattr/getfattr, copied into the guest: busybox has none),
 #     cpio (to pack the initramfs).
 #   - pjdfstest 0.2.2 (cargo install), the POSIX conformance suite run inside the guest.
@@ -35,17 +37,54 @@ if [ "$(id -u)" -ne 0 ]; then
     if command -v sudo >/dev/null 2>&1; then SUDO="sudo -n"; fi
 fi
 
+# The guest stack: QEMU >= 10 and a kernel >= 6.12 (multi-queue virtio-fs, device state).
+QEMU_MIN=10
+KERNEL_MIN=6.12
+
+has_virtiofs() {
+    # virtiofs as a module or built in.
+    ls /lib/modules/"$1"/kernel/fs/fuse/virtiofs.ko* >/dev/null 2>&1 \
+        || grep -q '/virtiofs.ko$' /lib/modules/"$1"/modules.builtin 2>/dev/null
+}
+
 have_kernel() {
-    # A bootable kernel plus the virtiofs module of the same version.
+    # A bootable kernel of at least KERNEL_MIN with virtiofs.
     local k ver
     for k in /boot/vmlinuz-*; do
         [ -r "$k" ] || continue
         ver="${k#/boot/vmlinuz-}"
-        if ls /lib/modules/"$ver"/kernel/fs/fuse/virtiofs.ko* >/dev/null 2>&1; then
+        if [ "$(printf '%s\n%s\n' "$KERNEL_MIN" "$ver" | sort -V | head -n1)" = "$KERNEL_MIN" ] \
+            && has_virtiofs "$ver"; then
             return 0
         fi
     done
     return 1
+}
+
+have_qemu() {
+    local v
+    command -v qemu-system-x86_64 >/dev/null 2>&1 || return 1
+    v="$(qemu-system-x86_64 --version | sed -n 's/^QEMU emulator version \([0-9]*\).*/\1/p')"
+    [ -n "$v" ] && [ "$v" -ge "$QEMU_MIN" ]
+}
+
+# Debian's bookworm-backports suite, from the archive the bookworm entry already names.
+enable_backports() {
+    if grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+        return 0
+    fi
+    local uri
+    uri="$(grep -rhs '^URIs:.*debian$\|^URIs:.*debian/$' /etc/apt/sources.list.d/*.sources | head -n1 | awk '{print $2}')"
+    [ -n "$uri" ] || uri="$(grep -hs '^deb .*debian.* bookworm ' /etc/apt/sources.list | head -n1 | awk '{print $2}')"
+    [ -n "$uri" ] || { log "no bookworm entry in apt's sources to add bookworm-backports beside"; return 1; }
+    log "adding bookworm-backports ($uri) to apt's sources"
+    $SUDO tee /etc/apt/sources.list.d/bookworm-backports.sources >/dev/null <<EOF2
+Types: deb
+URIs: $uri
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+EOF2
 }
 
 have_static_busybox() {
@@ -58,11 +97,12 @@ have_static_busybox() {
     return 1
 }
 
+backports=()
+have_qemu || backports+=(qemu-system-x86)
+have_kernel || backports+=(linux-image-amd64)
 missing=()
-command -v qemu-system-x86_64 >/dev/null 2>&1 || missing+=(qemu-system-x86)
 # QEMU's BIOS: part of `seabios`, a hard dependency, but check in case it was removed.
 [ -e /usr/share/seabios/bios-256k.bin ] || [ -e /usr/share/qemu/bios-256k.bin ] || missing+=(seabios)
-have_kernel || missing+=(linux-image-amd64)
 have_static_busybox || missing+=(busybox-static)
 command -v setfattr >/dev/null 2>&1 && command -v getfattr >/dev/null 2>&1 || missing+=(attr)
 command -v cpio >/dev/null 2>&1 || missing+=(cpio)
@@ -73,17 +113,27 @@ if [ "$WITH_VIRTIOFSD" = 1 ] && ! command -v virtiofsd >/dev/null 2>&1; then
     command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 fi
 
-if [ "${#missing[@]}" -gt 0 ]; then
+if [ "${#missing[@]}" -gt 0 ] || [ "${#backports[@]}" -gt 0 ]; then
     if ! command -v apt-get >/dev/null 2>&1; then
-        log "missing ${missing[*]} and no apt-get: install them by hand"
+        log "missing ${missing[*]} ${backports[*]} and no apt-get: install them by hand"
         exit 1
     fi
-    log "installing: ${missing[*]}"
     APT_OPTS=(-o DPkg::Lock::Timeout=600)   # another apt run (unattended upgrades, CI setup) may hold the lock
+    if [ "${#backports[@]}" -gt 0 ]; then
+        enable_backports
+    fi
     $SUDO apt-get "${APT_OPTS[@]}" update -q
     # No recommends: QEMU's firmware (seabios, ipxe-qemu) are hard dependencies, so nothing the
     # guest boot needs is lost; the recommended GUI/firmware packages are not needed.
-    $SUDO apt-get "${APT_OPTS[@]}" install -y -q --no-install-recommends "${missing[@]}" </dev/null
+    if [ "${#backports[@]}" -gt 0 ]; then
+        log "installing from bookworm-backports: ${backports[*]}"
+        $SUDO apt-get "${APT_OPTS[@]}" install -y -q --no-install-recommends \
+            -t bookworm-backports "${backports[@]}" </dev/null
+    fi
+    if [ "${#missing[@]}" -gt 0 ]; then
+        log "installing: ${missing[*]}"
+        $SUDO apt-get "${APT_OPTS[@]}" install -y -q --no-install-recommends "${missing[@]}" </dev/null
+    fi
 else
     log "Debian packages present"
 fi
@@ -105,8 +155,8 @@ if [ "$WITH_VIRTIOFSD" = 1 ]; then
 fi
 
 # Final check, so a broken install is reported here and not as an obscure boot failure.
-command -v qemu-system-x86_64 >/dev/null
-have_kernel || { log "no /boot/vmlinuz-* with a virtiofs module"; exit 1; }
+have_qemu || { log "no qemu-system-x86_64 >= $QEMU_MIN"; exit 1; }
+have_kernel || { log "no /boot/vmlinuz-* >= $KERNEL_MIN with virtiofs"; exit 1; }
 have_static_busybox || { log "no static busybox"; exit 1; }
 command -v pjdfstest >/dev/null
 log "ok"
