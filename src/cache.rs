@@ -17,6 +17,7 @@ use crate::OpenOptions;
 /// Use `Never` when the host changes files behind the guest's back, `Always` when the backend
 /// is the only writer (MemFs, an overlay's private upper layer).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
 pub enum CachePolicy {
     /// No caching: direct I/O and zero timeouts.
     Never,

@@ -41,6 +41,7 @@ impl Op {
 
 /// Which backends a lookup consults.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Visibility {
     /// Only backend A; B is invisible.
     AOnly,
@@ -50,6 +51,7 @@ pub enum Visibility {
 
 /// How a directory present in both backends is listed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Listing {
     /// Every name once: A's entries, then B's entries that A neither has nor whites out.
     Merged,
@@ -59,6 +61,7 @@ pub enum Listing {
 
 /// What a mutation of an entry that lives only in backend B does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum LowerWrite {
     /// Copy the entry up to A first, then apply the mutation to the copy (deletions of B
     /// entries become whiteouts in A).

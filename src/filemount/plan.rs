@@ -82,6 +82,7 @@ impl GuestMount {
 
 /// One step of a [`GuestPlan`].
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Step {
     /// `mkdir -p STAGING; mount -t virtiofs [-o FLAGS] TAG STAGING`.
     MountShare {

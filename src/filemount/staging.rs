@@ -26,6 +26,7 @@ use crate::passthrough::INTERNAL_PREFIX;
 
 /// How the host file was placed in the staging directory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Placement {
     /// A hard link: the guest reads and writes the host file's own inode.
     Linked,

@@ -29,6 +29,7 @@ pub(crate) const OWNER_LOCK: &str = "owner.lock";
 
 /// What one sweep did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SweepReport {
     /// Staging directories of dead processes that were removed.
     pub removed: Vec<PathBuf>,

@@ -10,6 +10,7 @@ use crate::CachePolicy;
 /// host symlink cannot be virtualized. The two modes trade host-side fidelity against guest
 /// fidelity.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
 pub enum SymlinkMode {
     /// **Default.** A guest symlink is a host *regular file* holding the link target, with the
     /// type, owner and mode in `user.containers.override_stat`. The guest sees a normal
@@ -34,6 +35,7 @@ pub enum SymlinkMode {
 /// its own files (and search access to its directories), because it runs unprivileged and
 /// cannot bypass host permissions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
 pub enum HostPermissions {
     /// **Default.** Host files are created `0600` and directories `0700` and never `chmod`ed:
     /// guest data stays private to the daemon user on the host.

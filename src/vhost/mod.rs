@@ -104,6 +104,7 @@ pub const DEFAULT_THREAD_POOL_SIZE: usize = 4;
 
 /// Which requests the worker pool serves (see the [module documentation](self#worker-model)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
 pub enum Dispatch {
     /// Every request is served on its queue's vring thread (what a pool size of 0 means).
     VringThread,
@@ -405,6 +406,7 @@ pub struct DeviceHandle {
 
 /// Request counters of a device, over all its connections.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct DeviceStats {
     /// Descriptor chains taken from the guest.
     pub requests: u64,
