@@ -30,7 +30,7 @@ fn spawn(args: &[&str]) -> Child {
 
 /// Waits for the daemon's socket (polling the file system, bounded by a deadline).
 fn connect(sock: &Path, child: &mut Child) -> FuseClient {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         if let Ok(Some(st)) = child.try_wait() {
             panic!("boxfsd exited early: {st}");
@@ -156,7 +156,7 @@ fn a_killed_copy_up_leaves_no_partial_file_and_whiteouts_survive() {
         ],
     );
     let work = upper.path().join(".boxfs-dualfs-work");
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let staging = std::fs::read_dir(&work)
             .map(|d| d.count() > 0)

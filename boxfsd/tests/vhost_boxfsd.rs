@@ -12,6 +12,10 @@ use std::time::{Duration, Instant};
 use boxfs::ROOT_ID;
 use vmm::{op, FuseClient};
 
+/// How long a step may take before the test calls it a hang. Not a timing assertion: a loaded
+/// machine may be slow, so this only bounds how long a broken daemon can stall the suite.
+const HANG_GUARD: Duration = Duration::from_secs(120);
+
 fn boxfsd() -> Command {
     Command::new(env!("CARGO_BIN_EXE_boxfsd"))
 }
@@ -39,7 +43,7 @@ fn spawn(args: &[&str]) -> Child {
 }
 
 fn wait_for_socket(path: &Path, child: &mut Child) {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + HANG_GUARD;
     while !path.exists() {
         if let Ok(Some(status)) = child.try_wait() {
             panic!("boxfsd exited early: {status}");
@@ -172,7 +176,7 @@ fn socket_in_use_is_a_clear_error() {
     let mut c = FuseClient::connect(&s).expect("connect");
     c.getattr(ROOT_ID).expect("getattr");
     drop(c);
-    assert!(wait_exit(&mut first, Duration::from_secs(10)).success());
+    assert!(wait_exit(&mut first, HANG_GUARD).success());
 }
 
 #[test]
@@ -206,7 +210,7 @@ fn memfs_share_exits_cleanly_when_the_vmm_disconnects() {
         let st = c.statfs(ROOT_ID).expect("statfs");
         assert!(st.blocks * u64::from(st.bsize) <= 64 << 20);
     }
-    let status = wait_exit(&mut child, Duration::from_secs(10));
+    let status = wait_exit(&mut child, HANG_GUARD);
     assert!(status.success(), "{status}");
     assert!(!s.exists(), "socket removed");
 }
@@ -254,7 +258,7 @@ fn shared_dir_round_trip(extra: &[&str], inspect: impl FnOnce(&Child)) {
             0o640
         );
     }
-    assert!(wait_exit(&mut child, Duration::from_secs(10)).success());
+    assert!(wait_exit(&mut child, HANG_GUARD).success());
     assert_eq!(
         std::fs::read(share.path().join("guest.txt")).unwrap(),
         b"from the guest"
@@ -281,8 +285,9 @@ fn sigterm_stops_the_daemon_and_removes_the_socket() {
     let mut child = spawn(&["--socket-path", s.to_str().unwrap(), "--memfs-size", "8M"]);
     wait_for_socket(&s, &mut child);
     sigterm(&child);
-    assert!(wait_exit(&mut child, Duration::from_secs(5)).success());
+    assert!(wait_exit(&mut child, HANG_GUARD).success());
     assert!(!s.exists());
+    assert_stopped_cleanly(&mut child);
 
     // Daemon with a VMM attached.
     let mut child = spawn(&[
@@ -296,9 +301,22 @@ fn sigterm_stops_the_daemon_and_removes_the_socket() {
     let mut c = FuseClient::connect(&s).expect("connect");
     c.getattr(ROOT_ID).expect("getattr");
     sigterm(&child);
-    let status = wait_exit(&mut child, Duration::from_secs(5));
+    let status = wait_exit(&mut child, HANG_GUARD);
     assert!(status.success(), "{status}");
     assert!(!s.exists());
+    assert_stopped_cleanly(&mut child);
+}
+
+/// The device itself stopped on the signal, rather than the daemon's fallback exit for a device
+/// that does not stop.
+fn assert_stopped_cleanly(child: &mut Child) {
+    use std::io::Read;
+    let mut log = String::new();
+    if let Some(mut err) = child.stderr.take() {
+        let _ = err.read_to_string(&mut log);
+    }
+    assert!(log.contains("shutting down"), "{log}");
+    assert!(!log.contains("did not stop"), "{log}");
 }
 
 #[test]
@@ -340,7 +358,7 @@ fn keep_serving_survives_a_vmm_restart() {
     );
     assert!(child.try_wait().unwrap().is_none(), "still running");
     sigterm(&child);
-    assert!(wait_exit(&mut child, Duration::from_secs(5)).success());
+    assert!(wait_exit(&mut child, HANG_GUARD).success());
     assert!(!s.exists());
 }
 
@@ -360,7 +378,7 @@ fn serves_an_inherited_listening_socket() {
         let mut c = FuseClient::connect(&s).expect("connect");
         c.getattr(ROOT_ID).expect("getattr");
     }
-    assert!(wait_exit(&mut child, Duration::from_secs(10)).success());
+    assert!(wait_exit(&mut child, HANG_GUARD).success());
 
     let o = run(&["--fd", "999", "--memfs-size", "8M"]);
     assert_eq!(o.status.code(), Some(1));
@@ -409,7 +427,7 @@ fn passthrough_options_take_effect() {
         );
         c.release(g.nodeid, go.fh).expect("release");
     }
-    assert!(wait_exit(&mut child, Duration::from_secs(10)).success());
+    assert!(wait_exit(&mut child, HANG_GUARD).success());
     let mode = std::fs::metadata(share.path().join("g.txt"))
         .unwrap()
         .permissions()
@@ -472,7 +490,7 @@ fn overlay_serves_lower_and_writes_upper() {
         assert_eq!(unlink.map(|_| ()), Ok(()));
         assert_eq!(c.lookup(ROOT_ID, "gone.txt").map(|_| ()), Err(libc::ENOENT));
     }
-    assert!(wait_exit(&mut child, Duration::from_secs(10)).success());
+    assert!(wait_exit(&mut child, HANG_GUARD).success());
     // The lower layer is untouched; the upper holds the copy and the whiteout.
     assert_eq!(
         std::fs::read(lower.path().join("base.txt")).unwrap(),
@@ -522,7 +540,7 @@ fn a_vmm_that_leaves_before_negotiating_ends_the_daemon() {
         let fe = Frontend::connect(&s, 1).expect("frontend");
         fe.get_features().expect("GET_FEATURES");
     }
-    let status = wait_exit(&mut child, Duration::from_secs(10));
+    let status = wait_exit(&mut child, HANG_GUARD);
     assert!(status.success(), "{status}");
     assert!(!s.exists(), "socket removed");
 }
@@ -540,4 +558,70 @@ fn namespace_sandbox_serves_with_nothing_else_reachable() {
             .collect();
         assert_eq!(names, vec!["proc".to_string()], "sandbox root");
     });
+}
+
+/// The daemon's defaults confine it: no `--sandbox` or `--seccomp` flag, and it runs in its own
+/// namespace with only `/proc`, `no_new_privs`, and the seccomp filter in force
+/// (`tests/sandbox.rs` shows that filter killing a process on a forbidden call).
+#[test]
+fn confined_by_default() {
+    shared_dir_round_trip(&[], |child| {
+        let root = std::path::PathBuf::from(format!("/proc/{}/root", child.id()));
+        let names: Vec<String> = std::fs::read_dir(&root)
+            .expect("read the daemon's root")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, vec!["proc".to_string()], "sandbox root");
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", child.id())).expect("daemon status");
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim().to_owned())
+        };
+        assert_eq!(field("NoNewPrivs:").as_deref(), Some("1"), "{status}");
+        assert_eq!(
+            field("Seccomp:").as_deref(),
+            Some("2"),
+            "filter mode: {status}"
+        );
+        // The clone3 -> ENOSYS filter and the allow-list.
+        assert_eq!(field("Seccomp_filters:").as_deref(), Some("2"), "{status}");
+    });
+}
+
+/// `--sandbox none --seccomp none` opts out of both.
+#[test]
+fn opting_out_of_the_sandbox() {
+    shared_dir_round_trip(&["--sandbox", "none", "--seccomp", "none"], |child| {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", child.id())).expect("daemon status");
+        assert!(status.contains("Seccomp:\t0"), "{status}");
+        let root = std::path::PathBuf::from(format!("/proc/{}/root", child.id()));
+        assert!(root.join("proc").exists() && root.join("tmp").exists());
+    });
+}
+
+/// Where the kernel refuses the daemon a user namespace (here: started inside a user namespace
+/// that maps none of its ids, so it may not make another), the default sandbox fails loudly,
+/// names the opt-out, and leaves no socket behind: never a silent unconfined daemon.
+#[test]
+fn no_user_namespace_is_a_clear_error_naming_the_opt_out() {
+    if Command::new("unshare").arg("--version").output().is_err() {
+        panic!("util-linux `unshare` is needed (scripts/guest/install-deps.sh installs it)");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let s = sock(&dir);
+    let o = Command::new("unshare")
+        .arg("--user")
+        .arg(env!("CARGO_BIN_EXE_boxfsd"))
+        .args(["--socket-path", s.to_str().unwrap(), "--memfs-size", "8M"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run boxfsd in a user namespace");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("--sandbox none"), "{err}");
+    assert!(!s.exists(), "socket left behind");
 }
