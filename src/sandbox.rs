@@ -235,12 +235,12 @@ const XATTRAT: &[(&str, i64, Args)] = &[
 /// `ioctl` requests allowed: `FIONBIO`, `FIOCLEX`, `FIONCLEX` (the Rust runtime), `TCGETS`
 /// (terminal checks), `FS_IOC_GETFLAGS` and `FS_IOC_GETVERSION` (inode identity).
 const IOCTLS: &[u64] = &[
-    libc::FIONBIO as u64,
-    libc::FIOCLEX as u64,
-    libc::FIONCLEX as u64,
-    libc::TCGETS as u64,
-    libc::FS_IOC_GETFLAGS as u64,
-    libc::FS_IOC_GETVERSION as u64,
+    libc::FIONBIO,
+    libc::FIOCLEX,
+    libc::FIONCLEX,
+    libc::TCGETS,
+    libc::FS_IOC_GETFLAGS,
+    libc::FS_IOC_GETVERSION,
 ];
 
 /// `prctl` options allowed: thread names (the thread runtime) and anonymous-mapping names
@@ -348,7 +348,7 @@ pub fn install_seccomp(mode: Seccomp) -> Result<()> {
     // library uses `clone`, whose flags the allow-list can check. Every filter runs on every
     // call and the strictest answer wins, so the allow-list below still decides the rest.
     let enosys = compile(
-        [(libc::SYS_clone3 as i64, Vec::new())].into(),
+        [(libc::SYS_clone3, Vec::new())].into(),
         SeccompAction::Allow,
         SeccompAction::Errno(libc::ENOSYS as u32),
     )?;

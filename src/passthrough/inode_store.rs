@@ -132,9 +132,9 @@ impl InodeStore {
     ) -> (Arc<InodeData>, bool) {
         let mut g = self.inner.write();
         if let Some(&id) = g.by_key.get(&key) {
-            if stale.map_or(true, |s| {
-                s.id != id || !g.by_id.get(&id).is_some_and(|d| Arc::ptr_eq(d, s))
-            }) {
+            if stale
+                .is_none_or(|s| s.id != id || !g.by_id.get(&id).is_some_and(|d| Arc::ptr_eq(d, s)))
+            {
                 if let Some(d) = g.by_id.get(&id) {
                     d.lookups.fetch_add(1, Ordering::Relaxed);
                     return (d.clone(), false);

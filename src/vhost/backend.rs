@@ -272,7 +272,7 @@ fn serve_one(core: &DeviceCore, vring: &Vring, mem: &Mem, chain: Chain, event_id
 fn rate_limited_warn(core: &DeviceCore, msg: &str) {
     static SEEN: AtomicU64 = AtomicU64::new(0);
     let n = SEEN.fetch_add(1, Ordering::Relaxed);
-    if n < 16 || n % 1024 == 0 {
+    if n < 16 || n.is_multiple_of(1024) {
         tracing::warn!(
             tag = core.tag.as_deref().unwrap_or(""),
             occurrences = n + 1,
