@@ -56,11 +56,7 @@ impl PassthroughFs {
             return Err(errno(libc::EISDIR));
         }
         let doomed = self.doomed(&p, name, &hs);
-        let flags = if dir { libc::AT_REMOVEDIR } else { 0 };
-        // SAFETY: `name` is a validated, NUL-terminated single component.
-        if unsafe { libc::unlinkat(pfd.as_raw_fd(), name.as_ptr(), flags) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        platform::unlink_at(pfd.as_raw_fd(), name, dir)?;
         if let Some((inode, fd)) = doomed {
             self.pin(&inode, fd);
         }
