@@ -29,6 +29,7 @@
 #![deny(missing_docs)]
 #![warn(clippy::unwrap_used)]
 
+mod abi;
 mod cache;
 mod error;
 mod fs;

@@ -15,9 +15,7 @@ use super::resolve::{S_IFDIR, S_IFLNK, S_IFREG};
 use super::PassthroughFs;
 use crate::{errno, Context, OpenOptions, ZeroCopyReader, ZeroCopyWriter};
 
-/// `WRITE_KILL_PRIV` in a FUSE write's flags.
-const WRITE_KILL_PRIV: u32 = 4;
-const FALLOC_FL_KEEP_SIZE: u32 = 1;
+use crate::abi::{FALLOC_FL_KEEP_SIZE, WRITE_KILL_PRIV};
 
 /// Borrows an open `File` as the `&mut File` the volatile I/O traits want, without taking
 /// ownership of the descriptor.

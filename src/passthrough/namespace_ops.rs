@@ -11,9 +11,7 @@ use super::resolve::{key_of, S_IFDIR, S_IFMT, S_IFREG};
 use super::PassthroughFs;
 use crate::errno;
 
-/// Flags `rename` accepts (`RENAME_NOREPLACE`, `RENAME_EXCHANGE`).
-const RENAME_NOREPLACE: u32 = 1;
-const RENAME_EXCHANGE: u32 = 2;
+use crate::abi::{RENAME_EXCHANGE, RENAME_NOREPLACE};
 
 impl PassthroughFs {
     /// Parent inode and descriptor for an operation on existing `name`.

@@ -52,9 +52,9 @@ pub(crate) struct RawDirent<'a> {
 }
 
 /// Guest (Linux) `setxattr` flags.
-pub(crate) const LINUX_XATTR_CREATE: u32 = 1;
-/// See [`LINUX_XATTR_CREATE`].
-pub(crate) const LINUX_XATTR_REPLACE: u32 = 2;
+pub(crate) use crate::abi::{
+    XATTR_CREATE as LINUX_XATTR_CREATE, XATTR_REPLACE as LINUX_XATTR_REPLACE,
+};
 
 /// Borrows a descriptor number the caller holds open.
 ///
