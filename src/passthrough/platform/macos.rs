@@ -223,6 +223,8 @@ pub(crate) fn sync(fd: RawFd, _datasync: bool) -> io::Result<()> {
 /// entry after the first), a resume point the caller hands back.
 pub(crate) struct DirStream {
     dir: Dir,
+    /// The stream's descriptor (`dirfd`), owned by `dir`.
+    fd: RawFd,
     /// Position of the entry the next `read` returns.
     pos: u64,
     held: Option<Held>,
@@ -230,16 +232,18 @@ pub(crate) struct DirStream {
 
 impl DirStream {
     pub(crate) fn open(inode_fd: RawFd) -> io::Result<DirStream> {
-        let fd = reopen(inode_fd, libc::O_RDONLY | libc::O_DIRECTORY)?;
+        let dir = Dir::new(reopen(inode_fd, libc::O_RDONLY | libc::O_DIRECTORY)?)?;
+        let fd = dir.fd()?.as_raw_fd();
         Ok(DirStream {
-            dir: Dir::new(fd)?,
+            dir,
+            fd,
             pos: 0,
             held: None,
         })
     }
 
     pub(crate) fn fd(&self) -> RawFd {
-        self.dir.fd().map(|f| f.as_raw_fd()).unwrap_or(-1)
+        self.fd
     }
 
     /// Positions the stream so that the next entry is the one at `offset`; returns the held
