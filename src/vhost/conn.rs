@@ -248,7 +248,8 @@ pub(crate) fn find_connection(listener: &UnixListener) -> Option<OwnedFd> {
 }
 
 fn parse_fd(name: &OsStr) -> Option<RawFd> {
-    std::str::from_utf8(name.as_bytes()).ok()?.parse().ok()
+    let fd: RawFd = std::str::from_utf8(name.as_bytes()).ok()?.parse().ok()?;
+    (fd >= 0).then_some(fd)
 }
 
 /// Shuts a connected socket down in both directions, waking any thread blocked reading it.
