@@ -21,9 +21,7 @@ use crate::{
 
 /// Bytes moved per read/write during a copy.
 const CHUNK: usize = 1 << 20;
-/// FUSE (Linux) `lseek` whence values, whatever the host platform.
-const SEEK_DATA: u32 = 3;
-const SEEK_HOLE: u32 = 4;
+use crate::abi::{SEEK_DATA, SEEK_HOLE};
 
 /// Looks up or creates [`WORK_DIR`] in A and empties it. `None` if A is read-only.
 pub(super) fn prepare_work_dir(a: &dyn DynFileSystem) -> io::Result<Option<u64>> {

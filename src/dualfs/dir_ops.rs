@@ -21,8 +21,7 @@ use crate::{
     ROOT_ID,
 };
 
-const RENAME_NOREPLACE: u32 = 1;
-const RENAME_EXCHANGE: u32 = 2;
+use crate::abi::{RENAME_EXCHANGE, RENAME_NOREPLACE};
 const TAG_A: u64 = 1 << 62;
 const TAG_B: u64 = 2 << 62;
 const TAG_TABLE: u64 = 3 << 62;

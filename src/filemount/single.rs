@@ -58,8 +58,7 @@ use crate::{
 /// The guest-visible inode number of the file (the root is [`ROOT_ID`]).
 pub const FILE_INODE: u64 = 2;
 
-/// `WRITE_KILL_PRIV` in a FUSE write's flags.
-const WRITE_KILL_PRIV: u32 = 4;
+use crate::abi::WRITE_KILL_PRIV;
 
 /// Guest-visible owner and permission bits of the file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

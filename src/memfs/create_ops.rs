@@ -12,8 +12,7 @@ use super::node::{Body, DirNode, Meta, Node};
 use super::{Handle, MemFs};
 use crate::{errno, name, Context, CreateIn, Entry, OpenOptions};
 
-const S_IFMT: u32 = libc::S_IFMT as u32;
-const S_IFDIR: u32 = libc::S_IFDIR as u32;
+use crate::abi::{S_IFDIR, S_IFMT};
 const O_EXCL: u32 = libc::O_EXCL as u32;
 
 /// What kind of inode to make.

@@ -9,9 +9,7 @@ use super::node::{Body, Meta, Node, Ts};
 use super::MemFs;
 use crate::{errno, name, Context, DirEntry, Entry, ROOT_ID};
 
-const RENAME_NOREPLACE: u32 = 1;
-const RENAME_EXCHANGE: u32 = 2;
-const RENAME_WHITEOUT: u32 = 4;
+use crate::abi::{RENAME_EXCHANGE, RENAME_NOREPLACE, RENAME_WHITEOUT};
 
 impl MemFs {
     pub(super) fn do_lookup(&self, _ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {

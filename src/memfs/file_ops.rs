@@ -9,18 +9,10 @@ use super::node::{Node, Ts};
 use super::MemFs;
 use crate::{errno, Context, ZeroCopyReader, ZeroCopyWriter};
 
-/// `FUSE_WRITE_KILL_SUIDGID` in a write request's flags.
-const WRITE_KILL_PRIV: u32 = 4;
+use crate::abi::WRITE_KILL_PRIV;
 
-const FALLOC_FL_KEEP_SIZE: u32 = 0x01;
-const FALLOC_FL_PUNCH_HOLE: u32 = 0x02;
-const FALLOC_FL_ZERO_RANGE: u32 = 0x10;
-
-const SEEK_SET: u32 = 0;
-const SEEK_CUR: u32 = 1;
-const SEEK_END: u32 = 2;
-const SEEK_DATA: u32 = 3;
-const SEEK_HOLE: u32 = 4;
+use crate::abi::{FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE};
+use crate::abi::{SEEK_CUR, SEEK_DATA, SEEK_END, SEEK_HOLE, SEEK_SET};
 
 fn access_mode(flags: u32) -> u32 {
     flags & libc::O_ACCMODE as u32

@@ -134,8 +134,8 @@ impl PassthroughFs {
         match setup {
             Ok(entry) => Ok((entry, file)),
             Err(e) => {
-                // SAFETY: `name` is NUL-terminated; removes the half-made node we created.
-                unsafe { libc::unlinkat(pfd, name.as_ptr(), 0) };
+                // Removes the half-made node we created.
+                let _ = platform::unlink_at(pfd, name, false);
                 if let Some(q) = &self.quota {
                     q.release(contents.len() as u64);
                 }
@@ -231,10 +231,7 @@ impl PassthroughFs {
         let (p, pfd) = self.prepare_create(parent, name)?;
         let meta = self.new_owner(ctx, &p, S_IFDIR | (mode & 0o7777), umask)?;
         let host_mode = self.cfg.host_create_mode(true, meta.mode);
-        // SAFETY: `name` is a validated, NUL-terminated single component.
-        if unsafe { libc::mkdirat(pfd.as_raw_fd(), name.as_ptr(), host_mode as libc::mode_t) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        platform::mkdir_at(pfd.as_raw_fd(), name, host_mode)?;
         let setup = (|| -> io::Result<Entry> {
             let ifd = self.with_fd_retry(|| platform::open_inode(pfd.as_raw_fd(), name))?;
             let hs = platform::fstat(ifd.as_raw_fd())?;
@@ -246,8 +243,8 @@ impl PassthroughFs {
             self.entry(&inode, &hs)
         })();
         if setup.is_err() {
-            // SAFETY: `name` is NUL-terminated; removes the directory we just made.
-            unsafe { libc::unlinkat(pfd.as_raw_fd(), name.as_ptr(), libc::AT_REMOVEDIR) };
+            // Removes the directory we just made.
+            let _ = platform::unlink_at(pfd.as_raw_fd(), name, true);
         }
         setup
     }
@@ -278,10 +275,7 @@ impl PassthroughFs {
                     .map(|(e, _)| e)
             }
             SymlinkMode::Host => {
-                // SAFETY: both strings are NUL-terminated; the target is stored, not followed.
-                if unsafe { libc::symlinkat(target.as_ptr(), pfd.as_raw_fd(), name.as_ptr()) } < 0 {
-                    return Err(io::Error::last_os_error());
-                }
+                platform::symlink_at(target, pfd.as_raw_fd(), name)?;
                 let ifd = self.with_fd_retry(|| platform::open_inode(pfd.as_raw_fd(), name))?;
                 let hs = platform::fstat(ifd.as_raw_fd())?;
                 let (inode, _) = self.register(&p, name, ifd, &hs, Some(Override::Absent))?;

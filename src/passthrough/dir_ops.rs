@@ -13,7 +13,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use super::handles::{Handle, HandleKind};
-use super::platform::DirStream;
+use super::platform::{self, DirStream};
 use super::resolve::{guest_dtype_at, S_IFDIR};
 use super::{is_internal, PassthroughFs};
 use crate::{errno, DirEntry, Entry, OpenOptions, ROOT_ID};
@@ -168,41 +168,13 @@ impl PassthroughFs {
             return Err(errno(libc::EBADF));
         };
         let fd = stream.lock().fd();
-        // SAFETY: plain syscall on a descriptor kept open by the handle.
-        let r = unsafe {
-            if datasync {
-                fdatasync(fd)
-            } else {
-                libc::fsync(fd)
-            }
-        };
-        if r < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
+        // The descriptor stays open: `h` keeps the handle, and with it the stream, alive.
+        platform::sync(fd, datasync)
     }
 
     pub(crate) fn do_releasedir(&self, id: u64, fh: u64) -> io::Result<()> {
         self.dir_handle(id, fh)?;
         self.handles.remove(fh);
         Ok(())
-    }
-}
-
-/// `fdatasync` where the platform has it, `fsync` elsewhere.
-///
-/// # Safety
-/// `fd` must be an open descriptor.
-pub(crate) unsafe fn fdatasync(fd: i32) -> i32 {
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: forwarded precondition.
-        unsafe { libc::fdatasync(fd) }
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        // SAFETY: forwarded precondition.
-        unsafe { libc::fsync(fd) }
     }
 }

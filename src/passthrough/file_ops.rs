@@ -15,13 +15,10 @@ use super::resolve::{S_IFDIR, S_IFLNK, S_IFREG};
 use super::PassthroughFs;
 use crate::{errno, Context, OpenOptions, ZeroCopyReader, ZeroCopyWriter};
 
-/// `WRITE_KILL_PRIV` in a FUSE write's flags.
-const WRITE_KILL_PRIV: u32 = 4;
-/// Linux `fallocate` modes (the guest's values on every host).
-const FALLOC_FL_KEEP_SIZE: u32 = 0x01;
-const FALLOC_FL_PUNCH_HOLE: u32 = 0x02;
-const FALLOC_FL_COLLAPSE_RANGE: u32 = 0x08;
-const FALLOC_FL_INSERT_RANGE: u32 = 0x20;
+use crate::abi::{
+    FALLOC_FL_COLLAPSE_RANGE, FALLOC_FL_INSERT_RANGE, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE,
+    WRITE_KILL_PRIV,
+};
 
 /// Borrows an open `File` as the `&mut File` the volatile I/O traits want, without taking
 /// ownership of the descriptor.

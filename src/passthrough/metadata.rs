@@ -289,8 +289,7 @@ pub(crate) fn set_override_xattr(fd: i32, value: &[u8]) -> io::Result<()> {
     match platform::set_xattr(fd, OVERRIDE_KEY, value, 0) {
         Err(e) if e.raw_os_error() == Some(libc::EACCES) => {
             let hs = platform::fstat(fd)?;
-            // SAFETY: geteuid has no preconditions.
-            let me = unsafe { libc::geteuid() };
+            let me = platform::euid();
             let mode = hs.st.st_mode as u32 & 0o7777;
             if hs.st.st_uid != me || mode & 0o200 != 0 {
                 return Err(e);

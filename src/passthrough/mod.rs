@@ -78,7 +78,7 @@ mod resolve;
 mod xattr_ops;
 
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -279,19 +279,7 @@ impl PassthroughFsBuilder {
             .map_err(|e| Error::Unsupported(format!("/proc/self/fd is not available: {e}")))?;
         let cpath = CString::new(self.root.as_os_str().as_encoded_bytes())
             .map_err(|_| Error::InvalidConfig("root path contains a NUL byte".into()))?;
-        // SAFETY: `cpath` is NUL-terminated. The root itself may be reached through symlinks:
-        // it is chosen by the host administrator, not the guest.
-        let raw = unsafe {
-            libc::open(
-                cpath.as_ptr(),
-                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-            )
-        };
-        if raw < 0 {
-            return Err(Error::path(&self.root, std::io::Error::last_os_error()));
-        }
-        // SAFETY: `raw` is a freshly opened descriptor owned by nobody else.
-        let dir_fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let dir_fd = platform::open_root(&cpath).map_err(|e| Error::path(&self.root, e))?;
         let root_fd = platform::reopen(dir_fd.as_raw_fd(), platform::INODE_FLAGS)
             .map_err(|e| Error::path(&self.root, e))?;
         drop(dir_fd);
@@ -361,8 +349,8 @@ fn probe_xattrs(root: RawFd) -> Result<()> {
     )
     .map_err(|e| Error::io("creating the xattr probe file in the share", e))?;
     let res = platform::set_xattr(fd.as_raw_fd(), OVERRIDE_KEY, b"0:0:0600:file", 0);
-    // SAFETY: `name` is NUL-terminated; this removes our own scratch file.
-    unsafe { libc::unlinkat(root, name.as_ptr(), 0) };
+    // Removes our own scratch file.
+    let _ = platform::unlink_at(root, &name, false);
     match res {
         Ok(()) => Ok(()),
         Err(e) => Err(Error::Unsupported(format!(

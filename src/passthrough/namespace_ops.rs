@@ -14,9 +14,7 @@ use super::resolve::{key_of, S_IFDIR, S_IFMT, S_IFREG};
 use super::PassthroughFs;
 use crate::errno;
 
-/// Flags `rename` accepts (`RENAME_NOREPLACE`, `RENAME_EXCHANGE`).
-const RENAME_NOREPLACE: u32 = 1;
-const RENAME_EXCHANGE: u32 = 2;
+use crate::abi::{RENAME_EXCHANGE, RENAME_NOREPLACE};
 
 impl PassthroughFs {
     /// Parent inode and descriptor for an operation on existing `name`.
@@ -60,11 +58,7 @@ impl PassthroughFs {
         }
         let doomed = self.doomed(&p, name, &hs);
         let orphan = self.orphan_of(pfd.as_raw_fd(), name, &hs, doomed.as_ref());
-        let flags = if dir { libc::AT_REMOVEDIR } else { 0 };
-        // SAFETY: `name` is a validated, NUL-terminated single component.
-        if unsafe { libc::unlinkat(pfd.as_raw_fd(), name.as_ptr(), flags) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        platform::unlink_at(pfd.as_raw_fd(), name, dir)?;
         if let Some((inode, fd)) = doomed {
             self.pin(&inode, fd);
         }

@@ -28,14 +28,7 @@ use crate::errno;
 /// The extended attribute holding guest ownership, mode, type and device number.
 pub const OVERRIDE_KEY: &CStr = c"user.containers.override_stat";
 
-const S_IFMT: u32 = 0o170000;
-const S_IFREG: u32 = 0o100000;
-const S_IFDIR: u32 = 0o040000;
-const S_IFLNK: u32 = 0o120000;
-const S_IFIFO: u32 = 0o010000;
-const S_IFSOCK: u32 = 0o140000;
-const S_IFCHR: u32 = 0o020000;
-const S_IFBLK: u32 = 0o060000;
+use crate::abi::{S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK};
 
 /// Guest-visible ownership and type of one host object.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

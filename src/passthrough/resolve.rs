@@ -16,10 +16,7 @@ use super::platform::{self, HostStat};
 use super::{is_internal, PassthroughFs};
 use crate::{errno, stat64, Entry};
 
-pub(crate) const S_IFMT: u32 = libc::S_IFMT as u32;
-pub(crate) const S_IFDIR: u32 = libc::S_IFDIR as u32;
-pub(crate) const S_IFREG: u32 = libc::S_IFREG as u32;
-pub(crate) const S_IFLNK: u32 = libc::S_IFLNK as u32;
+pub(crate) use crate::abi::{S_IFDIR, S_IFLNK, S_IFMT, S_IFREG};
 
 #[cfg(target_os = "linux")]
 pub(crate) const ENOXATTR: i32 = libc::ENODATA;

@@ -3,13 +3,30 @@
 
 use std::ffi::OsStr;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
+use rustix::event::{PollFd, PollFlags};
+use rustix::fs::AtFlags;
+use rustix::io::Errno;
+use rustix::net::{AddressFamily, SocketAddrAny};
+
 use crate::{Error, Result};
+
+/// Borrows a descriptor number for one system call.
+///
+/// The numbers come from the caller (its listener and stop event, open across the call) or
+/// from `/proc/self/fd`, where one may be closed, or closed and reused, meanwhile: the call
+/// then fails with `EBADF` or looks at the other object, which `find_connection` guards
+/// against by re-checking through a duplicate it owns.
+fn borrow_fd<'a>(fd: RawFd) -> BorrowedFd<'a> {
+    // SAFETY: the borrow lasts one system call on a descriptor of this process; a number
+    // closed meanwhile only makes that call fail.
+    unsafe { BorrowedFd::borrow_raw(fd) }
+}
 
 /// Removes the socket file at exit, if it is still the one this device bound. It holds its
 /// parent directory open, so removal works after the process changed its root (a sandbox).
@@ -30,20 +47,16 @@ impl SocketFile {
         let Some(dir) = &self.dir else {
             return;
         };
-        // SAFETY: all-zero is a valid `stat`.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: `dir` is an open directory, `name` NUL-terminated, `st` a valid out-pointer.
-        let r = unsafe {
-            libc::fstatat(
-                dir.as_raw_fd(),
-                self.name.as_ptr(),
-                &mut st,
-                libc::AT_SYMLINK_NOFOLLOW,
-            )
+        let Ok(st) = rustix::fs::statat(dir, self.name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW)
+        else {
+            return;
         };
-        if r == 0 && st.st_dev == self.dev && st.st_ino == self.ino {
-            // SAFETY: as above; removes only the socket file this device created.
-            unsafe { libc::unlinkat(dir.as_raw_fd(), self.name.as_ptr(), 0) };
+        // `stat` field types differ between architectures.
+        #[allow(clippy::unnecessary_cast)]
+        let same = st.st_dev as u64 == self.dev && st.st_ino as u64 == self.ino;
+        if same {
+            // Removes only the socket file this device created.
+            let _ = rustix::fs::unlinkat(dir, self.name.as_c_str(), AtFlags::empty());
         }
     }
 }
@@ -157,80 +170,42 @@ pub(crate) enum Wake {
 pub(crate) fn wait_for_connection(listener: RawFd, stop: RawFd) -> io::Result<Wake> {
     loop {
         let mut fds = [
-            libc::pollfd {
-                fd: stop,
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: listener,
-                events: libc::POLLIN,
-                revents: 0,
-            },
+            PollFd::from_borrowed_fd(borrow_fd(stop), PollFlags::IN),
+            PollFd::from_borrowed_fd(borrow_fd(listener), PollFlags::IN),
         ];
-        // SAFETY: `fds` is a valid array of two initialised pollfd structs for the duration of
-        // the call, and its length is passed correctly.
-        let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
-        if rc < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
+        match rustix::event::poll(&mut fds, None) {
+            Ok(_) => {}
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
         }
-        if fds[0].revents != 0 {
+        if !fds[0].revents().is_empty() {
             return Ok(Wake::Stop);
         }
-        if fds[1].revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 {
+        if fds[1]
+            .revents()
+            .intersects(PollFlags::ERR | PollFlags::HUP | PollFlags::NVAL)
+        {
             return Err(io::Error::new(
                 io::ErrorKind::BrokenPipe,
                 "listening socket failed",
             ));
         }
-        if fds[1].revents & libc::POLLIN != 0 {
+        if fds[1].revents().contains(PollFlags::IN) {
             return Ok(Wake::Connection);
         }
     }
 }
 
-/// The raw `sockaddr_un` bytes of a socket's local address.
-fn local_name(fd: RawFd) -> Option<Vec<u8>> {
-    // SAFETY: sockaddr_un is plain old data; all-zero is a valid value.
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
-    // SAFETY: `addr` is writable for `len` bytes and `len` is a valid in/out length.
-    let rc = unsafe {
-        libc::getsockname(
-            fd,
-            (&mut addr as *mut libc::sockaddr_un).cast::<libc::sockaddr>(),
-            &mut len,
-        )
-    };
-    if rc != 0 || addr.sun_family != libc::AF_UNIX as libc::sa_family_t {
-        return None;
-    }
-    let len = (len as usize).min(std::mem::size_of::<libc::sockaddr_un>());
-    // SAFETY: the kernel filled the first `len` bytes of `addr`, which is that large.
-    let bytes = unsafe {
-        std::slice::from_raw_parts((&addr as *const libc::sockaddr_un).cast::<u8>(), len)
-    };
-    Some(bytes.to_vec())
+/// The local address of a Unix socket.
+fn local_name(fd: BorrowedFd<'_>) -> Option<SocketAddrAny> {
+    rustix::net::getsockname(fd)
+        .ok()
+        .filter(|a| a.address_family() == AddressFamily::UNIX)
 }
 
-fn is_listening(fd: RawFd) -> bool {
-    let mut val: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: `val` is writable for `len` bytes.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_ACCEPTCONN,
-            (&mut val as *mut libc::c_int).cast::<libc::c_void>(),
-            &mut len,
-        )
-    };
-    rc != 0 || val != 0
+/// Whether `fd` is a listening socket (or cannot tell).
+fn is_listening(fd: BorrowedFd<'_>) -> bool {
+    rustix::net::sockopt::socket_acceptconn(fd).unwrap_or(true)
 }
 
 /// Finds the connection accepted on `listener` (a socket of this process with the listener's
@@ -241,7 +216,7 @@ fn is_listening(fd: RawFd) -> bool {
 /// Connections are accepted one at a time and closed before the next accept, so at most one such
 /// socket exists.
 pub(crate) fn find_connection(listener: &UnixListener) -> Option<OwnedFd> {
-    let want = local_name(listener.as_raw_fd())?;
+    let want = local_name(listener.as_fd())?;
     let dir = std::fs::read_dir("/proc/self/fd").ok()?;
     for entry in dir.flatten() {
         let name = entry.file_name();
@@ -255,33 +230,29 @@ pub(crate) fn find_connection(listener: &UnixListener) -> Option<OwnedFd> {
         if !target.as_os_str().as_bytes().starts_with(b"socket:") {
             continue;
         }
-        if is_listening(fd) || local_name(fd).as_deref() != Some(&want[..]) {
+        let fd = borrow_fd(fd);
+        if is_listening(fd) || local_name(fd).as_ref() != Some(&want) {
             continue;
         }
-        // SAFETY: F_DUPFD_CLOEXEC on an fd number has no memory-safety preconditions; a failure
-        // (the fd was closed meanwhile) is reported as -1.
-        let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
-        if dup < 0 {
+        // A failure means the fd was closed meanwhile.
+        let Ok(dup) = rustix::io::fcntl_dupfd_cloexec(fd, 0) else {
             continue;
-        }
+        };
         // Re-check through the duplicate: the number may have been reused in between.
-        if is_listening(dup) || local_name(dup).as_deref() != Some(&want[..]) {
-            // SAFETY: `dup` is a descriptor this function just created and owns.
-            unsafe { libc::close(dup) };
+        if is_listening(dup.as_fd()) || local_name(dup.as_fd()).as_ref() != Some(&want) {
             continue;
         }
-        // SAFETY: `dup` is a fresh descriptor owned by nobody else.
-        return Some(unsafe { OwnedFd::from_raw_fd(dup) });
+        return Some(dup);
     }
     None
 }
 
 fn parse_fd(name: &OsStr) -> Option<RawFd> {
-    std::str::from_utf8(name.as_bytes()).ok()?.parse().ok()
+    let fd: RawFd = std::str::from_utf8(name.as_bytes()).ok()?.parse().ok()?;
+    (fd >= 0).then_some(fd)
 }
 
 /// Shuts a connected socket down in both directions, waking any thread blocked reading it.
 pub(crate) fn shutdown(fd: &OwnedFd) {
-    // SAFETY: `fd` is a valid open descriptor for the duration of the call.
-    unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_RDWR) };
+    let _ = rustix::net::shutdown(fd, rustix::net::Shutdown::Both);
 }

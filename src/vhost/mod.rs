@@ -77,7 +77,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fuse_backend_rs::api::server::Server;
 use parking_lot::Mutex;
@@ -583,19 +583,31 @@ fn serve_connection(
     probe.close();
     exit_workers(&daemon);
     shared.conn.lock().take();
-    // Wait (briefly) for the vring threads to leave their loops: each holds a clone of its
-    // epoll handler until it exits. Then their exit events can be closed.
+    // The vring threads' exit events can be closed once every thread has left its loop (each
+    // holds a clone of its epoll handler until then). Usually that is already so once the
+    // daemon is dropped; a thread still finishing a request gets a reaper that closes them
+    // when it is done, so no connection leaves a descriptor behind, however slow the host.
     let handlers = daemon.get_epoll_handlers();
     drop(daemon);
-    let deadline = Instant::now() + Duration::from_millis(500);
-    while handlers.iter().any(|h| Arc::strong_count(h) > 1) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    if handlers.iter().all(|h| Arc::strong_count(h) == 1) {
+    let busy = |hs: &[Arc<_>]| hs.iter().any(|h| Arc::strong_count(h) > 1);
+    if !busy(&handlers) {
         drop(handlers);
         probe.close_exit_events();
     } else {
-        tracing::debug!("a vring thread is still busy; leaving its exit event open");
+        tracing::debug!("a vring thread is still busy; its exit event is closed when it ends");
+        let probe = probe.clone();
+        let reaper = std::thread::Builder::new()
+            .name("boxfs-reaper".into())
+            .spawn(move || {
+                while busy(&handlers) {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                drop(handlers);
+                probe.close_exit_events();
+            });
+        if let Err(e) = reaper {
+            tracing::warn!("cannot start a thread to close a connection's exit events: {e}");
+        }
     }
     // The guest's FUSE session ends with its VMM: release what it held (an unmount would), so
     // the next VMM starts clean.
