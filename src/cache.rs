@@ -100,3 +100,71 @@ mod tests {
         assert!("sometimes".parse::<CachePolicy>().is_err());
     }
 }
+
+/// Caching settings a composing backend (DualFs, VolumeFs) imposes on what its layers answer;
+/// a field left `None` keeps the layer's own value.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct CacheOverride {
+    pub(crate) policy: Option<CachePolicy>,
+    pub(crate) timeouts: Option<(Duration, Duration)>,
+    pub(crate) writeback: Option<bool>,
+}
+
+impl CacheOverride {
+    /// `(entry, attr)` timeouts to impose, if any: explicit ones, else the policy's.
+    fn timeouts(&self) -> Option<(Duration, Duration)> {
+        self.timeouts
+            .or_else(|| self.policy.map(|p| (p.timeout(), p.timeout())))
+    }
+
+    /// An entry as the guest gets it.
+    pub(crate) fn entry(&self, mut e: crate::Entry) -> crate::Entry {
+        if let Some((entry, attr)) = self.timeouts() {
+            e.entry_timeout = entry;
+            e.attr_timeout = attr;
+        }
+        e
+    }
+
+    /// An attribute timeout as the guest gets it.
+    pub(crate) fn attr(&self, layer: Duration) -> Duration {
+        self.timeouts().map_or(layer, |(_, attr)| attr)
+    }
+
+    /// Open flags as the guest gets them: the policy's caching flags replace the layer's.
+    pub(crate) fn open(&self, layer: OpenOptions, is_dir: bool) -> OpenOptions {
+        let Some(policy) = self.policy else {
+            return layer;
+        };
+        #[cfg(target_os = "linux")]
+        let caching = OpenOptions::DIRECT_IO | OpenOptions::KEEP_CACHE | OpenOptions::CACHE_DIR;
+        #[cfg(not(target_os = "linux"))]
+        let caching = OpenOptions::DIRECT_IO | OpenOptions::KEEP_CACHE;
+        (layer - caching) | policy.open_options(is_dir)
+    }
+
+    /// INIT flags as the guest gets them: the writeback cache on or off as set.
+    #[cfg(target_os = "linux")]
+    pub(crate) fn init(
+        &self,
+        layers: crate::FsOptions,
+        capable: crate::FsOptions,
+    ) -> crate::FsOptions {
+        use crate::FsOptions;
+        match self.writeback {
+            Some(true) => layers | (capable & FsOptions::WRITEBACK_CACHE),
+            Some(false) => layers - FsOptions::WRITEBACK_CACHE,
+            None => layers,
+        }
+    }
+
+    /// INIT flags as the guest gets them (no writeback cache outside Linux).
+    #[cfg(not(target_os = "linux"))]
+    pub(crate) fn init(
+        &self,
+        layers: crate::FsOptions,
+        _capable: crate::FsOptions,
+    ) -> crate::FsOptions {
+        layers
+    }
+}

@@ -425,6 +425,8 @@ mod linux {
             .backend_a(a)
             .backend_b(Arc::new(b))
             .boxed_policy(policy)
+            .cache_policy(args.cache)
+            .writeback(args.writeback)
             .build()
             .map_err(|e| format!("overlay: {e}"))?;
         Ok(Arc::new(fs))

@@ -67,6 +67,7 @@ impl DualFs {
         }
         self.nodes.inc(&node, 1);
         e.inode = node.id;
+        let mut e = self.cache.entry(e);
         Self::fix_attr(&mut e.attr, node.id);
         e
     }
@@ -230,6 +231,7 @@ impl DualFs {
         self.a().forget(ctx, e.inode, 1);
         self.nodes.inc(&node, 1);
         e.inode = node.id;
+        let mut e = self.cache.entry(e);
         Self::fix_attr(&mut e.attr, node.id);
         Ok(e)
     }

@@ -214,7 +214,7 @@ impl DualFs {
             let mut e = upper;
             e.inode = node.id;
             Self::fix_attr(&mut e.attr, node.id);
-            return Ok((node, e));
+            return Ok((node, self.cache.entry(e)));
         }
         let lower = probe.lower.take().ok_or_else(|| errno(libc::ENOENT))?;
         let kind = lower.attr.st_mode as u32 & libc::S_IFMT as u32;
@@ -253,7 +253,7 @@ impl DualFs {
             }
         }
         Self::fix_attr(&mut e.attr, node.id);
-        Ok((node, e))
+        Ok((node, self.cache.entry(e)))
     }
 
     /// Resolves `name` and counts one guest reference on the result.

@@ -96,10 +96,11 @@ pub use policy::{
 };
 pub use whiteout::{OPAQUE_XATTR, PRIVATE_XATTR_PREFIX, WORK_DIR};
 
+use crate::cache::CacheOverride;
 use crate::{
-    errno, stat64, statvfs64, Context, CreateIn, DirEntry, DynFileSystem, Entry, Error, FileLock,
-    FileSystem, FsOptions, GetxattrReply, ListxattrReply, OpenOptions, Result, SetattrValid,
-    ZeroCopyReader, ZeroCopyWriter, ROOT_ID,
+    errno, stat64, statvfs64, CachePolicy, Context, CreateIn, DirEntry, DynFileSystem, Entry,
+    Error, FileLock, FileSystem, FsOptions, GetxattrReply, ListxattrReply, OpenOptions, Result,
+    SetattrValid, ZeroCopyReader, ZeroCopyWriter, ROOT_ID,
 };
 use node::{Layer, Layers, Node, NodeTable, Shared};
 
@@ -136,6 +137,8 @@ pub struct DualFs {
     /// B inode -> A inode of copied-up multiply-linked files (holding one A reference each),
     /// so further names of the same B file become links to the copy.
     hardlinks: Mutex<HashMap<u64, u64>>,
+    /// Guest caching imposed on the layers' answers (none by default).
+    cache: CacheOverride,
 }
 
 /// Builds a [`DualFs`]; see [`DualFs::builder`].
@@ -144,6 +147,7 @@ pub struct DualFsBuilder {
     a: Option<Arc<dyn DynFileSystem>>,
     b: Option<Arc<dyn DynFileSystem>>,
     policy: Option<Box<dyn Policy>>,
+    cache: CacheOverride,
 }
 
 impl std::fmt::Debug for DualFsBuilder {
@@ -178,6 +182,28 @@ impl DualFsBuilder {
     /// The dispatch policy, boxed (for policies chosen at run time, see [`policy_by_name`]).
     pub fn boxed_policy(mut self, policy: Box<dyn Policy>) -> Self {
         self.policy = Some(policy);
+        self
+    }
+
+    /// Guest caching policy for the merged view: its open flags and (unless
+    /// [`timeouts`](Self::timeouts) is called) its entry and attribute timeouts replace what the
+    /// layers answer. Default: each layer's own settings pass through.
+    pub fn cache_policy(mut self, policy: CachePolicy) -> Self {
+        self.cache.policy = Some(policy);
+        self
+    }
+
+    /// Explicit entry and attribute timeouts for every entry and attribute reply, overriding
+    /// the cache policy's and the layers'.
+    pub fn timeouts(mut self, entry: Duration, attr: Duration) -> Self {
+        self.cache.timeouts = Some((entry, attr));
+        self
+    }
+
+    /// Offer (or refuse) the guest a writeback cache, whatever the layers ask for. Only safe
+    /// when nothing but this mount changes the layers. Default: what both layers accept.
+    pub fn writeback(mut self, on: bool) -> Self {
+        self.cache.writeback = Some(on);
         self
     }
 
@@ -244,6 +270,7 @@ impl DualFsBuilder {
             next_fh: AtomicU64::new(1),
             work: Mutex::new(work),
             hardlinks: Mutex::new(HashMap::new()),
+            cache: self.cache,
         })
     }
 }
@@ -389,7 +416,7 @@ impl FileSystem for DualFs {
     fn init(&self, capable: FsOptions) -> io::Result<FsOptions> {
         let a = self.a().init(capable)?;
         let b = self.b().init(capable)?;
-        Ok(a & b)
+        Ok(self.cache.init(a & b, capable))
     }
 
     /// Ends the guest session (unmount, disconnect, a new INIT), as the kernel does on
@@ -486,7 +513,8 @@ impl FileSystem for DualFs {
     ) -> io::Result<(stat64, Duration)> {
         let node = self.node(inode)?;
         self.check(Op::Read, &node, None)?;
-        self.top_attr(ctx, &node)
+        let (st, timeout) = self.top_attr(ctx, &node)?;
+        Ok((st, self.cache.attr(timeout)))
     }
 
     fn setattr(
@@ -497,7 +525,8 @@ impl FileSystem for DualFs {
         handle: Option<u64>,
         valid: SetattrValid,
     ) -> io::Result<(stat64, Duration)> {
-        self.do_setattr(ctx, inode, attr, handle, valid)
+        let (st, timeout) = self.do_setattr(ctx, inode, attr, handle, valid)?;
+        Ok((st, self.cache.attr(timeout)))
     }
 
     fn readlink(&self, ctx: &Context, inode: u64) -> io::Result<Vec<u8>> {
@@ -573,7 +602,7 @@ impl FileSystem for DualFs {
     ) -> io::Result<(Option<u64>, OpenOptions, Option<u32>)> {
         let node = self.node(inode)?;
         let (fh, opts) = self.do_open(ctx, &node, flags, fuse_flags)?;
-        Ok((Some(fh), opts, None))
+        Ok((Some(fh), self.cache.open(opts, false), None))
     }
 
     fn create(
@@ -583,7 +612,13 @@ impl FileSystem for DualFs {
         name: &CStr,
         args: CreateIn,
     ) -> io::Result<(Entry, Option<u64>, OpenOptions, Option<u32>)> {
-        self.do_create(ctx, parent, name, args)
+        let (e, fh, opts, passthrough) = self.do_create(ctx, parent, name, args)?;
+        Ok((
+            self.cache.entry(e),
+            fh,
+            self.cache.open(opts, false),
+            passthrough,
+        ))
     }
 
     fn read(
@@ -713,7 +748,8 @@ impl FileSystem for DualFs {
         inode: u64,
         flags: u32,
     ) -> io::Result<(Option<u64>, OpenOptions)> {
-        self.do_opendir(ctx, inode, flags)
+        let (fh, opts) = self.do_opendir(ctx, inode, flags)?;
+        Ok((fh, self.cache.open(opts, true)))
     }
 
     fn readdir(
