@@ -63,6 +63,9 @@ cargo publish --workspace --dry-run --locked
 step "cargo test (unit, doc, integration; benchmarks built and run once as tests)"
 cargo test --workspace --all-targets --all-features --no-fail-fast
 cargo test --workspace --doc --all-features
+# The library as an embedder takes it: the device only, no daemon crates (the README's example
+# serves a MemFs this way).
+cargo test -p boxfs --doc --no-default-features --features vhost
 
 step "fuzzing: every target for 30 s (scripts/fuzz.sh; a crash fails the run)"
 scripts/fuzz.sh 30
