@@ -561,7 +561,8 @@ fn wait_for_socket(daemon: &mut Child, socket: &Path, timeout: Duration) -> Resu
 const EXITED_ON_DISCONNECT: &str = "exited when the VMM disconnected";
 
 /// Waits for the daemon to exit by itself (it should, once the VMM disconnects), then SIGTERM,
-/// then SIGKILL. Returns its status and how it ended.
+/// then SIGKILL. Returns its status and how it ended. The waits are hang guards, long enough for
+/// a loaded machine: how the daemon ended is what is checked, not how fast.
 fn stop_daemon(daemon: &mut Child) -> (Option<ExitStatus>, &'static str) {
     let wait = |daemon: &mut Child, d: Duration| -> Option<ExitStatus> {
         let start = Instant::now();
@@ -573,13 +574,13 @@ fn stop_daemon(daemon: &mut Child) -> (Option<ExitStatus>, &'static str) {
         }
         None
     };
-    if let Some(s) = wait(daemon, Duration::from_secs(5)) {
+    if let Some(s) = wait(daemon, Duration::from_secs(120)) {
         return (Some(s), EXITED_ON_DISCONNECT);
     }
     let pid = daemon.id() as libc::pid_t;
     // SAFETY: signalling our own child by pid.
     unsafe { libc::kill(pid, libc::SIGTERM) };
-    if let Some(s) = wait(daemon, Duration::from_secs(10)) {
+    if let Some(s) = wait(daemon, Duration::from_secs(60)) {
         return (Some(s), "exited on SIGTERM");
     }
     let _ = daemon.kill();
@@ -587,15 +588,17 @@ fn stop_daemon(daemon: &mut Child) -> (Option<ExitStatus>, &'static str) {
 }
 
 /// Waits for the guest run to finish. If the daemon dies first, the guest would wait on its
-/// FUSE requests until the hard timeout: give it a few seconds (it may be powering off and the
-/// daemon exiting on the disconnect), then stop QEMU.
+/// FUSE requests until the hard timeout: give it a while (it may be powering off and the
+/// daemon exiting on the disconnect), then stop QEMU. A daemon that ended with a failure
+/// status (or a signal) while the guest ran is reported; one that exited cleanly did so
+/// because its VMM went away.
 fn watch_guest(guest: &mut Child, daemon: &mut Child) -> (ExitStatus, Option<ExitStatus>) {
     let mut daemon_died: Option<(ExitStatus, Instant)> = None;
     loop {
         if let Some(status) = guest.try_wait().expect("wait run-guest.sh") {
             // A daemon that exited only because the VMM went away is not a crash.
             let died_early = daemon_died
-                .filter(|(_, at)| at.elapsed() > Duration::from_secs(2))
+                .filter(|(s, _)| !s.success())
                 .map(|(s, _)| s);
             return (status, died_early);
         }
@@ -605,7 +608,7 @@ fn watch_guest(guest: &mut Child, daemon: &mut Child) -> (ExitStatus, Option<Exi
             }
         }
         if let Some((status, at)) = daemon_died {
-            if at.elapsed() > Duration::from_secs(15) {
+            if at.elapsed() > Duration::from_secs(60) {
                 say(&format!(
                     "guest_e2e: daemon exited ({status}) while the guest runs: stopping QEMU"
                 ));
@@ -1457,7 +1460,7 @@ fn run_filemount_e2e() {
             || matches!(ro.child.try_wait(), Ok(Some(_)));
         if died {
             let at = *daemon_gone.get_or_insert_with(Instant::now);
-            if at.elapsed() > Duration::from_secs(15) {
+            if at.elapsed() > Duration::from_secs(60) {
                 say("[filemount] a daemon exited while the guest runs: stopping QEMU");
                 let pgid = guest.id() as libc::pid_t;
                 // SAFETY: signalling the process group of our own child.
