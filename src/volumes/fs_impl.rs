@@ -15,9 +15,9 @@ use fuse_backend_rs::abi::fuse_abi::ATTR_SUBMOUNT;
 use super::ids::{self, INDIRECT};
 use super::{Table, Volume, VolumeFs};
 use crate::{
-    errno, stat64, statvfs64, Context, CreateIn, DirEntry, Entry, FileLock, FileSystem,
-    FsOptions, GetxattrReply, IoctlData, ListxattrReply, OpenOptions, SetattrValid,
-    ZeroCopyReader, ZeroCopyWriter,
+    errno, stat64, statvfs64, Context, CreateIn, DirEntry, Entry, FileLock, FileSystem, FsOptions,
+    GetxattrReply, IoctlData, ListxattrReply, OpenOptions, SetattrValid, ZeroCopyReader,
+    ZeroCopyWriter,
 };
 
 /// One entry of a merged listing (a directory with mount points).
@@ -555,7 +555,13 @@ impl FileSystem for VolumeFs {
         v.fs.readlink(ctx, inner)
     }
 
-    fn symlink(&self, ctx: &Context, linkname: &CStr, parent: u64, name: &CStr) -> io::Result<Entry> {
+    fn symlink(
+        &self,
+        ctx: &Context,
+        linkname: &CStr,
+        parent: u64,
+        name: &CStr,
+    ) -> io::Result<Entry> {
         let t = self.table.load();
         let (v, dir) = self.dir_for_new(&t, parent, name)?;
         let e = v.fs.symlink(ctx, linkname, dir, name)?;
@@ -659,7 +665,8 @@ impl FileSystem for VolumeFs {
             Ok((fh, o, p)) => match v.handle_out(fh) {
                 Ok(h) => Ok((h, o, p)),
                 Err(e) => {
-                    let _ = v.fs.release(ctx, inner, flags, fh.unwrap_or(0), false, false, None);
+                    let _ =
+                        v.fs.release(ctx, inner, flags, fh.unwrap_or(0), false, false, None);
                     v.end_open();
                     Err(e)
                 }
@@ -695,9 +702,8 @@ impl FileSystem for VolumeFs {
         match done {
             Ok((e, h)) => Ok((e, h, o, p)),
             Err(err) => {
-                let _ = v
-                    .fs
-                    .release(ctx, inner, args.flags, fh.unwrap_or(0), false, false, None);
+                let _ =
+                    v.fs.release(ctx, inner, args.flags, fh.unwrap_or(0), false, false, None);
                 v.end_open();
                 Err(err)
             }
@@ -798,9 +804,8 @@ impl FileSystem for VolumeFs {
             return Ok(());
         };
         let fh = v.handle_in(handle)?;
-        let r = v
-            .fs
-            .release(ctx, inner, flags, fh, flush, flock_release, lock_owner);
+        let r =
+            v.fs.release(ctx, inner, flags, fh, flush, flock_release, lock_owner);
         v.handle_done(handle);
         v.end_open();
         r
@@ -885,7 +890,15 @@ impl FileSystem for VolumeFs {
         offset: u64,
         add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>,
     ) -> io::Result<()> {
-        self.do_readdir(ctx, inode, handle, size, offset, &mut |d, _| add_entry(d), false)
+        self.do_readdir(
+            ctx,
+            inode,
+            handle,
+            size,
+            offset,
+            &mut |d, _| add_entry(d),
+            false,
+        )
     }
 
     fn readdirplus(

@@ -338,9 +338,11 @@ impl FileSystem for HookFs {
     fn forget(&self, ctx: &Context, inode: u64, count: u64) {
         match &self.hook {
             None => self.inner.forget(ctx, inode, count),
-            Some(h) => observe(&**h, Request::new(Op::Forget, ctx, inode).flags(count), || {
-                self.inner.forget(ctx, inode, count)
-            }),
+            Some(h) => observe(
+                &**h,
+                Request::new(Op::Forget, ctx, inode).flags(count),
+                || self.inner.forget(ctx, inode, count),
+            ),
         }
     }
 
@@ -397,10 +399,21 @@ impl FileSystem for HookFs {
         )
     }
 
-    fn symlink(&self, ctx: &Context, linkname: &CStr, parent: u64, name: &CStr) -> io::Result<Entry> {
+    fn symlink(
+        &self,
+        ctx: &Context,
+        linkname: &CStr,
+        parent: u64,
+        name: &CStr,
+    ) -> io::Result<Entry> {
         let mut req = Request::new(Op::Symlink, ctx, parent).name(name);
         req.new_name = Some(linkname);
-        hooked!(self, req, self.inner.symlink(ctx, linkname, parent, name), entry)
+        hooked!(
+            self,
+            req,
+            self.inner.symlink(ctx, linkname, parent, name),
+            entry
+        )
     }
 
     fn mknod(
@@ -414,7 +427,9 @@ impl FileSystem for HookFs {
     ) -> io::Result<Entry> {
         hooked!(
             self,
-            Request::new(Op::Mknod, ctx, parent).name(name).flags(mode as u64),
+            Request::new(Op::Mknod, ctx, parent)
+                .name(name)
+                .flags(mode as u64),
             self.inner.mknod(ctx, parent, name, mode, rdev, umask),
             entry
         )
@@ -430,7 +445,9 @@ impl FileSystem for HookFs {
     ) -> io::Result<Entry> {
         hooked!(
             self,
-            Request::new(Op::Mkdir, ctx, parent).name(name).flags(mode as u64),
+            Request::new(Op::Mkdir, ctx, parent)
+                .name(name)
+                .flags(mode as u64),
             self.inner.mkdir(ctx, parent, name, mode, umask),
             entry
         )

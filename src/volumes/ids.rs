@@ -136,7 +136,10 @@ mod tests {
         o.put(a, 2);
         assert!(o.inner(a).is_ok());
         o.put(a, 1);
-        assert_eq!(o.inner(a).map_err(|e| e.raw_os_error()), Err(Some(libc::ESTALE)));
+        assert_eq!(
+            o.inner(a).map_err(|e| e.raw_os_error()),
+            Err(Some(libc::ESTALE))
+        );
         assert_eq!(o.len(), 0);
     }
 }

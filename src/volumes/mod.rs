@@ -513,7 +513,9 @@ impl VolumeFs {
         c.volumes = volumes;
         self.table.store(Arc::new(table));
         release_held(std::mem::replace(&mut c.held, held));
-        self.listings.lock().retain(|&h, _| ids::split(h).0 != vol.slot);
+        self.listings
+            .lock()
+            .retain(|&h, _| ids::split(h).0 != vol.slot);
         release_root(&vol);
         vol.fs.destroy();
         Ok(())
