@@ -179,8 +179,15 @@ fn node(t: &Table, id: u64) -> io::Result<(&Arc<Volume>, u64)> {
 impl VolumeFs {
     /// The backend entry `e` of volume `v`, with guest ids (one reference counted).
     fn entry_out(&self, ctx: &Context, v: &Volume, mut e: Entry) -> io::Result<Entry> {
+        self.entry_fix(ctx, v, &mut e)?;
+        Ok(e)
+    }
+
+    /// [`Self::entry_out`] in place (the entry is not copied: it is large).
+    #[inline]
+    fn entry_fix(&self, ctx: &Context, v: &Volume, e: &mut Entry) -> io::Result<()> {
         if e.inode == 0 {
-            return Ok(e);
+            return Ok(());
         }
         let inner = e.inode;
         let outer = match v.outer(inner, 1) {
@@ -195,7 +202,7 @@ impl VolumeFs {
         if v.is_mount_root(inner) && self.submounts.load(Ordering::Relaxed) {
             e.attr_flags |= ATTR_SUBMOUNT;
         }
-        Ok(e)
+        Ok(())
     }
 
     /// The entry of a volume's root, as its mount point shows it. The table holds the root,
@@ -359,7 +366,8 @@ impl VolumeFs {
         add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
         plus: bool,
     ) -> io::Result<()> {
-        let t = self.table.load();
+        let guard = self.table.load();
+        let t: &Table = &guard;
         let (v, dir) = node(&t, inode)?;
         let fh = v.handle_in(gfh)?;
         if t.mounts.contains_key(&(v.slot, dir)) {
@@ -471,7 +479,8 @@ impl FileSystem for VolumeFs {
     }
 
     fn lookup(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {
-        let t = self.table.load();
+        let guard = self.table.load();
+        let t: &Table = &guard;
         let (v, dir) = node(&t, parent)?;
         let n = name.to_bytes();
         if v.hidden(dir, n) {
@@ -480,12 +489,16 @@ impl FileSystem for VolumeFs {
         if let Some(m) = t.mount(v.slot, dir, n) {
             return self.root_entry(ctx, m);
         }
-        let e = v.fs.lookup(ctx, dir, name)?;
-        self.entry_out(ctx, v, e)
+        let mut r = v.fs.lookup(ctx, dir, name);
+        if let Ok(e) = &mut r {
+            self.entry_fix(ctx, v, e)?;
+        }
+        r
     }
 
     fn forget(&self, ctx: &Context, inode: u64, count: u64) {
-        let t = self.table.load();
+        let guard = self.table.load();
+        let t: &Table = &guard;
         let Ok((v, inner)) = node(&t, inode) else {
             return;
         };
@@ -511,15 +524,18 @@ impl FileSystem for VolumeFs {
         inode: u64,
         handle: Option<u64>,
     ) -> io::Result<(stat64, Duration)> {
-        let t = self.table.load();
+        let guard = self.table.load();
+        let t: &Table = &guard;
         let (v, inner) = node(&t, inode)?;
         let fh = match handle {
             Some(h) => Some(v.handle_in(h)?),
             None => None,
         };
-        let (mut st, d) = v.fs.getattr(ctx, inner, fh)?;
-        v.patch(inner, inode, &mut st);
-        Ok((st, d))
+        let mut r = v.fs.getattr(ctx, inner, fh);
+        if let Ok((st, _)) = &mut r {
+            v.patch(inner, inode, st);
+        }
+        r
     }
 
     fn setattr(
@@ -530,7 +546,8 @@ impl FileSystem for VolumeFs {
         handle: Option<u64>,
         valid: SetattrValid,
     ) -> io::Result<(stat64, Duration)> {
-        let t = self.table.load();
+        let guard = self.table.load();
+        let t: &Table = &guard;
         let (v, inner) = node(&t, inode)?;
         v.writable()?;
         if v.is_mount_root(inner)
@@ -550,7 +567,8 @@ impl FileSystem for VolumeFs {
     }
 
     fn readlink(&self, ctx: &Context, inode: u64) -> io::Result<Vec<u8>> {
-        let t = self.table.load();
+        let guard = self.table.load();
+        let t: &Table = &guard;
         let (v, inner) = node(&t, inode)?;
         v.fs.readlink(ctx, inner)
     }
@@ -562,7 +580,8 @@ impl FileSystem for VolumeFs {
         parent: u64,
         name: &CStr,
     ) -> io::Result<Entry> {
-        let t = self.table.load();
+        let guard = self.table.load();
+        let t: &Table = &guard;
         let (v, dir) = self.dir_for_new(&t, parent, name)?;
         let e = v.fs.symlink(ctx, linkname, dir, name)?;
         self.entry_out(ctx, v, e)
@@ -577,7 +596,8 @@ impl FileSystem for VolumeFs {
         rdev: u32,
         umask: u32,
     ) -> io::Result<Entry> {
-        let t = self.table.load();
+        let guard = self.table.load();
+        let t: &Table = &guard;
         let (v, dir) = self.dir_for_new(&t, parent, name)?;
         let e = v.fs.mknod(ctx, dir, name, mode, rdev, umask)?;
         self.entry_out(ctx, v, e)
@@ -591,20 +611,23 @@ impl FileSystem for VolumeFs {
         mode: u32,
         umask: u32,
     ) -> io::Result<Entry> {
-        let t = self.table.load();
+        let guard = self.table.load();
+        let t: &Table = &guard;
         let (v, dir) = self.dir_for_new(&t, parent, name)?;
         let e = v.fs.mkdir(ctx, dir, name, mode, umask)?;
         self.entry_out(ctx, v, e)
     }
 
     fn unlink(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
-        let t = self.table.load();
+        let guard = self.table.load();
+        let t: &Table = &guard;
         let (v, dir) = self.dir_for_removal(&t, parent, name)?;
         v.fs.unlink(ctx, dir, name)
     }
 
     fn rmdir(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
-        let t = self.table.load();
+        let guard = self.table.load();
+        let t: &Table = &guard;
         let (v, dir) = self.dir_for_removal(&t, parent, name)?;
         v.fs.rmdir(ctx, dir, name)
     }
@@ -618,7 +641,8 @@ impl FileSystem for VolumeFs {
         newname: &CStr,
         flags: u32,
     ) -> io::Result<()> {
-        let t = self.table.load();
+        let guard = self.table.load();
+        let t: &Table = &guard;
         let (v1, _) = node(&t, olddir)?;
         let (v2, d2) = node(&t, newdir)?;
         if !Arc::ptr_eq(v1, v2) {
@@ -636,7 +660,8 @@ impl FileSystem for VolumeFs {
     }
 
     fn link(&self, ctx: &Context, inode: u64, newparent: u64, newname: &CStr) -> io::Result<Entry> {
-        let t = self.table.load();
+        let guard = self.table.load();
+        let t: &Table = &guard;
         let (v1, inner) = node(&t, inode)?;
         let (v2, _) = node(&t, newparent)?;
         if !Arc::ptr_eq(v1, v2) || v1.is_mount_root(inner) {
@@ -654,7 +679,8 @@ impl FileSystem for VolumeFs {
         flags: u32,
         fuse_flags: u32,
     ) -> io::Result<(Option<u64>, OpenOptions, Option<u32>)> {
-        let t = self.table.load();
+        let guard = self.table.load();
+        let t: &Table = &guard;
         let (v, inner) = node(&t, inode)?;
         if wants_write(flags) {
             v.writable()?;
@@ -685,7 +711,8 @@ impl FileSystem for VolumeFs {
         name: &CStr,
         args: CreateIn,
     ) -> io::Result<(Entry, Option<u64>, OpenOptions, Option<u32>)> {
-        let t = self.table.load();
+        let guard = self.table.load();
+        let t: &Table = &guard;
         let (v, dir) = self.dir_for_new(&t, parent, name)?;
         v.begin_open()?;
         let (e, fh, o, p) = match v.fs.create(ctx, dir, name, args) {
@@ -721,7 +748,8 @@ impl FileSystem for VolumeFs {
         lock_owner: Option<u64>,
         flags: u32,
     ) -> io::Result<usize> {
-        let t = self.table.load();
+        let guard = self.table.load();
+        let t: &Table = &guard;
         let (v, inner) = node(&t, inode)?;
         let fh = v.handle_in(handle)?;
         v.fs.read(ctx, inner, fh, w, size, offset, lock_owner, flags)
@@ -740,7 +768,8 @@ impl FileSystem for VolumeFs {
         flags: u32,
         fuse_flags: u32,
     ) -> io::Result<usize> {
-        let t = self.table.load();
+        let guard = self.table.load();
+        let t: &Table = &guard;
         let (v, inner) = node(&t, inode)?;
         v.writable()?;
         let fh = v.handle_in(handle)?;
@@ -759,14 +788,16 @@ impl FileSystem for VolumeFs {
     }
 
     fn flush(&self, ctx: &Context, inode: u64, handle: u64, lock_owner: u64) -> io::Result<()> {
-        let t = self.table.load();
+        let guard = self.table.load();
+        let t: &Table = &guard;
         let (v, inner) = node(&t, inode)?;
         let fh = v.handle_in(handle)?;
         v.fs.flush(ctx, inner, fh, lock_owner)
     }
 
     fn fsync(&self, ctx: &Context, inode: u64, datasync: bool, handle: u64) -> io::Result<()> {
-        let t = self.table.load();
+        let guard = self.table.load();
+        let t: &Table = &guard;
         let (v, inner) = node(&t, inode)?;
         let fh = v.handle_in(handle)?;
         v.fs.fsync(ctx, inner, datasync, fh)
@@ -781,7 +812,8 @@ impl FileSystem for VolumeFs {
         offset: u64,
         length: u64,
     ) -> io::Result<()> {
-        let t = self.table.load();
+        let guard = self.table.load();
+        let t: &Table = &guard;
         let (v, inner) = node(&t, inode)?;
         v.writable()?;
         let fh = v.handle_in(handle)?;
@@ -798,7 +830,8 @@ impl FileSystem for VolumeFs {
         flock_release: bool,
         lock_owner: Option<u64>,
     ) -> io::Result<()> {
-        let t = self.table.load();
+        let guard = self.table.load();
+        let t: &Table = &guard;
         // A handle of a detached volume was ended by the detach.
         let Ok((v, inner)) = node(&t, inode) else {
             return Ok(());
@@ -812,7 +845,8 @@ impl FileSystem for VolumeFs {
     }
 
     fn statfs(&self, ctx: &Context, inode: u64) -> io::Result<statvfs64> {
-        let t = self.table.load();
+        let guard = self.table.load();
+        let t: &Table = &guard;
         let (v, inner) = node(&t, inode)?;
         v.fs.statfs(ctx, inner)
     }
@@ -825,7 +859,8 @@ impl FileSystem for VolumeFs {
         value: &[u8],
         flags: u32,
     ) -> io::Result<()> {
-        let t = self.table.load();
+        let guard = self.table.load();
+        let t: &Table = &guard;
         let (v, inner) = node(&t, inode)?;
         v.writable()?;
         xattr_errno(v, v.fs.setxattr(ctx, inner, name, value, flags))
@@ -838,19 +873,22 @@ impl FileSystem for VolumeFs {
         name: &CStr,
         size: u32,
     ) -> io::Result<GetxattrReply> {
-        let t = self.table.load();
+        let guard = self.table.load();
+        let t: &Table = &guard;
         let (v, inner) = node(&t, inode)?;
         xattr_errno(v, v.fs.getxattr(ctx, inner, name, size))
     }
 
     fn listxattr(&self, ctx: &Context, inode: u64, size: u32) -> io::Result<ListxattrReply> {
-        let t = self.table.load();
+        let guard = self.table.load();
+        let t: &Table = &guard;
         let (v, inner) = node(&t, inode)?;
         xattr_errno(v, v.fs.listxattr(ctx, inner, size))
     }
 
     fn removexattr(&self, ctx: &Context, inode: u64, name: &CStr) -> io::Result<()> {
-        let t = self.table.load();
+        let guard = self.table.load();
+        let t: &Table = &guard;
         let (v, inner) = node(&t, inode)?;
         v.writable()?;
         xattr_errno(v, v.fs.removexattr(ctx, inner, name))
@@ -862,7 +900,8 @@ impl FileSystem for VolumeFs {
         inode: u64,
         flags: u32,
     ) -> io::Result<(Option<u64>, OpenOptions)> {
-        let t = self.table.load();
+        let guard = self.table.load();
+        let t: &Table = &guard;
         let (v, inner) = node(&t, inode)?;
         v.begin_open()?;
         match v.fs.opendir(ctx, inner, flags) {
@@ -914,14 +953,16 @@ impl FileSystem for VolumeFs {
     }
 
     fn fsyncdir(&self, ctx: &Context, inode: u64, datasync: bool, handle: u64) -> io::Result<()> {
-        let t = self.table.load();
+        let guard = self.table.load();
+        let t: &Table = &guard;
         let (v, inner) = node(&t, inode)?;
         let fh = v.handle_in(handle)?;
         v.fs.fsyncdir(ctx, inner, datasync, fh)
     }
 
     fn releasedir(&self, ctx: &Context, inode: u64, flags: u32, handle: u64) -> io::Result<()> {
-        let t = self.table.load();
+        let guard = self.table.load();
+        let t: &Table = &guard;
         let Ok((v, inner)) = node(&t, inode) else {
             return Ok(());
         };
@@ -936,7 +977,8 @@ impl FileSystem for VolumeFs {
     }
 
     fn access(&self, ctx: &Context, inode: u64, mask: u32) -> io::Result<()> {
-        let t = self.table.load();
+        let guard = self.table.load();
+        let t: &Table = &guard;
         let (v, inner) = node(&t, inode)?;
         if mask & libc::W_OK as u32 != 0 {
             v.writable()?;
@@ -957,7 +999,8 @@ impl FileSystem for VolumeFs {
         offset: u64,
         whence: u32,
     ) -> io::Result<u64> {
-        let t = self.table.load();
+        let guard = self.table.load();
+        let t: &Table = &guard;
         let (v, inner) = node(&t, inode)?;
         let fh = v.handle_in(handle)?;
         v.fs.lseek(ctx, inner, fh, offset, whence)
@@ -972,7 +1015,8 @@ impl FileSystem for VolumeFs {
         lock: FileLock,
         flags: u32,
     ) -> io::Result<FileLock> {
-        let t = self.table.load();
+        let guard = self.table.load();
+        let t: &Table = &guard;
         let (v, inner) = node(&t, inode)?;
         let fh = v.handle_in(handle)?;
         v.fs.getlk(ctx, inner, fh, owner, lock, flags)
@@ -987,7 +1031,8 @@ impl FileSystem for VolumeFs {
         lock: FileLock,
         flags: u32,
     ) -> io::Result<()> {
-        let t = self.table.load();
+        let guard = self.table.load();
+        let t: &Table = &guard;
         let (v, inner) = node(&t, inode)?;
         let fh = v.handle_in(handle)?;
         v.fs.setlk(ctx, inner, fh, owner, lock, flags)
@@ -1005,8 +1050,8 @@ impl FileSystem for VolumeFs {
         // Not holding the table snapshot while a lock waits: a blocked lock must not keep a
         // detached volume's table alive.
         let (fs, inner, fh) = {
-            let t = self.table.load();
-            let (v, inner) = node(&t, inode)?;
+            let guard = self.table.load();
+            let (v, inner) = node(&guard, inode)?;
             (v.fs.clone(), inner, v.handle_in(handle)?)
         };
         fs.setlkw(ctx, inner, fh, owner, lock, flags)
@@ -1022,7 +1067,8 @@ impl FileSystem for VolumeFs {
         _data: IoctlData,
         _out_size: u32,
     ) -> io::Result<IoctlData<'_>> {
-        let t = self.table.load();
+        let guard = self.table.load();
+        let t: &Table = &guard;
         let (v, _) = node(&t, inode)?;
         v.handle_in(handle)?;
         // The reply would borrow the volume's backend, which a detach may drop.
@@ -1030,7 +1076,8 @@ impl FileSystem for VolumeFs {
     }
 
     fn bmap(&self, ctx: &Context, inode: u64, block: u64, blocksize: u32) -> io::Result<u64> {
-        let t = self.table.load();
+        let guard = self.table.load();
+        let t: &Table = &guard;
         let (v, inner) = node(&t, inode)?;
         v.fs.bmap(ctx, inner, block, blocksize)
     }
@@ -1044,7 +1091,8 @@ impl FileSystem for VolumeFs {
         flags: u32,
         events: u32,
     ) -> io::Result<u32> {
-        let t = self.table.load();
+        let guard = self.table.load();
+        let t: &Table = &guard;
         let (v, inner) = node(&t, inode)?;
         let fh = v.handle_in(handle)?;
         v.fs.poll(ctx, inner, fh, khandle, flags, events)

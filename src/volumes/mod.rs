@@ -392,6 +392,11 @@ impl VolumeFs {
         }
     }
 
+    /// Makes `table` the current table.
+    fn publish(&self, table: Table) {
+        self.table.store(Arc::new(table));
+    }
+
     /// Whether volume roots are announced as submounts (when the guest accepts them; default
     /// `true`). Without, all volumes share the guest's one `st_dev`.
     pub fn announce_submounts(mut self, on: bool) -> Self {
@@ -472,7 +477,7 @@ impl VolumeFs {
         }
         c.gens[slot] = gen;
         c.volumes = volumes;
-        self.table.store(Arc::new(table));
+        self.publish(table);
         release_held(std::mem::replace(&mut c.held, held));
         Ok(())
     }
@@ -511,7 +516,7 @@ impl VolumeFs {
         volumes.remove(path);
         let (table, held, _) = self.build(&volumes);
         c.volumes = volumes;
-        self.table.store(Arc::new(table));
+        self.publish(table);
         release_held(std::mem::replace(&mut c.held, held));
         self.listings
             .lock()
@@ -649,7 +654,7 @@ impl VolumeFs {
         let (table, held, _) = self.build(&volumes);
         c.volumes = volumes;
         c.held = held;
-        self.table.store(Arc::new(table));
+        self.publish(table);
     }
 }
 
