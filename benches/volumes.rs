@@ -9,7 +9,6 @@
 //! `cargo bench --bench volumes -- --warm-up-time 1 --measurement-time 3`
 
 #[path = "../tests/vmm/mod.rs"]
-#[allow(dead_code)]
 mod vmm;
 
 use std::ffi::CString;
@@ -61,14 +60,18 @@ fn fill(fs: &dyn DynFileSystem) {
 
 /// The backend served directly, and a VolumeFs serving an identical backend at `/vol`
 /// (next to a few other volumes): each with the guest id of the directory `d`.
-fn setups(
-    make: &dyn Fn() -> (Arc<dyn DynFileSystem>, Box<dyn std::any::Any>),
-) -> Vec<(
+/// A labelled setup: the filesystem, the guest id of `d`, what must outlive it.
+type Setup = (
     &'static str,
     Arc<dyn DynFileSystem>,
     u64,
     Box<dyn std::any::Any>,
-)> {
+);
+
+/// Builds a backend (and what must outlive it).
+type Make<'a> = &'a dyn Fn() -> (Arc<dyn DynFileSystem>, Box<dyn std::any::Any>);
+
+fn setups(make: Make<'_>) -> Vec<Setup> {
     let ctx = Context::new();
     let (direct, g1) = make();
     fill(&*direct);
@@ -92,11 +95,7 @@ fn setups(
     vec![("direct", direct, d, g1), ("volume", vfs, vd, g2)]
 }
 
-fn bench_backend(
-    crit: &mut Criterion,
-    name: &str,
-    make: &dyn Fn() -> (Arc<dyn DynFileSystem>, Box<dyn std::any::Any>),
-) {
+fn bench_backend(crit: &mut Criterion, name: &str, make: Make<'_>) {
     let ctx = Context::new();
     let mut g = crit.benchmark_group(format!("volumes/call/{name}/lookup_getattr"));
     for (label, fs, d, _guard) in setups(make) {

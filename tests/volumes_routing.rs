@@ -1,6 +1,9 @@
 //! VolumeFs routing: longest prefix, nested mount points, mount points over existing names,
 //! EXDEV, per-volume statfs, submount announcements, file volumes, nesting.
 
+// statvfs field types differ per platform.
+#![allow(clippy::unnecessary_cast)]
+
 mod passthrough_common;
 
 use std::ffi::CString;

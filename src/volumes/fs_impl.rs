@@ -336,6 +336,7 @@ impl VolumeFs {
 
     /// The merged listing of a directory with mount points for guest handle `gfh` (built at
     /// offset 0, kept until `releasedir`).
+    #[allow(clippy::too_many_arguments)]
     fn listing(
         &self,
         ctx: &Context,
@@ -356,6 +357,7 @@ impl VolumeFs {
         Ok(l)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn do_readdir(
         &self,
         ctx: &Context,
@@ -368,10 +370,10 @@ impl VolumeFs {
     ) -> io::Result<()> {
         let guard = self.table.load();
         let t: &Table = &guard;
-        let (v, dir) = node(&t, inode)?;
+        let (v, dir) = node(t, inode)?;
         let fh = v.handle_in(gfh)?;
         if t.mounts.contains_key(&(v.slot, dir)) {
-            let list = self.listing(ctx, &t, v, dir, fh, gfh, offset)?;
+            let list = self.listing(ctx, t, v, dir, fh, gfh, offset)?;
             let start = usize::try_from(offset).unwrap_or(usize::MAX);
             for (i, l) in list.iter().enumerate().skip(start) {
                 let d = DirEntry {
@@ -435,7 +437,7 @@ impl VolumeFs {
                     }
                     return Ok(1);
                 }
-                d.ino = self.listed_ino(&t, v, dir, d.name, d.ino);
+                d.ino = self.listed_ino(t, v, dir, d.name, d.ino);
                 if e.inode == 0 {
                     return add_entry(d, e);
                 }
@@ -455,7 +457,7 @@ impl VolumeFs {
                 if v.hidden(dir, d.name) {
                     return Ok(1);
                 }
-                d.ino = self.listed_ino(&t, v, dir, d.name, d.ino);
+                d.ino = self.listed_ino(t, v, dir, d.name, d.ino);
                 add_entry(d, Entry::default())
             })
         };
@@ -481,7 +483,7 @@ impl FileSystem for VolumeFs {
     fn lookup(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {
         let guard = self.table.load();
         let t: &Table = &guard;
-        let (v, dir) = node(&t, parent)?;
+        let (v, dir) = node(t, parent)?;
         let n = name.to_bytes();
         if v.hidden(dir, n) {
             return Err(errno(libc::ENOENT));
@@ -491,7 +493,9 @@ impl FileSystem for VolumeFs {
         }
         let mut r = v.fs.lookup(ctx, dir, name);
         if let Ok(e) = &mut r {
-            self.entry_fix(ctx, v, e)?;
+            if let Err(err) = self.entry_fix(ctx, v, e) {
+                r = Err(err);
+            }
         }
         r
     }
@@ -499,7 +503,7 @@ impl FileSystem for VolumeFs {
     fn forget(&self, ctx: &Context, inode: u64, count: u64) {
         let guard = self.table.load();
         let t: &Table = &guard;
-        let Ok((v, inner)) = node(&t, inode) else {
+        let Ok((v, inner)) = node(t, inode) else {
             return;
         };
         if v.is_mount_root(inner) {
@@ -526,7 +530,7 @@ impl FileSystem for VolumeFs {
     ) -> io::Result<(stat64, Duration)> {
         let guard = self.table.load();
         let t: &Table = &guard;
-        let (v, inner) = node(&t, inode)?;
+        let (v, inner) = node(t, inode)?;
         let fh = match handle {
             Some(h) => Some(v.handle_in(h)?),
             None => None,
@@ -548,7 +552,7 @@ impl FileSystem for VolumeFs {
     ) -> io::Result<(stat64, Duration)> {
         let guard = self.table.load();
         let t: &Table = &guard;
-        let (v, inner) = node(&t, inode)?;
+        let (v, inner) = node(t, inode)?;
         v.writable()?;
         if v.is_mount_root(inner)
             && ((v.opts.mode.is_some() && valid.contains(SetattrValid::MODE))
@@ -569,7 +573,7 @@ impl FileSystem for VolumeFs {
     fn readlink(&self, ctx: &Context, inode: u64) -> io::Result<Vec<u8>> {
         let guard = self.table.load();
         let t: &Table = &guard;
-        let (v, inner) = node(&t, inode)?;
+        let (v, inner) = node(t, inode)?;
         v.fs.readlink(ctx, inner)
     }
 
@@ -582,7 +586,7 @@ impl FileSystem for VolumeFs {
     ) -> io::Result<Entry> {
         let guard = self.table.load();
         let t: &Table = &guard;
-        let (v, dir) = self.dir_for_new(&t, parent, name)?;
+        let (v, dir) = self.dir_for_new(t, parent, name)?;
         let e = v.fs.symlink(ctx, linkname, dir, name)?;
         self.entry_out(ctx, v, e)
     }
@@ -598,7 +602,7 @@ impl FileSystem for VolumeFs {
     ) -> io::Result<Entry> {
         let guard = self.table.load();
         let t: &Table = &guard;
-        let (v, dir) = self.dir_for_new(&t, parent, name)?;
+        let (v, dir) = self.dir_for_new(t, parent, name)?;
         let e = v.fs.mknod(ctx, dir, name, mode, rdev, umask)?;
         self.entry_out(ctx, v, e)
     }
@@ -613,7 +617,7 @@ impl FileSystem for VolumeFs {
     ) -> io::Result<Entry> {
         let guard = self.table.load();
         let t: &Table = &guard;
-        let (v, dir) = self.dir_for_new(&t, parent, name)?;
+        let (v, dir) = self.dir_for_new(t, parent, name)?;
         let e = v.fs.mkdir(ctx, dir, name, mode, umask)?;
         self.entry_out(ctx, v, e)
     }
@@ -621,14 +625,14 @@ impl FileSystem for VolumeFs {
     fn unlink(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
         let guard = self.table.load();
         let t: &Table = &guard;
-        let (v, dir) = self.dir_for_removal(&t, parent, name)?;
+        let (v, dir) = self.dir_for_removal(t, parent, name)?;
         v.fs.unlink(ctx, dir, name)
     }
 
     fn rmdir(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
         let guard = self.table.load();
         let t: &Table = &guard;
-        let (v, dir) = self.dir_for_removal(&t, parent, name)?;
+        let (v, dir) = self.dir_for_removal(t, parent, name)?;
         v.fs.rmdir(ctx, dir, name)
     }
 
@@ -643,12 +647,12 @@ impl FileSystem for VolumeFs {
     ) -> io::Result<()> {
         let guard = self.table.load();
         let t: &Table = &guard;
-        let (v1, _) = node(&t, olddir)?;
-        let (v2, d2) = node(&t, newdir)?;
+        let (v1, _) = node(t, olddir)?;
+        let (v2, d2) = node(t, newdir)?;
         if !Arc::ptr_eq(v1, v2) {
             return Err(errno(libc::EXDEV));
         }
-        let (v, d1) = self.dir_for_removal(&t, olddir, oldname)?;
+        let (v, d1) = self.dir_for_removal(t, olddir, oldname)?;
         let new = newname.to_bytes();
         if t.mount(v.slot, d2, new).is_some() {
             return Err(errno(libc::EBUSY));
@@ -662,12 +666,12 @@ impl FileSystem for VolumeFs {
     fn link(&self, ctx: &Context, inode: u64, newparent: u64, newname: &CStr) -> io::Result<Entry> {
         let guard = self.table.load();
         let t: &Table = &guard;
-        let (v1, inner) = node(&t, inode)?;
-        let (v2, _) = node(&t, newparent)?;
+        let (v1, inner) = node(t, inode)?;
+        let (v2, _) = node(t, newparent)?;
         if !Arc::ptr_eq(v1, v2) || v1.is_mount_root(inner) {
             return Err(errno(libc::EXDEV));
         }
-        let (v, dir) = self.dir_for_new(&t, newparent, newname)?;
+        let (v, dir) = self.dir_for_new(t, newparent, newname)?;
         let e = v.fs.link(ctx, inner, dir, newname)?;
         self.entry_out(ctx, v, e)
     }
@@ -681,7 +685,7 @@ impl FileSystem for VolumeFs {
     ) -> io::Result<(Option<u64>, OpenOptions, Option<u32>)> {
         let guard = self.table.load();
         let t: &Table = &guard;
-        let (v, inner) = node(&t, inode)?;
+        let (v, inner) = node(t, inode)?;
         if wants_write(flags) {
             v.writable()?;
         }
@@ -713,7 +717,7 @@ impl FileSystem for VolumeFs {
     ) -> io::Result<(Entry, Option<u64>, OpenOptions, Option<u32>)> {
         let guard = self.table.load();
         let t: &Table = &guard;
-        let (v, dir) = self.dir_for_new(&t, parent, name)?;
+        let (v, dir) = self.dir_for_new(t, parent, name)?;
         v.begin_open()?;
         let (e, fh, o, p) = match v.fs.create(ctx, dir, name, args) {
             Ok(r) => r,
@@ -750,7 +754,7 @@ impl FileSystem for VolumeFs {
     ) -> io::Result<usize> {
         let guard = self.table.load();
         let t: &Table = &guard;
-        let (v, inner) = node(&t, inode)?;
+        let (v, inner) = node(t, inode)?;
         let fh = v.handle_in(handle)?;
         v.fs.read(ctx, inner, fh, w, size, offset, lock_owner, flags)
     }
@@ -770,7 +774,7 @@ impl FileSystem for VolumeFs {
     ) -> io::Result<usize> {
         let guard = self.table.load();
         let t: &Table = &guard;
-        let (v, inner) = node(&t, inode)?;
+        let (v, inner) = node(t, inode)?;
         v.writable()?;
         let fh = v.handle_in(handle)?;
         v.fs.write(
@@ -790,7 +794,7 @@ impl FileSystem for VolumeFs {
     fn flush(&self, ctx: &Context, inode: u64, handle: u64, lock_owner: u64) -> io::Result<()> {
         let guard = self.table.load();
         let t: &Table = &guard;
-        let (v, inner) = node(&t, inode)?;
+        let (v, inner) = node(t, inode)?;
         let fh = v.handle_in(handle)?;
         v.fs.flush(ctx, inner, fh, lock_owner)
     }
@@ -798,7 +802,7 @@ impl FileSystem for VolumeFs {
     fn fsync(&self, ctx: &Context, inode: u64, datasync: bool, handle: u64) -> io::Result<()> {
         let guard = self.table.load();
         let t: &Table = &guard;
-        let (v, inner) = node(&t, inode)?;
+        let (v, inner) = node(t, inode)?;
         let fh = v.handle_in(handle)?;
         v.fs.fsync(ctx, inner, datasync, fh)
     }
@@ -814,7 +818,7 @@ impl FileSystem for VolumeFs {
     ) -> io::Result<()> {
         let guard = self.table.load();
         let t: &Table = &guard;
-        let (v, inner) = node(&t, inode)?;
+        let (v, inner) = node(t, inode)?;
         v.writable()?;
         let fh = v.handle_in(handle)?;
         v.fs.fallocate(ctx, inner, fh, mode, offset, length)
@@ -833,7 +837,7 @@ impl FileSystem for VolumeFs {
         let guard = self.table.load();
         let t: &Table = &guard;
         // A handle of a detached volume was ended by the detach.
-        let Ok((v, inner)) = node(&t, inode) else {
+        let Ok((v, inner)) = node(t, inode) else {
             return Ok(());
         };
         let fh = v.handle_in(handle)?;
@@ -847,7 +851,7 @@ impl FileSystem for VolumeFs {
     fn statfs(&self, ctx: &Context, inode: u64) -> io::Result<statvfs64> {
         let guard = self.table.load();
         let t: &Table = &guard;
-        let (v, inner) = node(&t, inode)?;
+        let (v, inner) = node(t, inode)?;
         v.fs.statfs(ctx, inner)
     }
 
@@ -861,7 +865,7 @@ impl FileSystem for VolumeFs {
     ) -> io::Result<()> {
         let guard = self.table.load();
         let t: &Table = &guard;
-        let (v, inner) = node(&t, inode)?;
+        let (v, inner) = node(t, inode)?;
         v.writable()?;
         xattr_errno(v, v.fs.setxattr(ctx, inner, name, value, flags))
     }
@@ -875,21 +879,21 @@ impl FileSystem for VolumeFs {
     ) -> io::Result<GetxattrReply> {
         let guard = self.table.load();
         let t: &Table = &guard;
-        let (v, inner) = node(&t, inode)?;
+        let (v, inner) = node(t, inode)?;
         xattr_errno(v, v.fs.getxattr(ctx, inner, name, size))
     }
 
     fn listxattr(&self, ctx: &Context, inode: u64, size: u32) -> io::Result<ListxattrReply> {
         let guard = self.table.load();
         let t: &Table = &guard;
-        let (v, inner) = node(&t, inode)?;
+        let (v, inner) = node(t, inode)?;
         xattr_errno(v, v.fs.listxattr(ctx, inner, size))
     }
 
     fn removexattr(&self, ctx: &Context, inode: u64, name: &CStr) -> io::Result<()> {
         let guard = self.table.load();
         let t: &Table = &guard;
-        let (v, inner) = node(&t, inode)?;
+        let (v, inner) = node(t, inode)?;
         v.writable()?;
         xattr_errno(v, v.fs.removexattr(ctx, inner, name))
     }
@@ -902,7 +906,7 @@ impl FileSystem for VolumeFs {
     ) -> io::Result<(Option<u64>, OpenOptions)> {
         let guard = self.table.load();
         let t: &Table = &guard;
-        let (v, inner) = node(&t, inode)?;
+        let (v, inner) = node(t, inode)?;
         v.begin_open()?;
         match v.fs.opendir(ctx, inner, flags) {
             Ok((fh, o)) => match v.handle_out(fh) {
@@ -955,7 +959,7 @@ impl FileSystem for VolumeFs {
     fn fsyncdir(&self, ctx: &Context, inode: u64, datasync: bool, handle: u64) -> io::Result<()> {
         let guard = self.table.load();
         let t: &Table = &guard;
-        let (v, inner) = node(&t, inode)?;
+        let (v, inner) = node(t, inode)?;
         let fh = v.handle_in(handle)?;
         v.fs.fsyncdir(ctx, inner, datasync, fh)
     }
@@ -963,7 +967,7 @@ impl FileSystem for VolumeFs {
     fn releasedir(&self, ctx: &Context, inode: u64, flags: u32, handle: u64) -> io::Result<()> {
         let guard = self.table.load();
         let t: &Table = &guard;
-        let Ok((v, inner)) = node(&t, inode) else {
+        let Ok((v, inner)) = node(t, inode) else {
             return Ok(());
         };
         let fh = v.handle_in(handle)?;
@@ -979,7 +983,7 @@ impl FileSystem for VolumeFs {
     fn access(&self, ctx: &Context, inode: u64, mask: u32) -> io::Result<()> {
         let guard = self.table.load();
         let t: &Table = &guard;
-        let (v, inner) = node(&t, inode)?;
+        let (v, inner) = node(t, inode)?;
         if mask & libc::W_OK as u32 != 0 {
             v.writable()?;
         }
@@ -1001,7 +1005,7 @@ impl FileSystem for VolumeFs {
     ) -> io::Result<u64> {
         let guard = self.table.load();
         let t: &Table = &guard;
-        let (v, inner) = node(&t, inode)?;
+        let (v, inner) = node(t, inode)?;
         let fh = v.handle_in(handle)?;
         v.fs.lseek(ctx, inner, fh, offset, whence)
     }
@@ -1017,7 +1021,7 @@ impl FileSystem for VolumeFs {
     ) -> io::Result<FileLock> {
         let guard = self.table.load();
         let t: &Table = &guard;
-        let (v, inner) = node(&t, inode)?;
+        let (v, inner) = node(t, inode)?;
         let fh = v.handle_in(handle)?;
         v.fs.getlk(ctx, inner, fh, owner, lock, flags)
     }
@@ -1033,7 +1037,7 @@ impl FileSystem for VolumeFs {
     ) -> io::Result<()> {
         let guard = self.table.load();
         let t: &Table = &guard;
-        let (v, inner) = node(&t, inode)?;
+        let (v, inner) = node(t, inode)?;
         let fh = v.handle_in(handle)?;
         v.fs.setlk(ctx, inner, fh, owner, lock, flags)
     }
@@ -1069,7 +1073,7 @@ impl FileSystem for VolumeFs {
     ) -> io::Result<IoctlData<'_>> {
         let guard = self.table.load();
         let t: &Table = &guard;
-        let (v, _) = node(&t, inode)?;
+        let (v, _) = node(t, inode)?;
         v.handle_in(handle)?;
         // The reply would borrow the volume's backend, which a detach may drop.
         Err(errno(libc::ENOTTY))
@@ -1078,7 +1082,7 @@ impl FileSystem for VolumeFs {
     fn bmap(&self, ctx: &Context, inode: u64, block: u64, blocksize: u32) -> io::Result<u64> {
         let guard = self.table.load();
         let t: &Table = &guard;
-        let (v, inner) = node(&t, inode)?;
+        let (v, inner) = node(t, inode)?;
         v.fs.bmap(ctx, inner, block, blocksize)
     }
 
@@ -1093,7 +1097,7 @@ impl FileSystem for VolumeFs {
     ) -> io::Result<u32> {
         let guard = self.table.load();
         let t: &Table = &guard;
-        let (v, inner) = node(&t, inode)?;
+        let (v, inner) = node(t, inode)?;
         let fh = v.handle_in(handle)?;
         v.fs.poll(ctx, inner, fh, khandle, flags, events)
     }

@@ -8,7 +8,7 @@
 //! ```
 //! use boxfs::memfs::MemFs;
 //! use boxfs::volumes::{Hook, HookFs, Op, Request, Verdict};
-//! use boxfs::{Context, DynFileSystem, ROOT_ID};
+//! use boxfs::{Context, DynFileSystem, FileSystem, ROOT_ID};
 //! use std::ffi::CString;
 //! use std::sync::atomic::{AtomicU64, Ordering};
 //! use std::sync::Arc;
@@ -207,7 +207,33 @@ pub trait Hook: Send + Sync {
     }
 }
 
-/// A backend wrapped with an optional [`Hook`]; see the [module documentation](self).
+/// A backend wrapped with an optional [`Hook`] that sees every request before and after the
+/// backend: it can observe (an audit log, per-operation counters), deny a request with an
+/// errno ([`Verdict::Deny`]) or answer it itself ([`Verdict::Answer`]). Without a hook every
+/// call is forwarded after one `Option` check. Wrap any backend with it: a volume of a
+/// [`VolumeFs`](super::VolumeFs), a layer of a [`DualFs`](crate::dualfs::DualFs).
+///
+/// ```
+/// use boxfs::memfs::MemFs;
+/// use boxfs::volumes::{Hook, HookFs, Request, Verdict};
+/// use boxfs::{Context, FileSystem, ROOT_ID};
+/// use std::sync::Arc;
+///
+/// /// Refuses every operation on a name (lookups included) to one user.
+/// struct NoWritesFor(u32);
+/// impl Hook for NoWritesFor {
+///     fn before(&self, req: &Request<'_>) -> Verdict {
+///         if req.ctx.uid == self.0 && req.name.is_some() {
+///             Verdict::Deny(libc::EROFS)
+///         } else {
+///             Verdict::Continue
+///         }
+///     }
+/// }
+/// let fs = HookFs::new(Arc::new(MemFs::builder().build()?)).with_hook(Arc::new(NoWritesFor(1000)));
+/// assert!(fs.getattr(&Context::new(), ROOT_ID, None).is_ok());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct HookFs {
     inner: Arc<dyn DynFileSystem>,
     hook: Option<Arc<dyn Hook>>,

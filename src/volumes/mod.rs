@@ -39,7 +39,7 @@
 //! ```
 //! use boxfs::memfs::MemFs;
 //! use boxfs::volumes::{DetachMode, VirtualFile, VolumeFs, VolumeOptions};
-//! use boxfs::{Context, DynFileSystem, ROOT_ID};
+//! use boxfs::{Context, DynFileSystem, FileSystem, ROOT_ID};
 //! use std::ffi::CString;
 //! use std::sync::Arc;
 //!
@@ -69,6 +69,9 @@
 //! );
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+
+// Casts between libc integer types differ per platform (u16 vs u32 modes).
+#![allow(clippy::unnecessary_cast)]
 
 mod fs_impl;
 mod hook;
@@ -263,6 +266,10 @@ impl Table {
     }
 }
 
+/// A built table, the backend lookups it holds, and the volumes whose mount point's parent
+/// did not resolve.
+type Built = (Table, Vec<(Arc<Volume>, u64)>, Vec<(String, io::Error)>);
+
 /// The control plane's state (attach, detach, init, destroy), behind one mutex that requests
 /// never take.
 struct Control {
@@ -310,6 +317,7 @@ pub struct VolumeInfo {
     pub reachable: bool,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn new_volume(
     slot: usize,
     gen: u16,
@@ -529,10 +537,7 @@ impl VolumeFs {
     /// Builds the table for `volumes` (plus the root): resolves each mount point's parent
     /// directory, shorter paths first, through the volumes already placed. Returns the table,
     /// the backend lookups it holds, and the volumes whose parent did not resolve.
-    fn build(
-        &self,
-        volumes: &BTreeMap<String, Arc<Volume>>,
-    ) -> (Table, Vec<(Arc<Volume>, u64)>, Vec<(String, io::Error)>) {
+    fn build(&self, volumes: &BTreeMap<String, Arc<Volume>>) -> Built {
         let ctx = Context::new();
         let mut table = Table::default();
         let max = volumes.values().map(|v| v.slot).max().unwrap_or(0);

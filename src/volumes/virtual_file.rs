@@ -24,7 +24,7 @@ use crate::{
 ///
 /// ```
 /// use boxfs::volumes::VirtualFile;
-/// use boxfs::{Context, DynFileSystem, ROOT_ID};
+/// use boxfs::{Context, FileSystem, ROOT_ID};
 ///
 /// let f = VirtualFile::from_bytes(b"127.0.0.1 localhost\n".to_vec()).mode(0o644);
 /// let (st, _) = f.getattr(&Context::new(), ROOT_ID, None)?;
