@@ -21,6 +21,7 @@ use volumes_common::Rerooted;
 /// root), served rerooted at the volume.
 fn inside(
     path: &str,
+    opts: VolumeOptions,
     vol: Arc<dyn DynFileSystem>,
     guard: Box<dyn std::any::Any + Send + Sync>,
 ) -> conformance::Fixture {
@@ -35,7 +36,7 @@ fn inside(
             .inode;
     }
     let vfs = Arc::new(VolumeFs::new(root));
-    vfs.attach(path, vol, VolumeOptions::new()).expect("attach");
+    vfs.attach(path, vol, opts).expect("attach");
     let mut dir = ROOT_ID;
     for c in &comps {
         dir = vfs
@@ -56,7 +57,7 @@ fn dir_volume() -> conformance::Fixture {
     let fs = PassthroughFs::builder(dir.path())
         .build()
         .expect("PassthroughFs builds");
-    inside("/work", Arc::new(fs), Box::new(dir))
+    inside("/work", VolumeOptions::new(), Arc::new(fs), Box::new(dir))
 }
 
 fn memfs_volume() -> conformance::Fixture {
@@ -64,7 +65,7 @@ fn memfs_volume() -> conformance::Fixture {
         .capacity(2.gib())
         .build()
         .expect("MemFs builds");
-    inside("/tmp", Arc::new(fs), Box::new(()))
+    inside("/tmp", VolumeOptions::new(), Arc::new(fs), Box::new(()))
 }
 
 fn overlay_volume() -> conformance::Fixture {
@@ -87,7 +88,23 @@ fn overlay_volume() -> conformance::Fixture {
         .backend_b(lower)
         .build()
         .expect("DualFs builds");
-    inside("/srv/data/overlay", Arc::new(fs), Box::new(dir))
+    inside(
+        "/srv/data/overlay",
+        VolumeOptions::new(),
+        Arc::new(fs),
+        Box::new(dir),
+    )
+}
+
+/// A memfs volume with hide patterns (names the suite never uses): every node id then goes
+/// through the volume's map of handed-out ids.
+fn memfs_volume_with_hidden_names() -> conformance::Fixture {
+    let fs = MemFs::builder()
+        .capacity(2.gib())
+        .build()
+        .expect("MemFs builds");
+    let opts = VolumeOptions::new().hide("*.pem").hide(".ssh/");
+    inside("/home", opts, Arc::new(fs), Box::new(()))
 }
 
 mod dir {
@@ -103,4 +120,9 @@ mod memfs {
 mod overlay {
     use super::*;
     conformance_suite!(overlay_volume);
+}
+
+mod memfs_hidden {
+    use super::*;
+    conformance_suite!(memfs_volume_with_hidden_names);
 }

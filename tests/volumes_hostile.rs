@@ -468,3 +468,43 @@ fn detach_refuses_while_a_volume_is_mounted_below() {
     vfs.detach("/a/b", DetachMode::Normal).expect("inner first");
     vfs.detach("/a", DetachMode::Normal).expect("then outer");
 }
+
+#[test]
+fn hidden_nodes_cannot_be_reached_by_crafted_ids() {
+    // In a MemFs every node has an id whether or not it was looked up: a volume with hide
+    // patterns must only accept ids it handed out.
+    let vol = memfs();
+    let key = put(&*vol, ROOT_ID, "key.pem", b"PRIVATE KEY");
+    let vfs = VolumeFs::new(memfs());
+    vfs.attach("/v", vol, VolumeOptions::new().hide("*.pem"))
+        .expect("attach");
+    let v = lookup(&vfs, ROOT_ID, "v").expect("v").inode;
+    assert_eq!(errno(lookup(&vfs, v, "key.pem")), libc::ENOENT);
+    let tag = v & !((1u64 << 40) - 1);
+    for crafted in [
+        tag | key,
+        tag | (1 << 39) | 1,
+        tag | (1 << 39) | 2,
+        tag | (1 << 39) | 3,
+    ] {
+        let r = vfs.open(&ctx(), crafted, libc::O_RDONLY as u32, 0);
+        if let Ok((fh, _, _)) = r {
+            let data = read(&vfs, crafted, fh.unwrap_or(0)).unwrap_or_default();
+            assert_ne!(
+                data, b"PRIVATE KEY",
+                "hidden file read through {crafted:#x}"
+            );
+            vfs.release(&ctx(), crafted, 0, fh.unwrap_or(0), false, false, None)
+                .expect("release");
+        }
+        if let Ok((st, _)) = vfs.getattr(&ctx(), crafted, None) {
+            assert_ne!(
+                st.st_size, 11,
+                "hidden file's attributes through {crafted:#x}"
+            );
+        }
+    }
+    // Visible names still work.
+    put(&vfs, v, "ok", b"fine");
+    assert!(lookup(&vfs, v, "ok").is_ok());
+}

@@ -41,7 +41,7 @@ impl Volume {
     /// The backend id of a local id.
     #[inline]
     fn inner(&self, local: u64) -> io::Result<u64> {
-        if local & INDIRECT == 0 {
+        if local & INDIRECT == 0 && !self.mapped_only {
             Ok(local)
         } else {
             self.nodes.inner(local)
@@ -51,7 +51,7 @@ impl Volume {
     /// The guest id of backend id `inner`, counting `refs` references on a mapped id.
     #[inline]
     fn outer(&self, inner: u64, refs: u64) -> io::Result<u64> {
-        if inner < INDIRECT {
+        if inner < INDIRECT && !self.mapped_only {
             Ok(self.tag | inner)
         } else {
             Ok(self.tag | self.nodes.local(inner, refs)?)

@@ -219,6 +219,9 @@ pub(crate) struct Volume {
     root: u64,
     /// Whether the root is a directory.
     root_is_dir: bool,
+    /// Every node id goes through `nodes`, so only ids handed out are accepted (volumes with
+    /// hide patterns: a backend may answer for ids of hidden nodes never looked up).
+    mapped_only: bool,
     nodes: Overflow,
     handles: Overflow,
     /// Guest handles open in the volume (files and directories).
@@ -335,6 +338,7 @@ fn new_volume(
         path,
         fs,
         opts,
+        mapped_only: !hide.is_empty(),
         hide,
         root,
         root_is_dir,
