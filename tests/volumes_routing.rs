@@ -574,3 +574,33 @@ fn a_volumefs_nests_inside_a_volumefs() {
     outer.forget(&ctx(), f, 2);
     assert_eq!(errno(outer.getattr(&ctx(), f, None)), libc::ESTALE);
 }
+
+#[test]
+fn virtual_file_from_a_host_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = passthrough_common::tempdir();
+    let p = dir.path().join("init");
+    std::fs::write(&p, b"\x7fELF...").expect("write");
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let f = VirtualFile::from_host_file(&p).expect("host file");
+    assert!(
+        VirtualFile::from_host_file(dir.path()).is_err(),
+        "a directory is refused"
+    );
+    let vfs = VolumeFs::new(memfs());
+    vfs.attach("/init.krun", Arc::new(f), VolumeOptions::new())
+        .expect("attach");
+    let e = lookup(&vfs, ROOT_ID, "init.krun").expect("lookup");
+    assert_eq!(e.attr.st_mode & 0o7777, 0o755);
+    assert_eq!(get(&vfs, e.inode), b"\x7fELF...");
+    vfs.access(&ctx(), e.inode, libc::X_OK as u32)
+        .expect("executable");
+    assert_eq!(
+        errno(vfs.access(&ctx(), e.inode, libc::W_OK as u32)),
+        libc::EROFS
+    );
+    assert_eq!(
+        errno(vfs.setxattr(&ctx(), e.inode, &c("user.x"), b"v", 0)),
+        libc::EROFS
+    );
+}
