@@ -273,7 +273,7 @@ fn hidden_names_cannot_be_looked_up_listed_created_or_renamed_onto() {
         libc::EACCES
     );
     assert_eq!(
-        errno(vfs.mknod(&ctx(), w, &c("secret"), libc::S_IFREG as u32 | 0o644, 0, 0)),
+        errno(vfs.mknod(&ctx(), w, &c("secret"), libc::S_IFREG | 0o644, 0, 0)),
         libc::EACCES
     );
     let vis = lookup(&vfs, w, "visible").expect("visible").inode;
@@ -331,7 +331,7 @@ fn readonly_volumes_answer_erofs() {
     assert_eq!(errno(vfs.mkdir(&ctx(), ro, &c("nd"), 0o755, 0)), e);
     assert_eq!(errno(vfs.symlink(&ctx(), &c("f"), ro, &c("s"))), e);
     assert_eq!(
-        errno(vfs.mknod(&ctx(), ro, &c("n"), libc::S_IFREG as u32 | 0o644, 0, 0)),
+        errno(vfs.mknod(&ctx(), ro, &c("n"), libc::S_IFREG | 0o644, 0, 0)),
         e
     );
     assert_eq!(errno(vfs.unlink(&ctx(), ro, &c("f"))), e);
