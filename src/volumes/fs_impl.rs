@@ -353,6 +353,7 @@ impl VolumeFs {
             }
         }
         let l = Arc::new(self.merged(ctx, t, v, dir, fh)?);
+        self.has_listings.store(true, Ordering::Release);
         self.listings.lock().insert(gfh, l.clone());
         Ok(l)
     }
@@ -971,7 +972,7 @@ impl FileSystem for VolumeFs {
             return Ok(());
         };
         let fh = v.handle_in(handle)?;
-        if !t.mounts.is_empty() {
+        if self.has_listings.load(Ordering::Acquire) {
             self.listings.lock().remove(&handle);
         }
         let r = v.fs.releasedir(ctx, inner, flags, fh);

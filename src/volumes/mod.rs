@@ -27,6 +27,11 @@
 //!   example the file of a [`SingleFileFs`](crate::filemount::SingleFileFs)). It appears at
 //!   its path (`/etc/app.conf`, `/init.krun`) as that file.
 //!
+//! A directory with mount points is listed from a snapshot taken when the guest starts
+//! reading it (offset 0): mount points attached or detached while the guest reads such a
+//! directory, or a directory gaining its first or losing its last mount point meanwhile, may
+//! make that one listing show an entry twice or miss one, as a concurrent rename would.
+//!
 //! Node ids: `slot (12 bits) | generation (12 bits) | local id (40 bits)`. Slot 0 is the root
 //! backend, whose ids below 2^39 pass unchanged (so [`ROOT_ID`] is the root's root). A volume's
 //! ids below 2^39 are encoded directly; larger ones (a nested `VolumeFs`, DualFs's derived
@@ -297,6 +302,8 @@ pub struct VolumeFs {
     announce: bool,
     /// Merged listings of directories with mount points, by guest handle.
     listings: Mutex<FxHashMap<u64, Arc<Vec<fs_impl::Listed>>>>,
+    /// Set once a merged listing was made: `releasedir` looks in `listings` only then.
+    has_listings: AtomicBool,
 }
 
 impl std::fmt::Debug for VolumeFs {
@@ -401,6 +408,7 @@ impl VolumeFs {
             submounts: AtomicBool::new(false),
             announce: true,
             listings: Mutex::new(FxHashMap::default()),
+            has_listings: AtomicBool::new(false),
         }
     }
 
