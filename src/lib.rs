@@ -42,6 +42,7 @@ pub mod dualfs;
 pub mod filemount;
 pub mod memfs;
 pub mod passthrough;
+pub mod volumes;
 
 #[cfg(all(feature = "vhost", target_os = "linux"))]
 #[cfg_attr(docsrs, doc(cfg(all(feature = "vhost", target_os = "linux"))))]
