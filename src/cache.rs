@@ -112,14 +112,14 @@ pub(crate) struct CacheOverride {
 
 impl CacheOverride {
     /// `(entry, attr)` timeouts to impose, if any: explicit ones, else the policy's.
-    fn timeouts(&self) -> Option<(Duration, Duration)> {
+    pub(crate) fn imposed_timeouts(&self) -> Option<(Duration, Duration)> {
         self.timeouts
             .or_else(|| self.policy.map(|p| (p.timeout(), p.timeout())))
     }
 
     /// An entry as the guest gets it.
     pub(crate) fn entry(&self, mut e: crate::Entry) -> crate::Entry {
-        if let Some((entry, attr)) = self.timeouts() {
+        if let Some((entry, attr)) = self.imposed_timeouts() {
             e.entry_timeout = entry;
             e.attr_timeout = attr;
         }
@@ -128,7 +128,7 @@ impl CacheOverride {
 
     /// An attribute timeout as the guest gets it.
     pub(crate) fn attr(&self, layer: Duration) -> Duration {
-        self.timeouts().map_or(layer, |(_, attr)| attr)
+        self.imposed_timeouts().map_or(layer, |(_, attr)| attr)
     }
 
     /// Open flags as the guest gets them: the policy's caching flags replace the layer's.

@@ -611,3 +611,46 @@ fn virtual_file_from_a_host_file() {
         libc::EROFS
     );
 }
+
+/// VolumeFs takes the caching settings every backend has and imposes them on every volume's
+/// answers; unset, each backend's own pass through.
+#[test]
+fn cache_settings_apply_to_every_volume() {
+    use boxfs::{CachePolicy, OpenOptions};
+    use std::time::Duration;
+    let mem = |policy| -> Arc<dyn DynFileSystem> {
+        Arc::new(
+            boxfs::memfs::MemFs::builder()
+                .cache_policy(policy)
+                .build()
+                .expect("memfs"),
+        )
+    };
+    let ctx = Context::new();
+    let observe = |vfs: &VolumeFs| {
+        let e = vfs
+            .lookup(&ctx, ROOT_ID, &CString::new("v").unwrap())
+            .expect("lookup the volume root");
+        let (_, attr) = vfs.getattr(&ctx, e.inode, None).expect("getattr");
+        let (fh, opts) = vfs.opendir(&ctx, e.inode, 0).expect("opendir");
+        vfs.releasedir(&ctx, e.inode, 0, fh.unwrap_or(0))
+            .expect("releasedir");
+        (e.entry_timeout, attr, opts)
+    };
+    let plain = VolumeFs::new(mem(CachePolicy::Always));
+    plain
+        .attach("/v", mem(CachePolicy::Always), VolumeOptions::new())
+        .expect("attach");
+    let day = CachePolicy::Always.timeout();
+    let (entry, attr, opts) = observe(&plain);
+    assert_eq!((entry, attr), (day, day));
+    assert!(opts.contains(OpenOptions::KEEP_CACHE));
+
+    let never = VolumeFs::new(mem(CachePolicy::Always)).cache_policy(CachePolicy::Never);
+    never
+        .attach("/v", mem(CachePolicy::Always), VolumeOptions::new())
+        .expect("attach");
+    let (entry, attr, opts) = observe(&never);
+    assert_eq!((entry, attr), (Duration::ZERO, Duration::ZERO));
+    assert!(!opts.contains(OpenOptions::KEEP_CACHE), "{opts:?}");
+}

@@ -597,9 +597,7 @@ fn watch_guest(guest: &mut Child, daemon: &mut Child) -> (ExitStatus, Option<Exi
     loop {
         if let Some(status) = guest.try_wait().expect("wait run-guest.sh") {
             // A daemon that exited only because the VMM went away is not a crash.
-            let died_early = daemon_died
-                .filter(|(s, _)| !s.success())
-                .map(|(s, _)| s);
+            let died_early = daemon_died.filter(|(s, _)| !s.success()).map(|(s, _)| s);
             return (status, died_early);
         }
         if daemon_died.is_none() {

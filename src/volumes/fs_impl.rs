@@ -198,6 +198,10 @@ impl VolumeFs {
             }
         };
         e.inode = outer;
+        if let Some((entry, attr)) = self.cache.imposed_timeouts() {
+            e.entry_timeout = entry;
+            e.attr_timeout = attr;
+        }
         v.patch(inner, outer, &mut e.attr);
         if v.is_mount_root(inner) && self.submounts.load(Ordering::Relaxed) {
             e.attr_flags |= ATTR_SUBMOUNT;
@@ -537,8 +541,9 @@ impl FileSystem for VolumeFs {
             None => None,
         };
         let mut r = v.fs.getattr(ctx, inner, fh);
-        if let Ok((st, _)) = &mut r {
+        if let Ok((st, timeout)) = &mut r {
             v.patch(inner, inode, st);
+            *timeout = self.cache.attr(*timeout);
         }
         r
     }
@@ -694,7 +699,7 @@ impl FileSystem for VolumeFs {
         let r = v.fs.open(ctx, inner, flags, fuse_flags);
         match r {
             Ok((fh, o, p)) => match v.handle_out(fh) {
-                Ok(h) => Ok((h, o, p)),
+                Ok(h) => Ok((h, self.cache.open(o, false), p)),
                 Err(e) => {
                     let _ =
                         v.fs.release(ctx, inner, flags, fh.unwrap_or(0), false, false, None);
@@ -732,7 +737,7 @@ impl FileSystem for VolumeFs {
             .entry_out(ctx, v, e)
             .and_then(|e| v.handle_out(fh).map(|h| (e, h)));
         match done {
-            Ok((e, h)) => Ok((e, h, o, p)),
+            Ok((e, h)) => Ok((e, h, self.cache.open(o, false), p)),
             Err(err) => {
                 let _ =
                     v.fs.release(ctx, inner, args.flags, fh.unwrap_or(0), false, false, None);
@@ -911,7 +916,7 @@ impl FileSystem for VolumeFs {
         v.begin_open()?;
         match v.fs.opendir(ctx, inner, flags) {
             Ok((fh, o)) => match v.handle_out(fh) {
-                Ok(h) => Ok((h, o)),
+                Ok(h) => Ok((h, self.cache.open(o, true))),
                 Err(e) => {
                     let _ = v.fs.releasedir(ctx, inner, flags, fh.unwrap_or(0));
                     v.end_open();

@@ -92,6 +92,7 @@ use std::ffi::{CStr, CString};
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
@@ -300,6 +301,8 @@ pub struct VolumeFs {
     /// The guest accepted submounts at INIT and announcing them is enabled.
     submounts: AtomicBool,
     announce: bool,
+    /// Guest caching imposed on every volume's answers (none by default).
+    pub(crate) cache: crate::cache::CacheOverride,
     /// Merged listings of directories with mount points, by guest handle.
     listings: Mutex<FxHashMap<u64, Arc<Vec<fs_impl::Listed>>>>,
     /// Set once a merged listing was made: `releasedir` looks in `listings` only then.
@@ -407,6 +410,7 @@ impl VolumeFs {
             root,
             submounts: AtomicBool::new(false),
             announce: true,
+            cache: crate::cache::CacheOverride::default(),
             listings: Mutex::new(FxHashMap::default()),
             has_listings: AtomicBool::new(false),
         }
@@ -421,6 +425,28 @@ impl VolumeFs {
     /// `true`). Without, all volumes share the guest's one `st_dev`.
     pub fn announce_submounts(mut self, on: bool) -> Self {
         self.announce = on;
+        self
+    }
+
+    /// Guest caching policy for every volume: its open flags and (unless
+    /// [`timeouts`](Self::timeouts) is called) its entry and attribute timeouts replace what
+    /// the volumes' backends answer. Default: each backend's own settings pass through.
+    pub fn cache_policy(mut self, policy: crate::CachePolicy) -> Self {
+        self.cache.policy = Some(policy);
+        self
+    }
+
+    /// Explicit entry and attribute timeouts for every entry and attribute reply.
+    pub fn timeouts(mut self, entry: Duration, attr: Duration) -> Self {
+        self.cache.timeouts = Some((entry, attr));
+        self
+    }
+
+    /// Offer (or refuse) the guest a writeback cache, whatever the backends ask for. Only safe
+    /// when nothing but this mount changes what the volumes serve. Default: the root
+    /// backend's answer.
+    pub fn writeback(mut self, on: bool) -> Self {
+        self.cache.writeback = Some(on);
         self
     }
 
@@ -627,6 +653,7 @@ impl VolumeFs {
         let sub = submounts_flag();
         let on = self.announce && !sub.is_empty() && capable.contains(sub);
         self.submounts.store(on, Ordering::Release);
+        let want = self.cache.init(want, capable);
         Ok(if on { want | sub } else { want })
     }
 
