@@ -1,6 +1,6 @@
 //! Arbitrary FUSE messages through the device's request path (`request::process`, then
-//! fuse-backend-rs's `Server`) over MemFs, PassthroughFs on a temp dir, and DualFs (MemFs over a
-//! read-only PassthroughFs).
+//! fuse-backend-rs's `Server`) over MemFs, PassthroughFs on a temp dir, DualFs (MemFs over a
+//! read-only PassthroughFs) and VolumeFs (volumes with hidden names, a read-only one, a file).
 //!
 //! One input is a backend choice and a sequence of messages sent in order to a fresh backend
 //! (after a normal INIT). Inode numbers and handles the replies hand out are remembered, and a

@@ -169,15 +169,19 @@ pub enum Kind {
     Passthrough,
     /// MemFs (A, writable) over a read-only PassthroughFs (B).
     Dual,
+    /// A VolumeFs: a MemFs root, the host directory at `/host` (with hidden names), a
+    /// read-only MemFs at `/host/d/ro` and a virtual file at `/init`.
+    Volumes,
 }
 
 impl Kind {
     /// Picks a kind from a byte.
     pub fn from_byte(b: u8) -> Kind {
-        match b % 3 {
+        match b % 4 {
             0 => Kind::Mem,
             1 => Kind::Passthrough,
-            _ => Kind::Dual,
+            2 => Kind::Dual,
+            _ => Kind::Volumes,
         }
     }
 }
@@ -235,7 +239,7 @@ impl Backend {
                 dir: None,
                 canary: None,
             },
-            Kind::Passthrough | Kind::Dual => {
+            Kind::Passthrough | Kind::Dual | Kind::Volumes => {
                 let dir = tempfile::Builder::new()
                     .prefix("boxfs-fuzz")
                     .tempdir_in(tmp_root())
@@ -247,16 +251,34 @@ impl Backend {
                     .fd_cache_size(64)
                     .build()
                     .expect("passthrough");
-                let fs: Arc<dyn DynFileSystem> = if kind == Kind::Dual {
-                    Arc::new(
+                let fs: Arc<dyn DynFileSystem> = match kind {
+                    Kind::Dual => Arc::new(
                         DualFs::builder()
                             .backend_a(mem())
                             .backend_b(Arc::new(pt))
                             .build()
                             .expect("dualfs"),
-                    )
-                } else {
-                    Arc::new(pt)
+                    ),
+                    Kind::Volumes => {
+                        use boxfs::volumes::{VirtualFile, VolumeFs, VolumeOptions};
+                        let v = VolumeFs::new(mem());
+                        v.attach(
+                            "/host",
+                            Arc::new(pt),
+                            VolumeOptions::new().hide("f").hide("*.pem"),
+                        )
+                        .expect("host volume");
+                        v.attach("/host/d/ro", mem(), VolumeOptions::new().readonly(true))
+                            .expect("ro volume");
+                        v.attach(
+                            "/init",
+                            Arc::new(VirtualFile::from_bytes(b"#!/bin/sh\n".to_vec()).mode(0o755)),
+                            VolumeOptions::new(),
+                        )
+                        .expect("virtual file");
+                        Arc::new(v)
+                    }
+                    _ => Arc::new(pt),
                 };
                 Backend {
                     fs,
