@@ -173,8 +173,8 @@ fn removed_inodes_keep_descriptors_bounded_at_depth_under_host_metadata_load() {
         c.vmm.submit(q, &[Seg::R(req), Seg::W(out)])
     };
 
-    for s in 0..DEPTH {
-        let head = submit(&mut c, s, slots[s].0, 0);
+    for (s, &(stage, _)) in slots.iter().enumerate() {
+        let head = submit(&mut c, s, stage, 0);
         by_head.insert(head, s);
         started += 1;
     }

@@ -265,7 +265,8 @@ impl PassthroughFsBuilder {
     /// with no links.
     ///
     /// On top of the ceiling come one descriptor per open guest file or directory (at most
-    /// [`max_handles`](Self::max_handles)) and the few that each request being served holds
+    /// [`max_handles`](Self::max_handles); two for a file unlinked while open under a
+    /// [quota](Self::quota_bytes)) and the few that each request being served holds
     /// for a moment. With `RLIMIT_NOFILE` above `fd_cache_size + max_handles` plus a small
     /// margin, the backend never gets `EMFILE` from its own caching.
     pub fn fd_cache_size(mut self, n: usize) -> Self {
