@@ -3,7 +3,8 @@
 //! guest sends them), while another process creates, syncs and deletes trees on the same host
 //! filesystem. The daemon's descriptors never exceed the fd cache size plus the open handles
 //! and the descriptors of requests in flight, however many removed inodes the guest still
-//! holds (issue 15: boxfsd ran into `EMFILE`).
+//! holds (issue 15: boxfsd ran into `EMFILE`); and FORGETs are served while the request queue
+//! is stuck.
 #![cfg(all(feature = "vhost", target_os = "linux"))]
 
 mod vmm;
@@ -272,6 +273,70 @@ fn removed_inodes_keep_descriptors_bounded_at_depth_under_host_metadata_load() {
     assert_eq!(pfs.open_handles(), 0);
     assert!(open_fds() <= base + FD_CACHE);
     assert_eq!(handle.stats().error_replies, 0);
+    drop(c);
+    handle.wait().expect("device ends with the VMM");
+}
+
+/// FORGETs are served on the hiprio queue as they come, even while every worker is stuck in
+/// a request and more requests wait behind it: a removed inode's cleanup never waits for the
+/// request queues to drain.
+#[test]
+fn forgets_are_served_while_the_request_queue_is_stuck() {
+    use boxfs::vhost::Dispatch;
+    use vmm::testfs::{Gate, TestFs};
+
+    const T: Duration = Duration::from_secs(10);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pfs = Arc::new(
+        PassthroughFs::builder(dir.path())
+            .fd_cache_size(FD_CACHE)
+            .build()
+            .expect("passthrough"),
+    );
+    let gate = Arc::new(Gate::default());
+    let fs: Arc<dyn DynFileSystem> = Arc::new(TestFs {
+        inner: pfs.clone(),
+        fsync_gate: Some(gate.clone()),
+    });
+    let sock = tempfile::tempdir().expect("socket dir");
+    let path = sock.path().join("fs.sock");
+    // Every request goes through the one worker.
+    let handle = FsDevice::builder(fs)
+        .thread_pool_size(1)
+        .dispatch(Dispatch::Pool)
+        .build()
+        .expect("build")
+        .serve(&path)
+        .expect("serve");
+    let mut c = FuseClient::connect(&path).expect("connect");
+    c.timeout = T;
+    let (f, o) = c
+        .create(ROOT_ID, "f", 0o644, libc::O_RDWR as u32)
+        .expect("create");
+    assert_eq!(pfs.inode_count(), 2);
+    let q = c.queue;
+    let mut slow = Vec::new();
+    for _ in 0..3 {
+        let u = c.next_unique();
+        let fsync = request(
+            op::FSYNC,
+            u,
+            f.nodeid,
+            &[&[o.fh.to_le_bytes().as_slice(), &[0u8; 8]].concat()],
+        );
+        slow.push(c.vmm.submit(q, &[Seg::R(fsync), Seg::W(64)]));
+    }
+    // The worker is stuck in the first fsync; the others wait for it.
+    gate.wait_entered(1, T);
+    // Answered (and applied) while the request queue cannot move.
+    c.forget(f.nodeid, 1);
+    assert_eq!(pfs.inode_count(), 1, "the FORGET reached the filesystem");
+    assert_eq!(c.vmm.in_flight(q), 3, "the fsyncs are still held");
+    gate.open();
+    for head in slow {
+        let done = c.vmm.wait(q, head, T).expect("fsync answered");
+        assert!(Reply::parse(&done).expect("reply").result().is_ok());
+    }
     drop(c);
     handle.wait().expect("device ends with the VMM");
 }
