@@ -212,9 +212,10 @@ impl PassthroughFs {
         if let Ok(hs) = platform::stat_at(dirfd, name) {
             let key = key_of(&hs);
             if let Some(inode) = self.inodes.get_by_key(&key) {
-                let same = self.holds_fd(&inode)
-                    || identity::fingerprint_at(dirfd, name, &inode.fp)
-                        .is_some_and(|f| inode.fp.same(&f));
+                let same = !gone(&inode)
+                    && (self.holds_fd(&inode)
+                        || identity::fingerprint_at(dirfd, name, &inode.fp)
+                            .is_some_and(|f| inode.fp.same(&f)));
                 if same && self.inodes.add_lookup_if_current(&key, &inode) {
                     if inode.pinned.lock().is_none() {
                         let mut path = inode.path.lock();
@@ -259,10 +260,11 @@ impl PassthroughFs {
         let mut fp: Option<Fingerprint> = None;
         let mut stale = None;
         if let Some(existing) = self.inodes.get_by_key(&key) {
-            let same = self.holds_fd(&existing)
-                || existing
-                    .fp
-                    .same(fp.get_or_insert_with(|| identity::fingerprint(fd.as_raw_fd())));
+            let same = !gone(&existing)
+                && (self.holds_fd(&existing)
+                    || existing
+                        .fp
+                        .same(fp.get_or_insert_with(|| identity::fingerprint(fd.as_raw_fd()))));
             if !same {
                 stale = Some(existing);
             } else if self.inodes.add_lookup_if_current(&key, &existing) {
@@ -486,6 +488,16 @@ impl PassthroughFs {
             entry_timeout: self.cfg.entry_timeout,
         })
     }
+}
+
+/// Whether the guest removed the last name of `inode` (it keeps no descriptor then): a file
+/// found later with its number is another file, even where fingerprints are unknown.
+fn gone(inode: &InodeData) -> bool {
+    inode
+        .removed
+        .lock()
+        .as_ref()
+        .is_some_and(|r| r.st.st_nlink == 0)
 }
 
 /// Host identity from a `stat`.
