@@ -216,7 +216,7 @@ impl PassthroughFsBuilder {
     /// Limit on the total apparent size of regular files in the share; guest writes that
     /// would exceed it fail with `ENOSPC`, and `statfs` reports it. The existing tree is
     /// measured once at build time; from then on the charge follows every guest change
-    /// exactly, concurrent writes included, and a file unlinked while the guest holds it
+    /// exactly, concurrent writes included, and a file unlinked while the guest has it open
     /// stays charged until the guest lets go of it. `fallocate(FALLOC_FL_KEEP_SIZE)` past
     /// the end of a file fails with `EOPNOTSUPP` (the space would not show in the apparent
     /// size).
