@@ -66,8 +66,8 @@ pub(crate) struct InodeData {
     /// by everything that may (extending writes, truncation, fallocate), so measuring the
     /// size, charging and changing it is one step.
     pub resize: RwLock<()>,
-    /// With a quota: the charge of a file the guest unlinked while it had it open, credited when
-    /// the last reference to this inode (lookup or open handle) goes.
+    /// With a quota: the charge of a file the guest unlinked while it had it open, credited
+    /// when the last reference to this inode (lookup or open handle) goes.
     pub orphan: Mutex<Option<OrphanCharge>>,
 }
 
