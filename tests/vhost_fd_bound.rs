@@ -34,6 +34,9 @@ const FORGET_LAG: usize = 1024;
 const CYCLES: usize = 6_000;
 const RMDIR: u32 = 11;
 
+/// The tests in this binary share the process descriptor table, which one of them counts.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd")
         .expect("/proc/self/fd")
@@ -83,6 +86,7 @@ enum Stage {
 
 #[test]
 fn removed_inodes_keep_descriptors_bounded_at_depth_under_host_metadata_load() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().expect("tempdir");
     let share = dir.path().join("share");
     let side = dir.path().join("side");
@@ -282,6 +286,7 @@ fn removed_inodes_keep_descriptors_bounded_at_depth_under_host_metadata_load() {
 /// request queues to drain.
 #[test]
 fn forgets_are_served_while_the_request_queue_is_stuck() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     use boxfs::vhost::Dispatch;
     use vmm::testfs::{Gate, TestFs};
 
