@@ -7,10 +7,14 @@
 //! virtqueues in memfd guest memory, EVENT_IDX, one request queue of 1024), and drives the same
 //! FUSE workloads against each in alternating rounds; the same operations as plain syscalls on
 //! the host copy give the floor. It prints one table: ops/s, MB/s, p50/p99 latency per
-//! operation, and the ratios boxfs/virtiofsd (throughput) and boxfs/host (latency).
+//! operation and depth, the median above the target's own "null" row (a request with an
+//! opcode FUSE never assigned, answered `ENOSYS` by the daemon without backend work: the
+//! transport floor, so each row reads as floor + backend cost), and the ratios
+//! boxfs/virtiofsd (throughput) and boxfs/host (latency).
 //!
 //! Knobs (environment): `BOXFS_BENCH_SECS` (seconds per run, default 2), `BOXFS_BENCH_ROUNDS`
-//! (default 3), `BOXFS_BENCH_DEPTH` (operations in flight, default 1), `BOXFS_BENCH_CACHE`
+//! (default 3), `BOXFS_BENCH_DEPTH` (operations in flight, a comma-separated list, default
+//! `1,8`: every workload runs at each, one table row per depth), `BOXFS_BENCH_CACHE`
 //! (`--cache` of both daemons, default `auto`), `VIRTIOFSD` (path; default from `PATH`, the row
 //! is skipped when there is none), `BOXFS_BENCH_ONLY` (comma-separated workload names),
 //! `BOXFS_BENCH_BOXFSD_ARGS` (extra `boxfsd` flags, e.g. `--dispatch none`),
@@ -183,7 +187,7 @@ fn nodes(c: &mut FuseClient) -> Nodes {
 }
 
 /// The workloads, in table order.
-const WORKLOADS: [&str; 7] = [
+const WORKLOADS: [&str; 8] = [
     "lookup+getattr",
     "open/read4k/close",
     "seqread 1MiB",
@@ -191,7 +195,15 @@ const WORKLOADS: [&str; 7] = [
     "create+write4k+unlink",
     "readdirplus 10k",
     "mkdir+rmdir",
+    "null",
 ];
+
+/// The "null" workload: one request that crosses the virtqueue like any other and does no
+/// backend work. It carries an opcode FUSE never assigned, which both daemons parse, find
+/// unknown and answer with `ENOSYS` without calling their filesystem: the transport floor
+/// (virtqueue round trip, FUSE header parsing, reply) that every other row includes.
+const NULL: usize = 7;
+const NULL_OPCODE: u32 = 7;
 
 /// Per-slot progress of one multi-request operation.
 #[derive(Clone, Default)]
@@ -292,6 +304,7 @@ impl Machine<'_> {
                     Seg::W(64),
                 ]
             }
+            NULL => vec![Seg::R(request(NULL_OPCODE, u, ROOT, &[])), Seg::W(64)],
             _ => {
                 let name = format!("m{slot}_{k}");
                 let m = MkdirIn {
@@ -479,39 +492,56 @@ fn drive(c: &mut FuseClient, m: &mut Machine, depth: usize, dur: Duration, max_o
         heads.insert(c.vmm.submit(q, &segs), slot);
         begun += 1;
     }
+    let mut batch = Vec::new();
     while !heads.is_empty() {
-        let comp = c
-            .vmm
-            .wait_any(q, Duration::from_secs(60))
-            .expect("the daemon did not answer within 60 s");
-        let slot = heads
-            .remove(&comp.head)
-            .expect("completion of an unknown chain");
-        let reply = Reply::parse(&comp).expect("reply without a FUSE header");
-        if reply.header.error != 0 {
-            panic!(
-                "{}: step {} failed with errno {}",
-                WORKLOADS[m.kind], m.slots[slot].step, -reply.header.error
-            );
+        // Claim every completion reaped so far before submitting again: the test VMM recycles
+        // a completed chain's descriptors at once, so a new request may get the head of a
+        // completion not yet claimed.
+        batch.push(
+            c.vmm
+                .wait_any(q, Duration::from_secs(60))
+                .expect("the daemon did not answer within 60 s"),
+        );
+        while let Some(more) = c.vmm.wait_any(q, Duration::ZERO) {
+            batch.push(more);
         }
-        let u = c.next_unique();
-        let mut forget = None;
-        match m.step(slot, &reply.body, u, &mut forget) {
-            Some(segs) => {
-                heads.insert(c.vmm.submit(q, &segs), slot);
+        let claimed: Vec<(usize, vmm::Completion)> = batch
+            .drain(..)
+            .map(|comp| {
+                let slot = heads
+                    .remove(&comp.head)
+                    .expect("completion of an unknown chain");
+                (slot, comp)
+            })
+            .collect();
+        for (slot, comp) in claimed {
+            let reply = Reply::parse(&comp).expect("reply without a FUSE header");
+            let expected = if m.kind == NULL { -libc::ENOSYS } else { 0 };
+            if reply.header.error != expected {
+                panic!(
+                    "{}: step {} failed with errno {}",
+                    WORKLOADS[m.kind], m.slots[slot].step, -reply.header.error
+                );
             }
-            None => {
-                if let Some(node) = forget {
-                    send_forget(c, node);
-                }
-                run.lat.push(started[slot].elapsed());
-                run.ops += 1;
-                if begun < max_ops && start.elapsed() < dur {
-                    let u = c.next_unique();
-                    let segs = m.begin(slot, u);
-                    started[slot] = Instant::now();
+            let u = c.next_unique();
+            let mut forget = None;
+            match m.step(slot, &reply.body, u, &mut forget) {
+                Some(segs) => {
                     heads.insert(c.vmm.submit(q, &segs), slot);
-                    begun += 1;
+                }
+                None => {
+                    if let Some(node) = forget {
+                        send_forget(c, node);
+                    }
+                    run.lat.push(started[slot].elapsed());
+                    run.ops += 1;
+                    if begun < max_ops && start.elapsed() < dur {
+                        let u = c.next_unique();
+                        let segs = m.begin(slot, u);
+                        started[slot] = Instant::now();
+                        heads.insert(c.vmm.submit(q, &segs), slot);
+                        begun += 1;
+                    }
                 }
             }
         }
@@ -1018,7 +1048,17 @@ fn main() {
         1
     };
     let max_ops = if bench { u64::MAX } else { 8 };
-    let depth = env_u64("BOXFS_BENCH_DEPTH", 1).clamp(1, 64) as usize;
+    let depths: Vec<usize> = std::env::var("BOXFS_BENCH_DEPTH")
+        .unwrap_or_else(|_| "1,8".into())
+        .split(',')
+        .filter_map(|d| d.trim().parse::<usize>().ok())
+        .map(|d| d.clamp(1, 64))
+        .collect();
+    let depths = if depths.is_empty() {
+        vec![1, 8]
+    } else {
+        depths
+    };
     let cache = std::env::var("BOXFS_BENCH_CACHE").unwrap_or_else(|_| "auto".into());
     let only: Option<Vec<String>> = std::env::var("BOXFS_BENCH_ONLY")
         .ok()
@@ -1042,7 +1082,8 @@ fn main() {
     let payload = vec![0xa5u8; MIB as usize];
 
     let names: Vec<String> = targets.iter().map(|t| t.name.to_string()).collect();
-    let mut results: HashMap<(usize, String), Agg> = HashMap::new();
+    // (workload, target, depth); the host floor runs one operation at a time (depth 0).
+    let mut results: HashMap<(usize, String, usize), Agg> = HashMap::new();
     for round in 0..rounds {
         for kind in 0..WORKLOADS.len() {
             if let Some(only) = &only {
@@ -1052,29 +1093,33 @@ fn main() {
             }
             // Alternate the order of targets between rounds to cancel drift.
             let n = targets.len();
-            for i in 0..n {
-                let t = &mut targets[(i + round as usize + kind) % n];
-                let mut m = Machine {
-                    kind,
-                    n: t.nodes,
-                    s: sizes,
-                    counter: 0,
-                    rng: 0x2545_f491_4f6c_dd1d,
-                    payload: &payload,
-                    slots: Vec::new(),
-                };
-                let r = drive(&mut t.client, &mut m, depth, dur, max_ops);
-                assert!(r.ops > 0, "{}: no operation completed", t.name);
+            for &depth in &depths {
+                for i in 0..n {
+                    let t = &mut targets[(i + round as usize + kind) % n];
+                    let mut m = Machine {
+                        kind,
+                        n: t.nodes,
+                        s: sizes,
+                        counter: 0,
+                        rng: 0x2545_f491_4f6c_dd1d,
+                        payload: &payload,
+                        slots: Vec::new(),
+                    };
+                    let r = drive(&mut t.client, &mut m, depth, dur, max_ops);
+                    assert!(r.ops > 0, "{}: no operation completed", t.name);
+                    results
+                        .entry((kind, t.name.to_string(), depth))
+                        .or_default()
+                        .add(r);
+                }
+            }
+            if kind != NULL {
+                let r = host.run(kind, dur, max_ops);
                 results
-                    .entry((kind, t.name.to_string()))
+                    .entry((kind, "host".to_string(), 0))
                     .or_default()
                     .add(r);
             }
-            let r = host.run(kind, dur, max_ops);
-            results
-                .entry((kind, "host".to_string()))
-                .or_default()
-                .add(r);
         }
     }
     if !bench {
@@ -1086,7 +1131,7 @@ fn main() {
     }
 
     println!(
-        "\nrounds={rounds} secs/run={secs} depth={depth} cache={cache} (virtiofsd: {})",
+        "\nrounds={rounds} secs/run={secs} depths={depths:?} cache={cache} (virtiofsd: {})",
         if names.iter().any(|n| n == "virtiofsd") {
             "yes"
         } else {
@@ -1094,18 +1139,41 @@ fn main() {
         }
     );
     println!(
-        "{:<22} {:<18} {:>10} {:>9} {:>10} {:>10} {:>8} {:>9}",
-        "workload", "target", "ops/s", "MB/s", "p50 µs", "p99 µs", "×vfsd", "×host p50"
+        "{:<22} {:<18} {:>5} {:>10} {:>9} {:>10} {:>10} {:>10} {:>8} {:>9}",
+        "workload",
+        "target",
+        "depth",
+        "ops/s",
+        "MB/s",
+        "p50 µs",
+        "p99 µs",
+        "p50-null",
+        "×vfsd",
+        "×host p50"
     );
+    // The floor of each target at each depth: its "null" row's median.
+    let mut floor: HashMap<(String, usize), Duration> = HashMap::new();
+    for &depth in &depths {
+        for t in &names {
+            if let Some(a) = results.get_mut(&(NULL, t.clone(), depth)) {
+                floor.insert((t.clone(), depth), a.pct(0.5));
+            }
+        }
+    }
     for (kind, wname) in WORKLOADS.iter().enumerate() {
-        let vfsd = results.get(&(kind, "virtiofsd".to_string())).map(Agg::rate);
         let host_p50 = results
-            .get_mut(&(kind, "host".to_string()))
+            .get_mut(&(kind, "host".to_string(), 0))
             .map(|a| a.pct(0.5));
-        let mut rows: Vec<String> = names.clone();
-        rows.push("host".into());
-        for t in rows {
-            let Some(a) = results.get_mut(&(kind, t.clone())) else {
+        let mut rows: Vec<(String, usize)> = Vec::new();
+        for &depth in &depths {
+            rows.extend(names.iter().map(|t| (t.clone(), depth)));
+        }
+        rows.push(("host".into(), 0));
+        for (t, depth) in rows {
+            let vfsd = results
+                .get(&(kind, "virtiofsd".to_string(), depth))
+                .map(Agg::rate);
+            let Some(a) = results.get_mut(&(kind, t.clone(), depth)) else {
                 continue;
             };
             let rate = a.rate();
@@ -1131,14 +1199,28 @@ fn main() {
                 }
                 _ => "-".into(),
             };
+            // Backend cost: the row's median above the target's own transport floor.
+            let above = match floor.get(&(t.clone(), depth)) {
+                Some(f) if kind != NULL => {
+                    format!("{:.1}", (p50.as_secs_f64() - f.as_secs_f64()) * 1e6)
+                }
+                _ => "-".into(),
+            };
+            let shown_depth = if depth == 0 {
+                "-".to_string()
+            } else {
+                depth.to_string()
+            };
             println!(
-                "{:<22} {:<18} {:>10.0} {:>9} {:>10.1} {:>10.1} {:>8} {:>9}",
+                "{:<22} {:<18} {:>5} {:>10.0} {:>9} {:>10.1} {:>10.1} {:>10} {:>8} {:>9}",
                 wname,
                 t,
+                shown_depth,
                 rate,
                 mbs,
                 p50.as_secs_f64() * 1e6,
                 p99.as_secs_f64() * 1e6,
+                above,
                 vs,
                 vh
             );

@@ -52,6 +52,7 @@ impl HandleTable {
     }
 
     pub fn insert(&self, h: Handle) -> u64 {
+        h.inode.open_handles.fetch_add(1, Ordering::Relaxed);
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         self.map.write().insert(id, Arc::new(h));
         id
@@ -62,7 +63,9 @@ impl HandleTable {
     }
 
     pub fn remove(&self, id: u64) -> Option<Arc<Handle>> {
-        self.map.write().remove(&id)
+        let h = self.map.write().remove(&id)?;
+        h.inode.open_handles.fetch_sub(1, Ordering::Relaxed);
+        Some(h)
     }
 
     pub fn len(&self) -> usize {
@@ -71,6 +74,10 @@ impl HandleTable {
 
     /// Removes every handle and returns them, so they are closed outside the lock.
     pub fn take_all(&self) -> HashMap<u64, Arc<Handle>> {
-        std::mem::take(&mut *self.map.write())
+        let all = std::mem::take(&mut *self.map.write());
+        for h in all.values() {
+            h.inode.open_handles.fetch_sub(1, Ordering::Relaxed);
+        }
+        all
     }
 }

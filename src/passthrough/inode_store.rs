@@ -11,6 +11,7 @@ use parking_lot::{Mutex, RwLock};
 use super::fd_cache::SharedFd;
 use super::identity::Fingerprint;
 use super::override_stat::OverrideStat;
+use super::platform::HostStat;
 use super::quota::OrphanCharge;
 
 /// Host identity of an inode.
@@ -50,16 +51,23 @@ pub(crate) struct InodeData {
     pub lookups: AtomicU64,
     /// Path for re-resolution after the descriptor was evicted from the cache.
     pub path: Mutex<InodePath>,
-    /// A descriptor that is never evicted (the root, unlinked inodes).
+    /// A descriptor that is never evicted: the root, and removed files the guest still has
+    /// open or that have other names (at most the pin budget of them, see `pin`).
     pub pinned: Mutex<Option<SharedFd>>,
+    /// Open guest handles of this inode (each holds its own descriptor).
+    pub open_handles: AtomicU64,
+    /// The last known host attributes of an inode whose name the guest removed and that
+    /// keeps no descriptor (removed directories, files without open handles): `getattr`
+    /// without a handle is served from them, everything else answers `ENOENT`.
+    pub removed: Mutex<Option<HostStat>>,
     /// Cached ownership override; also serialises read-modify-write of it.
     pub meta: Mutex<Override>,
     /// With a quota: held shared by writes that do not change the file's size, exclusively
     /// by everything that may (extending writes, truncation, fallocate), so measuring the
     /// size, charging and changing it is one step.
     pub resize: RwLock<()>,
-    /// With a quota: the charge of a file the guest unlinked while holding it, credited when
-    /// the last reference to this inode (lookup or open handle) goes.
+    /// With a quota: the charge of a file the guest unlinked while it had it open, credited
+    /// when the last reference to this inode (lookup or open handle) goes.
     pub orphan: Mutex<Option<OrphanCharge>>,
 }
 

@@ -55,7 +55,11 @@ impl PassthroughFs {
 
     pub(crate) fn do_getattr(&self, inode: u64, fh: Option<u64>) -> io::Result<(stat64, Duration)> {
         let inode = self.inode(inode)?;
-        let hs = self.host_stat(&inode, fh)?;
+        let hs = match self.host_stat(&inode, fh) {
+            Ok(hs) => hs,
+            // Removed by the guest and kept without a descriptor: its last known attributes.
+            Err(e) => (*inode.removed.lock()).ok_or(e)?,
+        };
         Ok((self.attr(&inode, &hs)?, self.cfg.attr_timeout))
     }
 

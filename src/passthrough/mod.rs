@@ -12,8 +12,9 @@
 //! files are host regular files; guest symlinks are too by default ([`SymlinkMode`]).
 //!
 //! Inodes are identified by the host's (device, inode, mount id); hard links share one
-//! inode. Descriptors are bounded: inode descriptors live in an LRU cache
-//! ([`PassthroughFsBuilder::fd_cache_size`]) and an evicted inode is re-opened from its parent
+//! inode. Descriptors are bounded by a hard ceiling
+//! ([`PassthroughFsBuilder::fd_cache_size`]), removed inodes the guest still holds included:
+//! inode descriptors live in an LRU cache and an evicted inode is re-opened from its parent
 //! by name, verifying its identity (`ESTALE` if the host replaced it). Because the host may
 //! give a deleted file's inode number to a new file once nothing holds the old one open, an
 //! inode also records its file handle (which carries the generation number; birth time where
@@ -80,7 +81,7 @@ mod xattr_ops;
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -114,6 +115,9 @@ pub struct PassthroughFs {
     root_path: PathBuf,
     inodes: InodeStore,
     fds: FdCache,
+    /// Removed inodes holding a pinned descriptor, at most `pin_budget`.
+    pins: AtomicUsize,
+    pin_budget: usize,
     handles: HandleTable,
     quota: Option<Arc<Quota>>,
 }
@@ -165,8 +169,9 @@ impl PassthroughFs {
         self.inodes.len()
     }
 
-    /// Number of inode descriptors currently cached (bounded by
-    /// [`PassthroughFsBuilder::fd_cache_size`]).
+    /// Number of inode descriptors currently cached (bounded by three quarters of
+    /// [`PassthroughFsBuilder::fd_cache_size`]; removed-but-open files' descriptors are not
+    /// counted here).
     pub fn cached_fds(&self) -> usize {
         self.fds.len()
     }
@@ -211,7 +216,7 @@ impl PassthroughFsBuilder {
     /// Limit on the total apparent size of regular files in the share; guest writes that
     /// would exceed it fail with `ENOSPC`, and `statfs` reports it. The existing tree is
     /// measured once at build time; from then on the charge follows every guest change
-    /// exactly, concurrent writes included, and a file unlinked while the guest holds it
+    /// exactly, concurrent writes included, and a file unlinked while the guest has it open
     /// stays charged until the guest lets go of it. `fallocate(FALLOC_FL_KEEP_SIZE)` past
     /// the end of a file fails with `EOPNOTSUPP` (the space would not show in the apparent
     /// size).
@@ -246,8 +251,24 @@ impl PassthroughFsBuilder {
         self
     }
 
-    /// Maximum number of inode descriptors kept open (default 1024, minimum 16). Open
-    /// guest files and directories use one descriptor each on top of this.
+    /// Maximum number of inode descriptors the backend keeps open for itself (default 1024,
+    /// minimum 16): a hard ceiling, whatever the guest does and however late its `FORGET`s
+    /// come.
+    ///
+    /// Three quarters of it is an LRU cache (an evicted inode is re-opened from its parent by
+    /// name). The last quarter is for removed files that the guest still has open or that
+    /// have other names; past it, such a file keeps no descriptor (its open handles keep
+    /// working, `getattr` without a handle answers its last known attributes, and other
+    /// operations on it `ENOENT`). Removed directories and removed files without open
+    /// handles never keep a descriptor: their last close happens in the `RMDIR`/`UNLINK`
+    /// (or `RENAME`) that removed them, and `getattr` answers their last known attributes
+    /// with no links.
+    ///
+    /// On top of the ceiling come one descriptor per open guest file or directory (at most
+    /// [`max_handles`](Self::max_handles); two for a file unlinked while open under a
+    /// [quota](Self::quota_bytes)) and the few that each request being served holds
+    /// for a moment. With `RLIMIT_NOFILE` above `fd_cache_size + max_handles` plus a small
+    /// margin, the backend never gets `EMFILE` from its own caching.
     pub fn fd_cache_size(mut self, n: usize) -> Self {
         self.cfg.fd_cache_size = n.max(16);
         self
@@ -310,6 +331,8 @@ impl PassthroughFsBuilder {
             path: Mutex::new(None),
             pinned: Mutex::new(Some(root_fd.clone())),
             meta: Mutex::new(ovr),
+            open_handles: AtomicU64::new(0),
+            removed: Mutex::new(None),
             resize: RwLock::new(()),
             orphan: Mutex::new(None),
         });
@@ -322,8 +345,12 @@ impl PassthroughFsBuilder {
             None => None,
         };
         let max_handles = self.cfg.max_handles;
+        // A quarter of the ceiling for removed-but-open files, the rest for the cache.
+        let pin_budget = self.cfg.fd_cache_size / 4;
         Ok(PassthroughFs {
-            fds: FdCache::new(self.cfg.fd_cache_size),
+            fds: FdCache::new(self.cfg.fd_cache_size - pin_budget),
+            pins: AtomicUsize::new(0),
+            pin_budget,
             cfg: self.cfg,
             root_path: self.root,
             inodes: InodeStore::new(root),

@@ -3,6 +3,7 @@
 use std::ffi::CStr;
 use std::io;
 use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::fd_cache::SharedFd;
@@ -16,6 +17,14 @@ use crate::errno;
 
 use crate::abi::{RENAME_EXCHANGE, RENAME_NOREPLACE};
 
+/// What becomes of a held inode whose name is being removed; see `doomed`.
+enum Doomed {
+    /// Keeps this descriptor (a pin slot is reserved for it).
+    Pin(Arc<InodeData>, SharedFd),
+    /// Keeps no descriptor, only these last known attributes.
+    Forsake(Arc<InodeData>, HostStat),
+}
+
 impl PassthroughFs {
     /// Parent inode and descriptor for an operation on existing `name`.
     fn prepare_remove(
@@ -26,14 +35,14 @@ impl PassthroughFs {
         self.writable_parent(parent, name, libc::ENOENT)
     }
 
-    /// The known inode that `name` in `parent` refers to, if its recorded path is this name
-    /// (it will lose that path): its descriptor is opened now so it can be pinned later.
-    fn doomed(
-        &self,
-        parent: &Arc<InodeData>,
-        name: &CStr,
-        hs: &HostStat,
-    ) -> Option<(Arc<InodeData>, super::fd_cache::SharedFd)> {
+    /// The known inode that `name` in `parent` (host attributes `hs`) refers to, if its
+    /// recorded path is this name (it will lose that path), and what becomes of it.
+    ///
+    /// A removed directory (it can have no new children) and a removed file the guest has no
+    /// handle of and that has no other name need no descriptor: they keep their last known
+    /// attributes. A file the guest has open, or that lives on under another name, keeps a
+    /// descriptor (opened now, pinned after the removal) while the pin budget lasts.
+    fn doomed(&self, parent: &Arc<InodeData>, name: &CStr, hs: &HostStat) -> Option<Doomed> {
         let inode = self.inodes.get_by_key(&key_of(hs))?;
         let same = match &*inode.path.lock() {
             Some((p, n)) => p.id == parent.id && n.as_c_str() == name,
@@ -42,8 +51,25 @@ impl PassthroughFs {
         if !same {
             return None;
         }
-        let fd = self.fd_of(&inode).ok()?;
-        Some((inode, fd))
+        let needs_fd = inode.host_type != S_IFDIR
+            && (inode.open_handles.load(Ordering::Relaxed) > 0 || hs.st.st_nlink > 1);
+        if needs_fd && self.reserve_pin() {
+            match self.fd_of(&inode) {
+                Ok(fd) => return Some(Doomed::Pin(inode, fd)),
+                Err(_) => self.unreserve_pin(),
+            }
+        }
+        Some(Doomed::Forsake(inode, *hs))
+    }
+
+    /// Settles a doomed inode once its name is gone (`removed`) or not (the removal failed).
+    fn settle(&self, doomed: Option<Doomed>, removed: bool) {
+        match doomed {
+            Some(Doomed::Pin(inode, fd)) if removed => self.pin(&inode, fd),
+            Some(Doomed::Pin(..)) => self.unreserve_pin(),
+            Some(Doomed::Forsake(inode, hs)) if removed => self.forsake(&inode, &hs),
+            _ => {}
+        }
     }
 
     fn remove(&self, parent: u64, name: &CStr, dir: bool) -> io::Result<()> {
@@ -58,32 +84,35 @@ impl PassthroughFs {
         }
         let doomed = self.doomed(&p, name, &hs);
         let orphan = self.orphan_of(pfd.as_raw_fd(), name, &hs, doomed.as_ref());
-        platform::unlink_at(pfd.as_raw_fd(), name, dir)?;
-        if let Some((inode, fd)) = doomed {
-            self.pin(&inode, fd);
-        }
+        let res = platform::unlink_at(pfd.as_raw_fd(), name, dir);
+        self.settle(doomed, res.is_ok());
+        res?;
         self.charge_removed(&hs, orphan);
         Ok(())
     }
 
-    /// With a quota, for the last name of a regular file the guest holds: the inode and a
-    /// descriptor of the file, taken before the name goes, so the file stays charged until
-    /// the guest lets go of it (it may even grow meanwhile).
+    /// With a quota, for the last name of a regular file the guest has open: the inode and
+    /// a descriptor of the file, taken before the name goes, so the file stays charged until
+    /// the guest lets go of it (it may even grow meanwhile). A file without open handles is
+    /// credited at once: nothing can reach it any more.
     fn orphan_of(
         &self,
         dirfd: i32,
         name: &CStr,
         hs: &HostStat,
-        doomed: Option<&(Arc<InodeData>, SharedFd)>,
+        doomed: Option<&Doomed>,
     ) -> Option<(Arc<InodeData>, SharedFd)> {
         self.quota.as_ref()?;
         if hs.st.st_mode as u32 & S_IFMT != S_IFREG || hs.st.st_nlink > 1 {
             return None;
         }
-        if let Some((inode, fd)) = doomed {
+        if let Some(Doomed::Pin(inode, fd)) = doomed {
             return Some((inode.clone(), fd.clone()));
         }
         let inode = self.inodes.get_by_key(&key_of(hs))?;
+        if inode.open_handles.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
         let fd = platform::open_inode(dirfd, name).ok()?;
         let now = platform::fstat(fd.as_raw_fd()).ok()?;
         if key_of(&now) != inode.key || !inode.fp.same(&identity::fingerprint(fd.as_raw_fd())) {
@@ -153,10 +182,9 @@ impl PassthroughFs {
             (Some(hs), true) => self.inodes.get_by_key(&key_of(hs)),
             _ => None,
         };
-        platform::rename(ofd.as_raw_fd(), oldname, nfd.as_raw_fd(), newname, flags)?;
-        if let Some((inode, fd)) = target {
-            self.pin(&inode, fd);
-        }
+        let res = platform::rename(ofd.as_raw_fd(), oldname, nfd.as_raw_fd(), newname, flags);
+        self.settle(target, res.is_ok());
+        res?;
         if let Some(hs) = &new_hs {
             if flags & RENAME_EXCHANGE == 0 && key_of(hs) != key_of(&old_hs) {
                 self.charge_removed(hs, orphan);

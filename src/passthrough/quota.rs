@@ -97,7 +97,7 @@ impl Quota {
     }
 }
 
-/// The charge of a file unlinked while the guest held it: its size when the charge is
+/// The charge of a file unlinked while the guest had it open: its size when the charge is
 /// dropped (with the inode, after the guest's last lookup and handle) is credited back.
 pub(crate) struct OrphanCharge {
     quota: Arc<Quota>,

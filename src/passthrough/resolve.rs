@@ -3,7 +3,7 @@
 use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
@@ -140,9 +140,13 @@ impl PassthroughFs {
         let mut cur = inode.clone();
         let mut base = loop {
             let Some((parent, name)) = cur.path.lock().clone() else {
-                // Pinned-or-root inodes have no path; anything else here lost its name.
+                // Pinned-or-root inodes have no path; anything else here lost its name: the
+                // guest removed it (gone), or the host replaced it (stale).
                 if let Some(fd) = cur.pinned.lock().clone() {
                     break fd;
+                }
+                if cur.removed.lock().is_some() {
+                    return Err(errno(libc::ENOENT));
                 }
                 return Err(errno(libc::ESTALE));
             };
@@ -208,9 +212,10 @@ impl PassthroughFs {
         if let Ok(hs) = platform::stat_at(dirfd, name) {
             let key = key_of(&hs);
             if let Some(inode) = self.inodes.get_by_key(&key) {
-                let same = self.holds_fd(&inode)
-                    || identity::fingerprint_at(dirfd, name, &inode.fp)
-                        .is_some_and(|f| inode.fp.same(&f));
+                let same = !gone(&inode)
+                    && (self.holds_fd(&inode)
+                        || identity::fingerprint_at(dirfd, name, &inode.fp)
+                            .is_some_and(|f| inode.fp.same(&f)));
                 if same && self.inodes.add_lookup_if_current(&key, &inode) {
                     if inode.pinned.lock().is_none() {
                         let mut path = inode.path.lock();
@@ -219,6 +224,7 @@ impl PassthroughFs {
                             .is_some_and(|(p, n)| p.id == parent.id && n.as_c_str() == name);
                         if !same {
                             *path = Some((parent.clone(), name.to_owned()));
+                            inode.removed.lock().take();
                         }
                     }
                     return self.entry(&inode, &hs);
@@ -254,10 +260,11 @@ impl PassthroughFs {
         let mut fp: Option<Fingerprint> = None;
         let mut stale = None;
         if let Some(existing) = self.inodes.get_by_key(&key) {
-            let same = self.holds_fd(&existing)
-                || existing
-                    .fp
-                    .same(fp.get_or_insert_with(|| identity::fingerprint(fd.as_raw_fd())));
+            let same = !gone(&existing)
+                && (self.holds_fd(&existing)
+                    || existing
+                        .fp
+                        .same(fp.get_or_insert_with(|| identity::fingerprint(fd.as_raw_fd()))));
             if !same {
                 stale = Some(existing);
             } else if self.inodes.add_lookup_if_current(&key, &existing) {
@@ -286,6 +293,8 @@ impl PassthroughFs {
             path: Mutex::new(path.clone()),
             pinned: Mutex::new(None),
             meta: Mutex::new(ovr),
+            open_handles: AtomicU64::new(0),
+            removed: Mutex::new(None),
             resize: RwLock::new(()),
             orphan: Mutex::new(None),
         });
@@ -308,6 +317,7 @@ impl PassthroughFs {
     fn attach(&self, inode: &Arc<InodeData>, path: super::inode_store::InodePath, fd: SharedFd) {
         if inode.pinned.lock().is_none() {
             *inode.path.lock() = path;
+            inode.removed.lock().take();
             self.fds.insert(inode.id, fd);
         }
     }
@@ -324,7 +334,9 @@ impl PassthroughFs {
         let handles = self.handles.take_all();
         let gone = self.inodes.drain();
         for d in &gone {
-            d.pinned.lock().take();
+            if d.pinned.lock().take().is_some() {
+                self.pins.fetch_sub(1, Ordering::Relaxed);
+            }
             // Children hold their parents through their paths: cut the chains.
             d.path.lock().take();
         }
@@ -338,16 +350,56 @@ impl PassthroughFs {
     pub(crate) fn do_forget(&self, id: u64, count: u64) {
         if let Some(d) = self.inodes.forget(id, count) {
             self.fds.remove(d.id);
-            d.pinned.lock().take();
+            if d.pinned.lock().take().is_some() {
+                self.pins.fetch_sub(1, Ordering::Relaxed);
+            }
             d.path.lock().take();
         }
     }
 
-    /// Keeps the inode's current descriptor open for good (its name is about to go away).
+    /// Takes one of the pin budget's slots for a removed inode (`false` when all are taken);
+    /// the caller pins with [`pin`](Self::pin) or gives it back with
+    /// [`unreserve_pin`](Self::unreserve_pin).
+    pub(crate) fn reserve_pin(&self) -> bool {
+        self.pins
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < self.pin_budget).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Gives back a slot taken by [`reserve_pin`](Self::reserve_pin) and not used.
+    pub(crate) fn unreserve_pin(&self) {
+        self.pins.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Keeps the inode's current descriptor open until the guest forgets it (its name just
+    /// went away), in a slot taken with [`reserve_pin`](Self::reserve_pin).
     pub(crate) fn pin(&self, inode: &Arc<InodeData>, fd: SharedFd) {
-        *inode.pinned.lock() = Some(fd);
+        let old = inode.pinned.lock().replace(fd);
+        if old.is_some() {
+            // Already pinned: one slot per inode.
+            self.unreserve_pin();
+        }
         inode.path.lock().take();
         self.fds.remove(inode.id);
+    }
+
+    /// Lets go of the descriptor of an inode whose name the guest just removed, keeping its
+    /// last known attributes (`hs`, taken before the removal) for `getattr`. The descriptor is
+    /// closed here, in the request that removed the name (unless another request is using it
+    /// at this moment), so the host's cost of freeing the inode is paid by that request.
+    pub(crate) fn forsake(&self, inode: &Arc<InodeData>, hs: &HostStat) {
+        let mut last = *hs;
+        last.st.st_nlink = if inode.host_type == S_IFDIR {
+            0
+        } else {
+            last.st.st_nlink.saturating_sub(1)
+        };
+        *inode.removed.lock() = Some(last);
+        inode.path.lock().take();
+        let fd = self.fds.remove(inode.id);
+        drop(fd);
     }
 
     /// The guest-visible attributes of `inode` given its host `stat`.
@@ -436,6 +488,16 @@ impl PassthroughFs {
             entry_timeout: self.cfg.entry_timeout,
         })
     }
+}
+
+/// Whether the guest removed the last name of `inode` (it keeps no descriptor then): a file
+/// found later with its number is another file, even where fingerprints are unknown.
+fn gone(inode: &InodeData) -> bool {
+    inode
+        .removed
+        .lock()
+        .as_ref()
+        .is_some_and(|r| r.st.st_nlink == 0)
 }
 
 /// Host identity from a `stat`.

@@ -158,6 +158,15 @@ impl FsBackend {
             // is served right here.
             let busy = chains.len() > 1;
             for chain in chains {
+                if queue == 0 {
+                    // The hiprio queue (FORGET, BATCH_FORGET, INTERRUPT) is served on its own
+                    // vring thread, never queued in the pool behind requests: however busy the
+                    // request queues, the guest's FORGETs are processed as they come. They
+                    // are cheap (a removed inode's last close is paid by the request that
+                    // removed it).
+                    serve_one(&self.core, vring, &mem, chain, event_idx);
+                    continue;
+                }
                 self.dispatch(vring, &mem, chain, event_idx, busy);
             }
             if !event_idx {

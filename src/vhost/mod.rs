@@ -44,6 +44,8 @@
 //! occupies a worker instead of the queue. [`Dispatch::Pool`] (virtiofsd with
 //! `--thread-pool-size > 0`), [`Dispatch::Adaptive`] and [`Dispatch::VringThread`] (or a pool
 //! size of 0; virtiofsd's default) are the alternatives; `docs/attach.md` has the measurements.
+//! Whatever the mode, the hiprio queue (FORGET, BATCH_FORGET, INTERRUPT) is served on its own
+//! vring thread and never waits in the pool behind requests.
 //!
 //! # Polling
 //!
