@@ -192,7 +192,7 @@ impl T {
     }
 
     fn write(&self, ino: u64, fh: u64, off: u64, data: &[u8]) -> io::Result<usize> {
-        let mut r = MemReader::new(data);
+        let mut r = MemReader::copied(data);
         let n = self.fs.write(
             &self.ctx,
             ino,

@@ -7,7 +7,8 @@
 //!
 //! Memory: every name is stored once. Entries live in a vector in cookie order (cookies only
 //! grow, so appending keeps it sorted and a resumed listing finds its place by binary search);
-//! removal leaves a tombstone that is compacted away once tombstones outnumber live entries.
+//! removal leaves a tombstone that is compacted away once tombstones outnumber live entries
+//! (so an emptied directory frees its tables).
 //! Lookup by name goes through a hash table of 4-byte positions into that vector, hashed with
 //! a randomly keyed SipHash (names come from the guest). About 45 bytes per entry plus the
 //! name, against ~135 for a `HashMap` by name plus a `BTreeMap` by cookie.
@@ -128,8 +129,10 @@ impl Dir {
         };
         slot.name = Box::default();
         self.live -= 1;
+        // Compacting once tombstones outnumber live entries keeps the vector within twice
+        // the live entries (what a name is charged for) at amortised constant cost.
         let dead = self.slots.len() - self.live;
-        if dead > 64 && dead > self.live {
+        if dead > self.live {
             self.compact();
         }
         Some(link)

@@ -8,9 +8,11 @@ use parking_lot::{Mutex, RwLock};
 use thin_vec::ThinVec;
 
 use super::accounting::Usage;
+use super::cost;
 use super::data::FileData;
 use super::dir::Dir;
-use crate::stat64;
+use crate::{stat64, ROOT_ID};
+use fuse_backend_rs::abi::fuse_abi::Attr;
 
 /// A timestamp as Linux keeps it. Packed to 12 bytes (three per inode).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
@@ -76,10 +78,11 @@ impl Meta {
         self.ctime = now;
     }
 
+    /// What the xattrs are charged ([`cost::xattr`] each).
     pub(crate) fn xattr_bytes(&self) -> u64 {
         self.xattrs
             .iter()
-            .map(|(n, v)| (n.len() + v.len()) as u64)
+            .map(|(n, v)| cost::xattr(n.len() as u64, v.len() as u64))
             .sum()
     }
 
@@ -185,33 +188,44 @@ impl Node {
             Body::Special => (0, 0),
         };
         let m = self.meta.lock();
-        // SAFETY: `stat64` is a plain C struct for which all-zero bytes are a valid value.
-        let mut st: stat64 = unsafe { std::mem::zeroed() };
-        st.st_ino = self.ino as _;
-        st.st_mode = m.mode as _;
-        st.st_nlink = m.nlink as _;
-        st.st_uid = m.uid;
-        st.st_gid = m.gid;
-        st.st_rdev = m.rdev as _;
-        st.st_size = size as _;
-        st.st_blksize = 4096;
-        st.st_blocks = blocks as _;
-        st.st_atime = m.atime.sec as _;
-        st.st_atime_nsec = m.atime.nsec as _;
-        st.st_mtime = m.mtime.sec as _;
-        st.st_mtime_nsec = m.mtime.nsec as _;
-        st.st_ctime = m.ctime.sec as _;
-        st.st_ctime_nsec = m.ctime.nsec as _;
-        st
+        // Built through fuse-backend-rs's `Attr`, which converts to `stat64` safely.
+        stat64::from(Attr {
+            ino: self.ino,
+            size,
+            blocks,
+            atime: m.atime.sec as u64,
+            mtime: m.mtime.sec as u64,
+            ctime: m.ctime.sec as u64,
+            atimensec: m.atime.nsec,
+            mtimensec: m.mtime.nsec,
+            ctimensec: m.ctime.nsec,
+            mode: m.mode,
+            nlink: m.nlink,
+            uid: m.uid,
+            gid: m.gid,
+            rdev: m.rdev,
+            blksize: 4096,
+            ..Attr::default()
+        })
+    }
+
+    /// What this inode itself is charged ([`cost::INODE`] or [`cost::DIR_INODE`]; the root
+    /// is part of the fixed base).
+    pub(crate) fn inode_charge(&self) -> u64 {
+        match (&self.body, self.ino) {
+            (_, ROOT_ID) => 0,
+            (Body::Dir(_), _) => cost::DIR_INODE,
+            _ => cost::INODE,
+        }
     }
 }
 
 impl Drop for Node {
     fn drop(&mut self) {
-        let mut bytes = self.meta.get_mut().xattr_bytes();
+        let mut bytes = self.meta.get_mut().xattr_bytes() + self.inode_charge();
         bytes += match &mut self.body {
             Body::File(f) => f.get_mut().charged(),
-            Body::Symlink(t) => t.len() as u64,
+            Body::Symlink(t) => cost::heap(t.len() as u64),
             Body::Dir(_) | Body::Special => 0,
         };
         self.usage.bytes.release(bytes);

@@ -60,10 +60,6 @@ impl<T: Keyed> ShardedMap<T> {
         }
     }
 
-    pub(crate) fn remove(&self, key: u64) -> Option<T> {
-        self.remove_if(key, |_| true)
-    }
-
     /// Removes `key` only if `pred` holds for its value, deciding under the shard's lock.
     pub(crate) fn remove_if(&self, key: u64, pred: impl FnOnce(&T) -> bool) -> Option<T> {
         let mut shard = self.shard(key).write();
@@ -73,6 +69,24 @@ impl<T: Keyed> ShardedMap<T> {
         } else {
             None
         }
+    }
+
+    /// Removes and returns every value.
+    pub(crate) fn drain(&self) -> Vec<T> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            out.extend(std::mem::take(&mut *shard.write()));
+        }
+        out
+    }
+
+    /// A snapshot of every value.
+    pub(crate) fn values(&self) -> Vec<T> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            out.extend(shard.read().iter().cloned());
+        }
+        out
     }
 
     pub(crate) fn len(&self) -> usize {
