@@ -63,23 +63,15 @@ fn setup() -> MemFs {
         .expect("create");
     let fh = fh.expect("handle");
     let mut chunk: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
-    for off in (0..FILE_SIZE).step_by(chunk.len()) {
+    let len = chunk.len();
+    for off in (0..FILE_SIZE).step_by(len) {
         let mut r = MemReader::new(&mut chunk);
         let n = fs
             .write(
-                &ctx,
-                e.inode,
-                fh,
-                &mut r,
-                chunk.len() as u32,
-                off,
-                None,
-                false,
-                0,
-                0,
+                &ctx, e.inode, fh, &mut r, len as u32, off, None, false, 0, 0,
             )
             .expect("write");
-        assert_eq!(n, chunk.len());
+        assert_eq!(n, len);
     }
     fs.release(&ctx, e.inode, 0, fh, false, false, None)
         .expect("release");

@@ -365,7 +365,11 @@ fn small_files_fill_exactly_to_capacity() {
         }
         let ino = t.put(ROOT_ID, &name, &data);
         expected += cost;
-        assert_eq!(t.used(), expected, "file {i}: charge is inode + name + data");
+        assert_eq!(
+            t.used(),
+            expected,
+            "file {i}: charge is inode + name + data"
+        );
         files.push((name, data, ino));
     }
     assert!(files.len() > 100, "many files: {}", files.len());
@@ -382,7 +386,8 @@ fn small_files_fill_exactly_to_capacity() {
     let rem = CAP - expected;
     assert!(rem % 16 == 0 && rem < 2048, "{rem}");
     let pad_fh = t.open(pad);
-    t.write(pad, pad_fh, 16, &vec![2; rem as usize]).expect("pad");
+    t.write(pad, pad_fh, 16, &vec![2; rem as usize])
+        .expect("pad");
     assert_eq!(t.used(), CAP, "filled exactly");
     assert_eq!(t.statfs_free(), 0);
     assert_eq!(t.statfs().f_bavail, 0);
@@ -390,14 +395,21 @@ fn small_files_fill_exactly_to_capacity() {
 
     // At the limit: one more byte of anything is ENOSPC and changes nothing.
     let pad_len = 16 + rem;
-    assert_eq!(errno(t.write(pad, pad_fh, pad_len, b"+")), Some(libc::ENOSPC));
+    assert_eq!(
+        errno(t.write(pad, pad_fh, pad_len, b"+")),
+        Some(libc::ENOSPC)
+    );
     assert_eq!(t.size(pad), pad_len);
     // Growing by truncate allocates nothing (the new tail is a hole): allowed and free.
     t.truncate(pad, pad_len + 1).expect("sparse growth");
     assert_eq!(t.used(), CAP);
     t.truncate(pad, pad_len).expect("back");
     // Overwriting allocated bytes needs no space.
-    let (zname, zdata, zino) = files.iter().find(|f| f.1.len() == 4097).expect("a 4097").clone();
+    let (zname, zdata, zino) = files
+        .iter()
+        .find(|f| f.1.len() == 4097)
+        .expect("a 4097")
+        .clone();
     let fh = t.open(zino);
     let over = pattern(4242, zdata.len());
     t.write(zino, fh, 0, &over).expect("overwrite in place");
@@ -431,7 +443,14 @@ fn small_files_fill_exactly_to_capacity() {
     let longer = "a-name-longer-than-sixteen-bytes";
     assert!(cost::name(longer.len() as u64) > cost::name(ename.len() as u64));
     assert_eq!(
-        errno(t.fs.rename(&t.ctx, ROOT_ID, &c(ename), ROOT_ID, &c(longer.as_bytes()), 0)),
+        errno(t.fs.rename(
+            &t.ctx,
+            ROOT_ID,
+            &c(ename),
+            ROOT_ID,
+            &c(longer.as_bytes()),
+            0
+        )),
         Some(libc::ENOSPC)
     );
     assert_eq!(
@@ -507,11 +526,15 @@ fn one_big_file_fills_capacity_minus_its_name() {
     assert_eq!(t.size(ino), len);
 
     // Bytes within the last allocated page cost nothing more.
-    t.write(ino, fh, len, &[5; 100]).expect("within the last page");
+    t.write(ino, fh, len, &[5; 100])
+        .expect("within the last page");
     assert_eq!(t.used(), cap - 1234);
     t.truncate(ino, len).expect("back");
     // One more page, by write, is refused with no effect.
-    assert_eq!(errno(t.write(ino, fh, PAGES * PAGE, b"!")), Some(libc::ENOSPC));
+    assert_eq!(
+        errno(t.write(ino, fh, PAGES * PAGE, b"!")),
+        Some(libc::ENOSPC)
+    );
     // A write straddling into a new page is refused whole, not shortened.
     let tail = vec![0xEE; 200];
     assert_eq!(errno(t.write(ino, fh, len - 99, &tail)), Some(libc::ENOSPC));
@@ -529,7 +552,10 @@ fn one_big_file_fills_capacity_minus_its_name() {
     t.write(ino, fh, len - PAGE, &data[(len - PAGE) as usize..])
         .expect("exactly fits");
     assert_eq!(t.used(), cap - 1234);
-    assert_eq!(errno(t.write(ino, fh, PAGES * PAGE, b"!")), Some(libc::ENOSPC));
+    assert_eq!(
+        errno(t.write(ino, fh, PAGES * PAGE, b"!")),
+        Some(libc::ENOSPC)
+    );
     t.release(ino, fh);
     assert_eq!(t.contents(ino), data);
 
@@ -912,7 +938,11 @@ fn sparse_file_charges_only_written_pages() {
     t.truncate(ino, 1 << 30)
         .expect("a 1 GiB file fits in 1 MiB");
     assert_eq!(t.size(ino), 1 << 30);
-    assert_eq!(t.used(), base, "an empty sparse file costs only its inode and name");
+    assert_eq!(
+        t.used(),
+        base,
+        "an empty sparse file costs only its inode and name"
+    );
     let data = pattern(6, PAGE as usize);
     t.write(ino, fh, 512 << 20, &data).expect("write 4 KiB");
     assert_eq!(t.used(), base + PAGE);
@@ -1144,7 +1174,10 @@ fn racing_writers_never_exceed_capacity() {
         t.release(oino, ofh);
     }
     assert_eq!(t.size(shared), shared_end);
-    assert!(shared_pages.iter().any(|&p| p > 0), "the shared file has pages");
+    assert!(
+        shared_pages.iter().any(|&p| p > 0),
+        "the shared file has pages"
+    );
     expected += file_charge(0, &shared_pages);
     assert_eq!(
         u.bytes_used, expected,
@@ -1231,10 +1264,15 @@ fn rename_charges_only_the_growth_of_names() {
     assert_eq!(t.used(), cap);
     rename(&short(b'b', 16), &short(b'c', 2), 0).expect("shorter");
     assert_eq!(t.used(), cap);
-    assert_eq!(errno(rename(&short(b'c', 2), &short(b'd', 17), 0)), Some(libc::ENOSPC));
+    assert_eq!(
+        errno(rename(&short(b'c', 2), &short(b'd', 17), 0)),
+        Some(libc::ENOSPC)
+    );
     assert_eq!(t.used(), cap);
     assert_eq!(
-        t.fs.lookup(&t.ctx, ROOT_ID, &c(&short(b'c', 2))).expect("kept").inode,
+        t.fs.lookup(&t.ctx, ROOT_ID, &c(&short(b'c', 2)))
+            .expect("kept")
+            .inode,
         ino
     );
     t.fs.forget(&t.ctx, ino, 1);

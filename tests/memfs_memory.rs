@@ -143,14 +143,27 @@ fn symlinks(fs: &MemFs) -> u64 {
 
 fn sparse_writes(fs: &MemFs) -> u64 {
     let ctx = Context::new();
-    let (e, fh, _, _) = fs.create(&ctx, ROOT_ID, &c("sparse"), args()).expect("create");
+    let (e, fh, _, _) = fs
+        .create(&ctx, ROOT_ID, &c("sparse"), args())
+        .expect("create");
     let fh = fh.expect("handle");
     // One byte per page, far apart. Bounded so that an implementation charging the byte
     // rather than the page stops at a few times the capacity.
     let limit = 4 * CAP / cost::PAGE;
     for n in 0..limit {
         let mut r = MemReader::copied(b"s");
-        let r = fs.write(&ctx, e.inode, fh, &mut r, 1, n * 3 * cost::PAGE + 7, None, false, 0, 0);
+        let r = fs.write(
+            &ctx,
+            e.inode,
+            fh,
+            &mut r,
+            1,
+            n * 3 * cost::PAGE + 7,
+            None,
+            false,
+            0,
+            0,
+        );
         if enospc(&r) {
             return n;
         }
@@ -253,7 +266,13 @@ fn rss_stays_under_the_memory_ceiling() {
         "deep_dirs",
     ] {
         let out = Command::new(&exe)
-            .args(["--ignored", "--exact", "fill_child", "--nocapture", "--test-threads=1"])
+            .args([
+                "--ignored",
+                "--exact",
+                "fill_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(ENV, which)
             .output()
             .expect("run the child");

@@ -72,13 +72,20 @@ fn read(fs: &MemFs, ino: u64, fh: u64) -> io::Result<Vec<u8>> {
 
 fn readdirplus(fs: &MemFs, ino: u64, fh: u64) -> io::Result<usize> {
     let mut n = 0;
-    fs.readdirplus(&Context::new(), ino, fh, 4096, 0, &mut |_d: DirEntry, e: Entry| {
-        n += 1;
-        if e.inode != 0 {
-            fs.forget(&Context::new(), e.inode, 1);
-        }
-        Ok(1)
-    })?;
+    fs.readdirplus(
+        &Context::new(),
+        ino,
+        fh,
+        4096,
+        0,
+        &mut |_d: DirEntry, e: Entry| {
+            n += 1;
+            if e.inode != 0 {
+                fs.forget(&Context::new(), e.inode, 1);
+            }
+            Ok(1)
+        },
+    )?;
     Ok(n)
 }
 
@@ -95,7 +102,10 @@ fn readdir(fs: &MemFs, ino: u64, fh: u64) -> io::Result<usize> {
 fn readdir_needs_a_directory_handle_opened_on_that_directory() {
     let fs = fs();
     let ctx = Context::new();
-    let d = fs.mkdir(&ctx, ROOT_ID, &c("d"), 0o755, 0).expect("mkdir").inode;
+    let d = fs
+        .mkdir(&ctx, ROOT_ID, &c("d"), 0o755, 0)
+        .expect("mkdir")
+        .inode;
     let (f, ffh) = create(&fs, "f");
     // Never opened: no handle at all, or a made-up number.
     assert_eq!(errno(readdirplus(&fs, ROOT_ID, 0)), Some(libc::EBADF));
@@ -117,7 +127,10 @@ fn readdir_needs_a_directory_handle_opened_on_that_directory() {
     fs.releasedir(&ctx, ROOT_ID, 0, dh).expect("releasedir");
     // Released: gone.
     assert_eq!(errno(readdirplus(&fs, ROOT_ID, dh)), Some(libc::EBADF));
-    assert_eq!(errno(fs.releasedir(&ctx, ROOT_ID, 0, dh)), Some(libc::EBADF));
+    assert_eq!(
+        errno(fs.releasedir(&ctx, ROOT_ID, 0, dh)),
+        Some(libc::EBADF)
+    );
     assert_eq!(fs.usage().open_handles, 1);
 }
 
@@ -131,7 +144,8 @@ fn statfs_of_an_unknown_node_id_fails_like_passthrough() {
     // A forgotten, unlinked inode is gone too.
     let (f, fh) = create(&fs, "f");
     fs.statfs(&ctx, f).expect("statfs of a known file");
-    fs.release(&ctx, f, 0, fh, false, false, None).expect("release");
+    fs.release(&ctx, f, 0, fh, false, false, None)
+        .expect("release");
     fs.unlink(&ctx, ROOT_ID, &c("f")).expect("unlink");
     fs.forget(&ctx, f, 1);
     assert_eq!(errno(fs.statfs(&ctx, f)), Some(libc::EBADF));
@@ -180,8 +194,10 @@ fn file_handles_must_belong_to_the_inode_of_the_request() {
     fs.setattr(&ctx, a, st, Some(afh), SetattrValid::SIZE)
         .expect("ftruncate with its own handle");
     assert_eq!(read(&fs, a, afh).expect("read a"), b"s");
-    fs.release(&ctx, a, 0, afh, false, false, None).expect("release a");
-    fs.release(&ctx, b, 0, bfh, false, false, None).expect("release b");
+    fs.release(&ctx, a, 0, afh, false, false, None)
+        .expect("release a");
+    fs.release(&ctx, b, 0, bfh, false, false, None)
+        .expect("release b");
     fs.releasedir(&ctx, ROOT_ID, 0, dh).expect("releasedir");
     assert_eq!(fs.usage().open_handles, 0);
 }
@@ -214,7 +230,9 @@ fn destroy_releases_the_session_and_keeps_the_tree() {
         for name in &kept {
             let (ino, fh) = match fs.lookup(&ctx, ROOT_ID, &c(name)) {
                 Ok(e) => {
-                    let (fh, _, _) = fs.open(&ctx, e.inode, libc::O_RDWR as u32, 0).expect("open");
+                    let (fh, _, _) = fs
+                        .open(&ctx, e.inode, libc::O_RDWR as u32, 0)
+                        .expect("open");
                     (e.inode, fh.expect("handle"))
                 }
                 Err(_) => create(&fs, name),
@@ -226,13 +244,15 @@ fn destroy_releases_the_session_and_keeps_the_tree() {
             let name = format!("gone{cycle}-{i}");
             let (ino, fh) = create(&fs, &name);
             write(&fs, ino, fh, &data).expect("write");
-            fs.unlink(&ctx, ROOT_ID, &c(&name)).expect("unlink while open");
+            fs.unlink(&ctx, ROOT_ID, &c(&name))
+                .expect("unlink while open");
             // Still readable through the open handle.
             assert_eq!(read(&fs, ino, fh).expect("read").len(), 64);
         }
         let held = format!("held{cycle}");
         let (ino, fh) = create(&fs, &held);
-        fs.release(&ctx, ino, 0, fh, false, false, None).expect("release");
+        fs.release(&ctx, ino, 0, fh, false, false, None)
+            .expect("release");
         fs.unlink(&ctx, ROOT_ID, &c(&held)).expect("unlink held");
         let (dh, _) = fs.opendir(&ctx, ROOT_ID, 0).expect("opendir");
         assert!(fs.usage().open_handles >= 8);
@@ -246,7 +266,11 @@ fn destroy_releases_the_session_and_keeps_the_tree() {
             linked,
             "cycle {cycle}: usage is exactly what is linked"
         );
-        assert_eq!(fs.inode_count() as u64, linked.1, "cycle {cycle}: held inodes");
+        assert_eq!(
+            fs.inode_count() as u64,
+            linked.1,
+            "cycle {cycle}: held inodes"
+        );
         assert_eq!(errno(read(&fs, inos[0], 1)), Some(libc::EBADF));
         assert_eq!(
             errno(readdirplus(&fs, ROOT_ID, dh.unwrap_or(0))),
@@ -259,6 +283,10 @@ fn destroy_releases_the_session_and_keeps_the_tree() {
             fs.forget(&ctx, e.inode, 1);
         }
         let now = (u.bytes_used, u.inodes_used, fs.inode_count());
-        assert_eq!(*baseline.get_or_insert(now), now, "cycle {cycle}: no growth");
+        assert_eq!(
+            *baseline.get_or_insert(now),
+            now,
+            "cycle {cycle}: no growth"
+        );
     }
 }

@@ -336,18 +336,9 @@ impl DualFs {
         while !buf.is_empty() {
             let len = buf.len();
             let mut r = MemReader::new(&mut *buf);
-            let n = self.a().write(
-                ctx,
-                a,
-                afh,
-                &mut r,
-                len as u32,
-                pos,
-                None,
-                false,
-                0,
-                0,
-            )?;
+            let n = self
+                .a()
+                .write(ctx, a, afh, &mut r, len as u32, pos, None, false, 0, 0)?;
             drop(r);
             if n == 0 {
                 return Err(errno(libc::EIO));
