@@ -198,3 +198,44 @@ impl ZeroCopyWriter for MemWriter {
         self.limit.saturating_sub(self.buf.len())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A (safe) sink that scribbles on the slice it is handed, as any safe
+    /// `FileReadWriteVolatile` may.
+    struct Scribbler;
+
+    impl FileReadWriteVolatile for Scribbler {
+        fn read_volatile(&mut self, _slice: FileVolatileSlice) -> io::Result<usize> {
+            Ok(0)
+        }
+        fn write_volatile(&mut self, _slice: FileVolatileSlice) -> io::Result<usize> {
+            Ok(0)
+        }
+        fn read_at_volatile(&mut self, _slice: FileVolatileSlice, _off: u64) -> io::Result<usize> {
+            Ok(0)
+        }
+        fn write_at_volatile(&mut self, slice: FileVolatileSlice, _off: u64) -> io::Result<usize> {
+            let vs = slice.as_volatile_slice();
+            vs.copy_from(&vec![b'!'; slice.len()]);
+            Ok(slice.len())
+        }
+    }
+
+    #[test]
+    fn a_writing_sink_never_touches_shared_data() {
+        // Only the reader's own copy can change: the caller's shared bytes stay as they are.
+        let shared: &[u8] = b"constant";
+        let mut r = MemReader::copied(shared);
+        assert_eq!(r.read_to(&mut Scribbler, 8, 0).ok(), Some(8));
+        assert_eq!(shared, b"constant");
+        // With an exclusively borrowed buffer the sink may write into it, which is sound.
+        let mut buf = *b"mutable!";
+        let mut r = MemReader::new(&mut buf);
+        assert_eq!(r.read_to(&mut Scribbler, 8, 0).ok(), Some(8));
+        assert_eq!(r.remaining(), 0);
+        assert_eq!(&buf, b"!!!!!!!!");
+    }
+}

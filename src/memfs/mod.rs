@@ -25,9 +25,10 @@
 //!   run in parallel. Bytes move between pages and guest memory without intermediate copies.
 //! * **Permissions** are checked by the guest kernel (virtio-fs mounts use
 //!   `default_permissions`); `access` answers from the mode bits.
-//! * **Memory per inode.** An empty file with one name allocates about 243 bytes plus its
-//!   name (`tests/memfs_limits.rs`, `per_inode_overhead`: the inode with its metadata ~160,
-//!   its directory entry ~45 plus the name, its inode-table slot ~14); it is charged
+//! * **Memory per inode.** An empty file with one name allocates about 275 bytes plus its
+//!   name (`tests/memfs_limits.rs`, `per_inode_overhead`: the inode with its metadata and
+//!   data header ~190, its directory entry ~45 plus the name, its inode-table slot ~14,
+//!   allocator headers not counted); it is charged
 //!   [`cost::INODE`] + [`cost::name`]`(len)` = 480 + heap(len), which covers allocator
 //!   headers and table growth slack.
 //!
