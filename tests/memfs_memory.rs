@@ -172,6 +172,34 @@ fn sparse_writes(fs: &MemFs) -> u64 {
     limit
 }
 
+/// Fills with tiny files, deletes them all, then fills with one big file: memory freed by
+/// small objects must be reusable for pages.
+fn churn(fs: &MemFs) -> u64 {
+    let ctx = Context::new();
+    let n = tiny_files(fs);
+    for d in (0..n).step_by(10_000) {
+        let dir = fs.lookup(&ctx, ROOT_ID, &c(&format!("d{d}"))).expect("dir");
+        for i in d..(d + 10_000).min(n) {
+            fs.unlink(&ctx, dir.inode, &c(&format!("f{i:08}")))
+                .expect("unlink");
+        }
+        fs.forget(&ctx, dir.inode, 1);
+    }
+    let (e, fh, _, _) = fs.create(&ctx, ROOT_ID, &c("big"), args()).expect("create");
+    let fh = fh.expect("handle");
+    let chunk = vec![9u8; 1 << 16];
+    let mut off = 0;
+    loop {
+        let mut r = MemReader::copied(&chunk);
+        let w = fs.write(&ctx, e.inode, fh, &mut r, 1 << 16, off, None, false, 0, 0);
+        if enospc(&w) {
+            return n + off / cost::PAGE;
+        }
+        w.expect("write");
+        off += 1 << 16;
+    }
+}
+
 fn deep_dirs(fs: &MemFs) -> u64 {
     let ctx = Context::new();
     let mut dir = ROOT_ID;
@@ -200,6 +228,7 @@ fn run_fill(which: &str) {
         "symlinks" => symlinks,
         "sparse_writes" => sparse_writes,
         "deep_dirs" => deep_dirs,
+        "churn" => churn,
         other => panic!("unknown fill {other}"),
     };
     let n = fill(&fs);
@@ -264,6 +293,7 @@ fn rss_stays_under_the_memory_ceiling() {
         "symlinks",
         "sparse_writes",
         "deep_dirs",
+        "churn",
     ] {
         let out = Command::new(&exe)
             .args([

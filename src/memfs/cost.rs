@@ -26,9 +26,10 @@ pub const PAGE: u64 = 4096;
 /// Largest file prefix kept in an exact-size buffer instead of pages.
 pub const SMALL_FILE_MAX: u64 = PAGE;
 
-/// Charge of a non-directory inode: the node with its metadata and lock (~180 bytes with
-/// allocator header), its inode-table slot (at most ~24 bytes with the table's growth slack)
-/// and the header of its xattr list once it has one (up to 64 bytes).
+/// Charge of a non-directory inode: the node with its metadata, locks and data header
+/// (~210 bytes with allocator header), its inode-table slot (at most ~36 bytes: tables grow
+/// by doubling and shrink when a quarter full) and the header of its xattr list once it has
+/// one (up to 64 bytes).
 pub const INODE: u64 = 320;
 
 /// Charge of a directory inode: an inode plus the directory's entry table and index at their

@@ -5,8 +5,8 @@
 //! * **Limits.** Capacity is a hard limit on the bytes charged, and everything a guest can
 //!   make is charged what it really occupies in memory ([`cost`]): each inode, each name
 //!   (hard links included), each xattr, symlink targets, and file data (an exact-size buffer
-//!   for small files, whole 4 KiB pages beyond). No sequence of requests, concurrent or not, makes the charged total exceed it: every
-//!   request reserves what it needs before changing anything and fails with `ENOSPC`
+//!   for small files, whole 4 KiB pages beyond). No sequence of requests, concurrent or not,
+//!   makes the charged total exceed it: every request reserves what it needs before changing anything and fails with `ENOSPC`
 //!   otherwise, leaving no partial effect. In particular **a write that does not fit writes
 //!   nothing** (it is not shortened). Inodes are limited the same way. Freed space (last link,
 //!   last handle and the guest's last reference gone — the kernel forgets an unlinked inode
@@ -19,7 +19,9 @@
 //!   128 × max_handles + 256 KiB`, independent of the inode limit. The daemon's RSS is that
 //!   plus its own fixed base (binary, libraries, threads, virtqueue buffers).
 //!   `tests/memfs_memory.rs` fills a MemFs every way a guest can and checks the process RSS
-//!   against it.
+//!   against it. The bound is on memory in use: after heavy churn (many small objects
+//!   deleted, then large ones made) the C allocator may keep freed memory in its free lists,
+//!   so RSS can stay above it until the allocator reuses or trims that memory.
 //! * **Concurrency.** Inodes and handles live in sharded maps; each file's data has its own
 //!   reader-writer lock, so I/O on different files never shares a lock and reads of one file
 //!   run in parallel. Bytes move between pages and guest memory without intermediate copies.
@@ -146,7 +148,7 @@ impl MemFsBuilder {
     }
 
     /// Hard limit on inodes, the root included. The default is what the capacity can hold
-    /// at [`cost::INODE`] bytes each, between 16 and 1 048 576 (3 355 for 1 MiB,
+    /// at [`cost::INODE`] bytes each, between 16 and 1 048 576 (3 276 for 1 MiB,
     /// 209 715 for 64 MiB), so `statfs` reports a file count that can really be reached.
     /// Memory does not depend on it: every inode is charged to the capacity.
     pub fn max_inodes(mut self, n: u64) -> Self {

@@ -64,11 +64,17 @@ impl<T: Keyed> ShardedMap<T> {
     pub(crate) fn remove_if(&self, key: u64, pred: impl FnOnce(&T) -> bool) -> Option<T> {
         let mut shard = self.shard(key).write();
         let entry = shard.find_entry(hash(key), |v| v.key() == key).ok()?;
-        if pred(entry.get()) {
-            Some(entry.remove().0)
-        } else {
-            None
+        if !pred(entry.get()) {
+            return None;
         }
+        let value = entry.remove().0;
+        // Give back a table that emptied out (its slots are part of what an inode is
+        // charged); halving at a quarter full keeps this amortised O(1).
+        if shard.capacity() > 64 && shard.len() * 4 < shard.capacity() {
+            let len = shard.len();
+            shard.shrink_to(len * 2, |v| hash(v.key()));
+        }
+        Some(value)
     }
 
     /// Removes and returns every value.
