@@ -32,9 +32,10 @@ pub const SMALL_FILE_MAX: u64 = PAGE;
 /// one (up to 64 bytes).
 pub const INODE: u64 = 320;
 
-/// Charge of a directory inode: an inode plus the directory's entry table and index at their
-/// smallest (their growth is charged per [`NAME`]).
-pub const DIR_INODE: u64 = INODE + 320;
+/// Charge of a directory inode: an inode, its directory record (~100 bytes), and the slack
+/// its entry table and index may keep beyond what is charged per [`NAME`] (16 slots of
+/// 32 bytes, and their index positions).
+pub const DIR_INODE: u64 = INODE + 768;
 
 /// Charge of a directory entry besides its name: its slot in the directory's entry vector
 /// (32 bytes, up to four times over for growth slack and not yet compacted removals) and

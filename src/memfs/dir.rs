@@ -21,6 +21,10 @@ use hashbrown::HashTable;
 /// First cookie of a real entry.
 pub(crate) const FIRST_COOKIE: u64 = 3;
 
+/// Slots a directory may keep beyond two per live entry before compaction gives them back
+/// (charged with the directory inode, see `cost::DIR_INODE`).
+const SLACK: usize = 16;
+
 /// Most names one directory holds (positions are 32-bit).
 const MAX_ENTRIES: usize = u32::MAX as usize - 1;
 
@@ -142,9 +146,16 @@ impl Dir {
     /// correctly across a compaction).
     fn compact(&mut self) {
         self.slots.retain(|s| s.ino != 0);
-        self.slots.shrink_to(self.slots.len() * 2);
+        // Tables are only given back when well oversized: a small directory whose entries
+        // come and go keeps its few slots instead of reallocating on every compaction.
+        let len = self.slots.len();
+        if self.slots.capacity() > 2 * len + SLACK {
+            self.slots.shrink_to(len * 2);
+        }
         self.index.clear();
-        self.index.shrink_to(self.slots.len(), |_| 0);
+        if self.index.capacity() > 2 * len + SLACK {
+            self.index.shrink_to(len, |_| 0);
+        }
         for (pos, s) in self.slots.iter().enumerate() {
             let slots = &self.slots;
             self.index.insert_unique(hash(&s.name), pos as u32, |&p| {
