@@ -1,7 +1,7 @@
 //! Inodes: metadata, per-type bodies, and the release of their charges when they die.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::{Mutex, RwLock};
@@ -99,6 +99,13 @@ impl Meta {
     }
 }
 
+/// An all-zero `stat64`, made once without `unsafe` (through fuse-backend-rs's `Attr`
+/// conversion) and copied from then on.
+fn zero_stat() -> stat64 {
+    static ZERO: OnceLock<stat64> = OnceLock::new();
+    *ZERO.get_or_init(|| stat64::from(Attr::default()))
+}
+
 /// A directory: its entries, and its parent (for `..` and the rename loop check).
 pub(crate) struct DirNode {
     pub(crate) parent: AtomicU64,
@@ -188,25 +195,23 @@ impl Node {
             Body::Special => (0, 0),
         };
         let m = self.meta.lock();
-        // Built through fuse-backend-rs's `Attr`, which converts to `stat64` safely.
-        stat64::from(Attr {
-            ino: self.ino,
-            size,
-            blocks,
-            atime: m.atime.sec as u64,
-            mtime: m.mtime.sec as u64,
-            ctime: m.ctime.sec as u64,
-            atimensec: m.atime.nsec,
-            mtimensec: m.mtime.nsec,
-            ctimensec: m.ctime.nsec,
-            mode: m.mode,
-            nlink: m.nlink,
-            uid: m.uid,
-            gid: m.gid,
-            rdev: m.rdev,
-            blksize: 4096,
-            ..Attr::default()
-        })
+        let mut st = zero_stat();
+        st.st_ino = self.ino as _;
+        st.st_mode = m.mode as _;
+        st.st_nlink = m.nlink as _;
+        st.st_uid = m.uid;
+        st.st_gid = m.gid;
+        st.st_rdev = m.rdev as _;
+        st.st_size = size as _;
+        st.st_blksize = 4096;
+        st.st_blocks = blocks as _;
+        st.st_atime = m.atime.sec as _;
+        st.st_atime_nsec = m.atime.nsec as _;
+        st.st_mtime = m.mtime.sec as _;
+        st.st_mtime_nsec = m.mtime.nsec as _;
+        st.st_ctime = m.ctime.sec as _;
+        st.st_ctime_nsec = m.ctime.nsec as _;
+        st
     }
 
     /// What this inode itself is charged ([`cost::INODE`] or [`cost::DIR_INODE`]; the root
