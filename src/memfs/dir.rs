@@ -7,8 +7,8 @@
 //!
 //! Memory: every name is stored once. Entries live in a vector in cookie order (cookies only
 //! grow, so appending keeps it sorted and a resumed listing finds its place by binary search);
-//! removal leaves a tombstone that is compacted away once tombstones outnumber live entries
-//! (so an emptied directory frees its tables).
+//! removal leaves a tombstone that is compacted away once tombstones outnumber both the live
+//! entries and a small floor (`TOMBSTONES`), so names cost at most a few slots each.
 //! Lookup by name goes through a hash table of 4-byte positions into that vector, hashed with
 //! a randomly keyed SipHash (names come from the guest). About 45 bytes per entry plus the
 //! name, against ~135 for a `HashMap` by name plus a `BTreeMap` by cookie.
@@ -20,6 +20,10 @@ use hashbrown::HashTable;
 
 /// First cookie of a real entry.
 pub(crate) const FIRST_COOKIE: u64 = 3;
+
+/// Removed entries a directory may keep before compacting, however few live ones it has (so
+/// a small directory whose entries come and go does not compact every other removal).
+const TOMBSTONES: usize = 8;
 
 /// Slots a directory may keep beyond two per live entry before compaction gives them back
 /// (charged with the directory inode, see `cost::DIR_INODE`).
@@ -136,7 +140,7 @@ impl Dir {
         // Compacting once tombstones outnumber live entries keeps the vector within twice
         // the live entries (what a name is charged for) at amortised constant cost.
         let dead = self.slots.len() - self.live;
-        if dead > self.live {
+        if dead > self.live.max(TOMBSTONES) {
             self.compact();
         }
         Some(link)

@@ -1,7 +1,7 @@
 //! Inodes: metadata, per-type bodies, and the release of their charges when they die.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::{Mutex, RwLock};
@@ -12,7 +12,6 @@ use super::cost;
 use super::data::FileData;
 use super::dir::Dir;
 use crate::{stat64, ROOT_ID};
-use fuse_backend_rs::abi::fuse_abi::Attr;
 
 /// A timestamp as Linux keeps it. Packed to 12 bytes (three per inode).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
@@ -97,13 +96,6 @@ impl Meta {
             self.mode &= !(libc::S_ISGID as u32);
         }
     }
-}
-
-/// An all-zero `stat64`, made once without `unsafe` (through fuse-backend-rs's `Attr`
-/// conversion) and copied from then on.
-fn zero_stat() -> stat64 {
-    static ZERO: OnceLock<stat64> = OnceLock::new();
-    *ZERO.get_or_init(|| stat64::from(Attr::default()))
 }
 
 /// A directory: its entries, and its parent (for `..` and the rename loop check).
@@ -195,7 +187,10 @@ impl Node {
             Body::Special => (0, 0),
         };
         let m = self.meta.lock();
-        let mut st = zero_stat();
+        // SAFETY: `stat64` is a plain C struct for which all-zero bytes are a valid value.
+        // (The safe route, fuse-backend-rs's `Attr` conversion or a copied template, costs
+        // ~10 % more instructions per GETATTR; this is the hottest metadata path.)
+        let mut st: stat64 = unsafe { std::mem::zeroed() };
         st.st_ino = self.ino as _;
         st.st_mode = m.mode as _;
         st.st_nlink = m.nlink as _;
