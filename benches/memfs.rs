@@ -62,24 +62,16 @@ fn setup() -> MemFs {
         .create(&ctx, ROOT_ID, &c("f"), rw_args())
         .expect("create");
     let fh = fh.expect("handle");
-    let chunk: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
-    for off in (0..FILE_SIZE).step_by(chunk.len()) {
-        let mut r = MemReader::new(&chunk);
+    let mut chunk: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
+    let len = chunk.len();
+    for off in (0..FILE_SIZE).step_by(len) {
+        let mut r = MemReader::new(&mut chunk);
         let n = fs
             .write(
-                &ctx,
-                e.inode,
-                fh,
-                &mut r,
-                chunk.len() as u32,
-                off,
-                None,
-                false,
-                0,
-                0,
+                &ctx, e.inode, fh, &mut r, len as u32, off, None, false, 0, 0,
             )
             .expect("write");
-        assert_eq!(n, chunk.len());
+        assert_eq!(n, len);
     }
     fs.release(&ctx, e.inode, 0, fh, false, false, None)
         .expect("release");
@@ -144,11 +136,11 @@ fn benches(cr: &mut Criterion) {
                 .expect("read")
         })
     });
-    let data = vec![3u8; 1 << 20];
+    let mut data = vec![3u8; 1 << 20];
     // Overwrites allocated pages, as the passthrough benchmark overwrites its file.
     g.bench_function("write_1m", |b| {
         b.iter(|| {
-            let mut r = MemReader::new(&data);
+            let mut r = MemReader::new(&mut data);
             fs.write(&ctx, ino, fh, &mut r, 1 << 20, 0, None, false, 0, 0)
                 .expect("write")
         })
@@ -165,7 +157,7 @@ fn benches(cr: &mut Criterion) {
         b.iter(|| {
             fs.setattr(&ctx, ino2, zero, Some(fh2), SetattrValid::SIZE)
                 .expect("truncate");
-            let mut r = MemReader::new(&data);
+            let mut r = MemReader::new(&mut data);
             fs.write(&ctx, ino2, fh2, &mut r, 1 << 20, 0, None, false, 0, 0)
                 .expect("write")
         })

@@ -61,10 +61,10 @@ fn benches(cr: &mut Criterion) {
                 .expect("read")
         })
     });
-    let data = vec![3u8; 1 << 20];
+    let mut data = vec![3u8; 1 << 20];
     g.bench_function("write_1m", |b| {
         b.iter(|| {
-            let mut r = MemReader::new(&data);
+            let mut r = MemReader::new(&mut data);
             fs.write(&ctx, ino, fh, &mut r, 1 << 20, 0, None, false, 0, 0)
                 .expect("write")
         })

@@ -16,7 +16,7 @@
 //! let args = CreateIn { flags: libc::O_RDWR as u32, mode: 0o644, umask: 0, fuse_flags: 0 };
 //! let (entry, fh, _, _) = fs.create(&ctx, ROOT_ID, &CString::new("f")?, args)?;
 //! let fh = fh.expect("MemFs returns handles");
-//! let mut src = MemReader::new(b"hello");
+//! let mut src = MemReader::copied(b"hello");
 //! fs.write(&ctx, entry.inode, fh, &mut src, 5, 0, None, false, 0, 0)?;
 //! let mut dst = MemWriter::new(16);
 //! fs.read(&ctx, entry.inode, fh, &mut dst, 16, 0, None, 0)?;
@@ -28,28 +28,73 @@ use std::io;
 
 use crate::{FileReadWriteVolatile, FileVolatileSlice, ZeroCopyReader, ZeroCopyWriter};
 
-/// A [`ZeroCopyReader`] over a byte slice: the data a `write` request carries.
+/// The bytes a [`MemReader`] hands out: borrowed exclusively, or owned.
+enum Source<'a> {
+    Borrowed(&'a mut [u8]),
+    Owned(Box<[u8]>),
+}
+
+/// A [`ZeroCopyReader`]: the data a `write` request carries.
+///
+/// The backend receives the bytes as a [`FileVolatileSlice`], which allows writes, so the
+/// reader needs exclusive access to them: either an exclusively borrowed buffer
+/// ([`new`](Self::new), no copy; a backend may in principle scribble on it) or its own copy
+/// ([`copied`](Self::copied)). No safe code can therefore write through memory that someone
+/// else reads as a shared `&[u8]`:
+///
+/// ```compile_fail
+/// # use boxfs::zero_copy::MemReader;
+/// let shared: &[u8] = b"read-only";
+/// let _r = MemReader::new(shared); // a shared borrow is not enough
+/// ```
 pub struct MemReader<'a> {
-    data: &'a [u8],
+    data: Source<'a>,
     pos: usize,
 }
 
 impl<'a> MemReader<'a> {
-    /// A reader that yields `data` once.
-    pub fn new(data: &'a [u8]) -> Self {
-        MemReader { data, pos: 0 }
+    /// A reader that yields `data` once, without copying it. The buffer is borrowed
+    /// exclusively because the backend is handed a writable view of it.
+    pub fn new(data: &'a mut [u8]) -> Self {
+        MemReader {
+            data: Source::Borrowed(data),
+            pos: 0,
+        }
+    }
+
+    /// A reader that yields a private copy of `data` once (for callers that only hold a
+    /// shared borrow).
+    pub fn copied(data: &[u8]) -> MemReader<'static> {
+        MemReader {
+            data: Source::Owned(data.into()),
+            pos: 0,
+        }
+    }
+
+    fn data(&self) -> &[u8] {
+        match &self.data {
+            Source::Borrowed(b) => b,
+            Source::Owned(b) => b,
+        }
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        match &mut self.data {
+            Source::Borrowed(b) => b,
+            Source::Owned(b) => b,
+        }
     }
 
     /// Bytes not yet consumed.
     pub fn remaining(&self) -> usize {
-        self.data.len() - self.pos
+        self.data().len() - self.pos
     }
 }
 
 impl io::Read for MemReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = buf.len().min(self.remaining());
-        buf[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
+        buf[..n].copy_from_slice(&self.data()[self.pos..self.pos + n]);
         self.pos += n;
         Ok(n)
     }
@@ -66,13 +111,14 @@ impl ZeroCopyReader for MemReader<'_> {
         if n == 0 {
             return Ok(0);
         }
-        let src = &self.data[self.pos..self.pos + n];
-        // SAFETY: the slice covers `n` initialised bytes borrowed for this call; the
-        // `write_at_volatile` side only reads from it, so the shared borrow is never written.
-        let slice = unsafe { FileVolatileSlice::from_raw_ptr(src.as_ptr() as *mut u8, n) };
+        let pos = self.pos;
+        let src = &mut self.bytes_mut()[pos..pos + n];
+        // SAFETY: `src` is exclusively borrowed for the whole call (nothing else can read or
+        // write it meanwhile), initialised, and `n` bytes long; the slice does not outlive it.
+        let slice = unsafe { FileVolatileSlice::from_mut_slice(src) };
         let done = f.write_at_volatile(slice, off)?;
         self.pos += done.min(n);
-        Ok(done)
+        Ok(done.min(n))
     }
 }
 
@@ -150,5 +196,46 @@ impl ZeroCopyWriter for MemWriter {
 
     fn available_bytes(&self) -> usize {
         self.limit.saturating_sub(self.buf.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A (safe) sink that scribbles on the slice it is handed, as any safe
+    /// `FileReadWriteVolatile` may.
+    struct Scribbler;
+
+    impl FileReadWriteVolatile for Scribbler {
+        fn read_volatile(&mut self, _slice: FileVolatileSlice) -> io::Result<usize> {
+            Ok(0)
+        }
+        fn write_volatile(&mut self, _slice: FileVolatileSlice) -> io::Result<usize> {
+            Ok(0)
+        }
+        fn read_at_volatile(&mut self, _slice: FileVolatileSlice, _off: u64) -> io::Result<usize> {
+            Ok(0)
+        }
+        fn write_at_volatile(&mut self, slice: FileVolatileSlice, _off: u64) -> io::Result<usize> {
+            let vs = slice.as_volatile_slice();
+            vs.copy_from(&vec![b'!'; slice.len()]);
+            Ok(slice.len())
+        }
+    }
+
+    #[test]
+    fn a_writing_sink_never_touches_shared_data() {
+        // Only the reader's own copy can change: the caller's shared bytes stay as they are.
+        let shared: &[u8] = b"constant";
+        let mut r = MemReader::copied(shared);
+        assert_eq!(r.read_to(&mut Scribbler, 8, 0).ok(), Some(8));
+        assert_eq!(shared, b"constant");
+        // With an exclusively borrowed buffer the sink may write into it, which is sound.
+        let mut buf = *b"mutable!";
+        let mut r = MemReader::new(&mut buf);
+        assert_eq!(r.read_to(&mut Scribbler, 8, 0).ok(), Some(8));
+        assert_eq!(r.remaining(), 0);
+        assert_eq!(&buf, b"!!!!!!!!");
     }
 }

@@ -57,7 +57,7 @@ fn write_all(fs: &Arc<dyn DynFileSystem>, data: &[u8]) {
         )
         .expect("open for writing");
     let h = h.expect("handle");
-    let mut r = MemReader::new(data);
+    let mut r = MemReader::copied(data);
     let n = fs
         .write(
             &ctx(),

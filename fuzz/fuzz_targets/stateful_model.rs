@@ -386,7 +386,7 @@ fn step(m: &mut Model, fs: &Fs, op: &Op) {
             let off = usize::from(off % 8192);
             let ino = fs.ino(&path);
             let fh = fs.open(ino);
-            let mut r = MemReader::new(data);
+            let mut r = MemReader::copied(data);
             let n = fs.fs.write(
                 &fs.ctx,
                 ino,

@@ -304,9 +304,10 @@ impl DualFs {
                 if got == 0 {
                     break;
                 }
-                let buf = w.into_inner();
+                let mut buf = w.into_inner();
                 if buf.iter().any(|&x| x != 0) {
-                    self.write_all(ctx, a, afh, &buf[..got], pos)?;
+                    let got = got.min(buf.len());
+                    self.write_all(ctx, a, afh, &mut buf[..got], pos)?;
                 }
                 pos += got as u64;
             }
@@ -328,28 +329,22 @@ impl DualFs {
         ctx: &Context,
         a: u64,
         afh: u64,
-        mut buf: &[u8],
+        mut buf: &mut [u8],
         mut pos: u64,
     ) -> io::Result<()> {
         while !buf.is_empty() {
-            let mut r = MemReader::new(buf);
-            let n = self.a().write(
-                ctx,
-                a,
-                afh,
-                &mut r,
-                buf.len() as u32,
-                pos,
-                None,
-                false,
-                0,
-                0,
-            )?;
+            let len = buf.len();
+            let mut r = MemReader::new(&mut *buf);
+            let n = self
+                .a()
+                .write(ctx, a, afh, &mut r, len as u32, pos, None, false, 0, 0)?;
+            drop(r);
             if n == 0 {
                 return Err(errno(libc::EIO));
             }
             // A backend claiming more than it was given is broken: fail the copy, never panic.
-            buf = buf.get(n..).ok_or_else(|| errno(libc::EIO))?;
+            let rest = std::mem::take(&mut buf);
+            buf = rest.get_mut(n..).ok_or_else(|| errno(libc::EIO))?;
             pos += n as u64;
         }
         Ok(())

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
+use super::cost;
 use super::data::FileData;
 use super::node::{Body, DirNode, Meta, Node};
 use super::{Handle, MemFs};
@@ -50,11 +51,12 @@ impl MemFs {
             return Err(errno(libc::ENOSPC));
         }
 
-        let extra = match kind {
-            NewKind::Symlink(target) => target.len() as u64,
-            _ => 0,
-        };
-        let bytes = name.len() as u64 + extra;
+        let bytes = cost::name(name.len() as u64)
+            + match kind {
+                NewKind::Symlink(target) => cost::INODE + cost::heap(target.len() as u64),
+                NewKind::Dir => cost::DIR_INODE,
+                NewKind::File | NewKind::Special { .. } => cost::INODE,
+            };
         self.usage.bytes.reserve(bytes)?;
         if let Err(e) = self.usage.inodes.reserve(1) {
             self.usage.bytes.release(bytes);
@@ -122,7 +124,7 @@ impl MemFs {
             }
         };
         let entry = self.entry_uncounted(&node);
-        let fh = self.new_handle(node, args.flags);
+        let fh = self.new_handle(node, args.flags, false);
         Ok((entry, Some(fh), self.cache.open_options(false), None))
     }
 
@@ -237,7 +239,7 @@ impl MemFs {
             if m.nlink == u32::MAX {
                 return Err(errno(libc::EMLINK));
             }
-            self.usage.bytes.reserve(name.len() as u64)?;
+            self.usage.bytes.reserve(cost::name(name.len() as u64))?;
             m.nlink += 1;
             m.ctime = super::node::Ts::now();
         }
@@ -277,14 +279,15 @@ impl MemFs {
                 }
             }
         }
-        let fh = self.new_handle(node, flags);
+        let fh = self.new_handle(node, flags, false);
         Ok((Some(fh), self.cache.open_options(false), None))
     }
 
-    pub(super) fn do_release(&self, handle: u64) -> io::Result<()> {
+    /// Releases handle `handle` of `inode` (a directory handle when `dir`).
+    pub(super) fn do_release(&self, inode: u64, handle: u64, dir: bool) -> io::Result<()> {
         let h: Arc<Handle> = self
             .handles
-            .remove(handle)
+            .remove_if(handle, |h| h.node.ino == inode && h.dir == dir)
             .ok_or_else(|| errno(libc::EBADF))?;
         self.unreserve_handle();
         // Dropping the handle may drop the last reference of an unlinked inode, which

@@ -1,17 +1,20 @@
-//! File contents as sparse fixed-size pages, and the zero-copy adapters that move bytes
-//! between pages and guest memory.
+//! File contents as an exact-size small-file buffer or sparse fixed-size pages, and the
+//! zero-copy adapters that move bytes between them and guest memory.
 //!
-//! Charging rule: a file is charged for the pages it has allocated, except that the bytes of
-//! the last page beyond end-of-file are not charged. A 10-byte file costs 10 bytes, a 1 GiB
-//! sparse file with one 4 KiB page written costs 4 KiB. Pages never exist wholly beyond EOF.
+//! Charging rule ([`super::cost`]): a file whose data lies within the first
+//! [`SMALL_FILE_MAX`] bytes keeps its written prefix in one exact-size buffer and is charged
+//! that buffer's heap size; past that it is charged a full page per allocated page. A 1-byte
+//! file costs 32 bytes, a 1 GiB sparse file with one 4 KiB page written (past the first)
+//! costs 4 KiB. Pages never exist wholly beyond EOF.
 
 use std::collections::BTreeMap;
 use std::io;
 
+use super::cost::{self, SMALL_FILE_MAX};
 use crate::{errno, FileReadWriteVolatile, FileVolatileSlice};
 
 /// Page size of file data.
-pub(crate) const PAGE: u64 = 4096;
+pub(crate) const PAGE: u64 = cost::PAGE;
 const PAGE_USIZE: usize = PAGE as usize;
 static ZEROES: [u8; PAGE_USIZE] = [0; PAGE_USIZE];
 
@@ -24,24 +27,24 @@ fn new_page() -> Box<Page> {
     Box::new([0; PAGE_USIZE])
 }
 
+/// `old` resized to exactly `len` bytes (zero-filled when it grows).
+fn resized(old: &[u8], len: usize) -> Box<[u8]> {
+    let mut v = Vec::with_capacity(len);
+    v.extend_from_slice(&old[..old.len().min(len)]);
+    v.resize(len, 0);
+    v.into_boxed_slice()
+}
+
 /// The contents of a regular file.
 #[derive(Default)]
 pub(crate) struct FileData {
+    /// Bytes `[0, small.len())` of a file that has no pages (the rest, up to `size`, reads
+    /// as zeroes). Empty once the file has pages.
+    small: Box<[u8]>,
     pages: BTreeMap<u64, Box<Page>>,
     size: u64,
     /// Bytes currently charged to the capacity for this file.
     charged: u64,
-}
-
-/// The charge of `n_pages` pages whose highest index is `last`, for a file of `size` bytes.
-fn charge_of(n_pages: u64, last: Option<u64>, size: u64) -> u64 {
-    match last {
-        None => 0,
-        Some(last) => {
-            let end = (last + 1) * PAGE;
-            n_pages * PAGE - end.saturating_sub(size).min(PAGE)
-        }
-    }
 }
 
 impl FileData {
@@ -54,19 +57,21 @@ impl FileData {
     }
 
     pub(crate) fn allocated_bytes(&self) -> u64 {
-        self.pages.len() as u64 * PAGE
-    }
-
-    fn last_page(&self) -> Option<u64> {
-        self.pages.keys().next_back().copied()
+        self.small.len() as u64 + self.pages.len() as u64 * PAGE
     }
 
     fn charge_now(&self) -> u64 {
-        charge_of(self.pages.len() as u64, self.last_page(), self.size)
+        cost::data(self.small.len() as u64, self.pages.len() as u64)
+    }
+
+    /// Whether data ending at `end` stays in the small buffer.
+    fn stays_small(&self, end: u64) -> bool {
+        self.pages.is_empty() && end <= SMALL_FILE_MAX
     }
 
     /// The charge this file would have once `[off, off + len)` is allocated and the size is
-    /// at least `off + len` (or unchanged when `keep_size`, clipping the range at EOF).
+    /// at least `off + len` (or unchanged when `keep_size`, clipping the range at EOF). An
+    /// upper bound of the charge after any prefix of that range is written.
     pub(crate) fn charge_after_alloc(&self, off: u64, len: u64, keep_size: bool) -> u64 {
         let end = if keep_size {
             (off + len).min(self.size)
@@ -76,23 +81,28 @@ impl FileData {
         if end <= off {
             return self.charge_now();
         }
+        if self.stays_small(end) {
+            return cost::data((self.small.len() as u64).max(end), 0);
+        }
         let first = off / PAGE;
         let last = (end - 1) / PAGE;
         let present = self.pages.range(first..=last).count() as u64;
-        let n_pages = self.pages.len() as u64 + (last - first + 1 - present);
-        let new_last = self.last_page().map_or(last, |l| l.max(last));
-        charge_of(n_pages, Some(new_last), self.size.max(end))
+        let mut n_pages = self.pages.len() as u64 + (last - first + 1 - present);
+        if !self.small.is_empty() && first > 0 {
+            // The small buffer moves to page 0.
+            n_pages += 1;
+        }
+        cost::data(0, n_pages)
     }
 
     /// The charge this file would have at `size` bytes.
     pub(crate) fn charge_after_truncate(&self, size: u64) -> u64 {
         if size >= self.size {
-            return charge_of(self.pages.len() as u64, self.last_page(), size);
+            return self.charge_now();
         }
+        let held = (self.small.len() as u64).min(size);
         let keep = size.div_ceil(PAGE);
-        let n = self.pages.range(..keep).count() as u64;
-        let last = self.pages.range(..keep).next_back().map(|(k, _)| *k);
-        charge_of(n, last, size)
+        cost::data(held, self.pages.range(..keep).count() as u64)
     }
 
     /// Re-derives the charge after a change; returns `(old, new)`.
@@ -102,9 +112,29 @@ impl FileData {
         (old, self.charged)
     }
 
-    /// Sets the size, freeing pages beyond it and zeroing the tail of the last one.
+    /// Moves the small buffer into page 0 (before the file gets pages).
+    fn spill(&mut self) {
+        if !self.small.is_empty() {
+            let mut p = new_page();
+            p[..self.small.len()].copy_from_slice(&self.small);
+            self.pages.insert(0, p);
+            self.small = Box::default();
+        }
+    }
+
+    /// Grows the small buffer to hold `[0, end)`.
+    fn grow_small(&mut self, end: u64) {
+        if (self.small.len() as u64) < end {
+            self.small = resized(&self.small, end as usize);
+        }
+    }
+
+    /// Sets the size, freeing data beyond it and zeroing the tail of the last page.
     pub(crate) fn set_size(&mut self, size: u64) {
         if size < self.size {
+            if (size as usize) < self.small.len() {
+                self.small = resized(&self.small, size as usize);
+            }
             let keep = size.div_ceil(PAGE);
             self.pages.split_off(&keep);
             let tail = (size % PAGE) as usize;
@@ -117,7 +147,7 @@ impl FileData {
         self.size = size;
     }
 
-    /// Allocates zeroed pages over `[off, off + len)` (clipped at EOF when `keep_size`) and
+    /// Allocates zeroed data over `[off, off + len)` (clipped at EOF when `keep_size`) and
     /// extends the size unless `keep_size`.
     pub(crate) fn allocate(&mut self, off: u64, len: u64, keep_size: bool) {
         let end = if keep_size {
@@ -126,8 +156,13 @@ impl FileData {
             off + len
         };
         if end > off {
-            for idx in off / PAGE..=(end - 1) / PAGE {
-                self.pages.entry(idx).or_insert_with(new_page);
+            if self.stays_small(end) {
+                self.grow_small(end);
+            } else {
+                self.spill();
+                for idx in off / PAGE..=(end - 1) / PAGE {
+                    self.pages.entry(idx).or_insert_with(new_page);
+                }
             }
         }
         if !keep_size && end > self.size {
@@ -135,10 +170,22 @@ impl FileData {
         }
     }
 
-    /// Zeroes `[off, off + len)` within EOF, freeing whole pages.
+    /// Zeroes `[off, off + len)` within EOF, freeing whole pages (or the small buffer's
+    /// tail).
     pub(crate) fn punch_hole(&mut self, off: u64, len: u64) {
         let end = off.saturating_add(len).min(self.size);
         if end <= off {
+            return;
+        }
+        if !self.small.is_empty() {
+            let held = self.small.len() as u64;
+            if off < held {
+                if end >= held {
+                    self.small = resized(&self.small, off as usize);
+                } else {
+                    self.small[off as usize..end as usize].fill(0);
+                }
+            }
             return;
         }
         let first_full = off.div_ceil(PAGE);
@@ -173,10 +220,17 @@ impl FileData {
         }
     }
 
-    /// `SEEK_DATA`: the first offset at or after `off` backed by a page.
+    /// `SEEK_DATA`: the first offset at or after `off` backed by data.
     pub(crate) fn seek_data(&self, off: u64) -> io::Result<u64> {
         if off >= self.size {
             return Err(errno(libc::ENXIO));
+        }
+        if !self.small.is_empty() {
+            return if off < self.small.len() as u64 {
+                Ok(off)
+            } else {
+                Err(errno(libc::ENXIO))
+            };
         }
         self.pages
             .range(off / PAGE..)
@@ -186,10 +240,13 @@ impl FileData {
             .ok_or_else(|| errno(libc::ENXIO))
     }
 
-    /// `SEEK_HOLE`: the first offset at or after `off` not backed by a page (EOF counts).
+    /// `SEEK_HOLE`: the first offset at or after `off` not backed by data (EOF counts).
     pub(crate) fn seek_hole(&self, off: u64) -> io::Result<u64> {
         if off >= self.size {
             return Err(errno(libc::ENXIO));
+        }
+        if !self.small.is_empty() {
+            return Ok(off.max(self.small.len() as u64).min(self.size));
         }
         let mut idx = off / PAGE;
         for (k, _) in self.pages.range(idx..) {
@@ -201,45 +258,73 @@ impl FileData {
         Ok((idx * PAGE).max(off).min(self.size))
     }
 
+    /// The bytes at `pos`, at most `max` of them (at least one when `max > 0`): a slice of
+    /// the small buffer, of a page, or of zeroes for a hole.
+    fn chunk_at(&self, pos: u64, max: usize) -> &[u8] {
+        if self.pages.is_empty() {
+            let held = self.small.len() as u64;
+            return if pos < held {
+                let s = pos as usize;
+                let n = ((held - pos) as usize).min(max);
+                &self.small[s..s + n]
+            } else {
+                &ZEROES[..max.min(PAGE_USIZE)]
+            };
+        }
+        let in_page = (pos % PAGE) as usize;
+        let n = (PAGE_USIZE - in_page).min(max);
+        match self.pages.get(&(pos / PAGE)) {
+            Some(p) => &p[in_page..in_page + n],
+            None => &ZEROES[..n],
+        }
+    }
+
     /// Copies file bytes at `off` into `dst` (holes read as zeroes), up to EOF.
     fn read_into(&self, dst: &FileVolatileSlice, off: u64) -> usize {
         let want = (dst.len() as u64).min(self.size.saturating_sub(off)) as usize;
         let vs = dst.as_volatile_slice();
         let mut done = 0usize;
         while done < want {
-            let pos = off + done as u64;
-            let in_page = (pos % PAGE) as usize;
-            let n = (PAGE_USIZE - in_page).min(want - done);
-            let src = match self.pages.get(&(pos / PAGE)) {
-                Some(p) => &p[in_page..in_page + n],
-                None => &ZEROES[..n],
-            };
-            match vs.subslice(done, n) {
+            let src = self.chunk_at(off + done as u64, want - done);
+            match vs.subslice(done, src.len()) {
                 Ok(part) => part.copy_from(src),
                 Err(_) => break,
             }
-            done += n;
+            done += src.len();
         }
         done
     }
 
-    /// Copies `src` into the file at `off`, allocating pages, never past `limit`.
+    /// Copies `src` into the file at `off`, allocating data, never past `limit`.
     fn write_from(&mut self, src: &FileVolatileSlice, off: u64, limit: u64) -> usize {
         let want = (src.len() as u64).min(limit.saturating_sub(off)) as usize;
+        if want == 0 {
+            return 0;
+        }
         let vs = src.as_volatile_slice();
         let mut done = 0usize;
-        while done < want {
-            let pos = off + done as u64;
-            let in_page = (pos % PAGE) as usize;
-            let n = (PAGE_USIZE - in_page).min(want - done);
-            let page = self.pages.entry(pos / PAGE).or_insert_with(new_page);
-            match vs.subslice(done, n) {
-                Ok(part) => {
-                    part.copy_to(&mut page[in_page..in_page + n]);
-                }
-                Err(_) => break,
+        let end = off + want as u64;
+        if self.stays_small(end) {
+            self.grow_small(end);
+            let s = off as usize;
+            if let Ok(part) = vs.subslice(0, want) {
+                done = part.copy_to(&mut self.small[s..s + want]);
             }
-            done += n;
+        } else {
+            self.spill();
+            while done < want {
+                let pos = off + done as u64;
+                let in_page = (pos % PAGE) as usize;
+                let n = (PAGE_USIZE - in_page).min(want - done);
+                let page = self.pages.entry(pos / PAGE).or_insert_with(new_page);
+                match vs.subslice(done, n) {
+                    Ok(part) => {
+                        part.copy_to(&mut page[in_page..in_page + n]);
+                    }
+                    Err(_) => break,
+                }
+                done += n;
+            }
         }
         let end = off + done as u64;
         if end > self.size {
@@ -327,23 +412,42 @@ mod tests {
     #[test]
     fn charge_rule() {
         let mut f = FileData::default();
-        assert_eq!(f.charge_after_alloc(0, 10, false), 10);
+        assert_eq!(f.charge_after_alloc(0, 10, false), cost::heap(10));
         f.allocate(0, 10, false);
         f.recharge();
-        assert_eq!(f.charged(), 10);
-        // Sparse: one page far away.
-        assert_eq!(f.charge_after_alloc(1 << 30, 4096, false), 4096 + 4096);
+        assert_eq!(f.charged(), cost::heap(10));
+        // Sparse: one page far away moves the small buffer to page 0.
+        assert_eq!(f.charge_after_alloc(1 << 30, 4096, false), 2 * PAGE);
         f.allocate(1 << 30, 4096, false);
         f.recharge();
-        assert_eq!(f.charged(), 8192);
-        assert_eq!(f.charge_after_truncate(5), 5);
+        assert_eq!(f.charged(), 2 * PAGE);
+        assert_eq!(f.charge_after_truncate(5), PAGE);
         f.set_size(5);
         f.recharge();
-        assert_eq!(f.charged(), 5);
+        assert_eq!(f.charged(), PAGE);
         f.punch_hole(0, 5);
         f.recharge();
         assert_eq!(f.size(), 5);
+        assert_eq!(f.charged(), 0);
         assert_eq!(f.seek_hole(0).ok(), Some(0));
+    }
+
+    #[test]
+    fn small_buffer_is_exact_and_reads_zeroes_beyond() {
+        let mut f = FileData::default();
+        f.allocate(0, 100, false);
+        f.small[..100].fill(7);
+        f.set_size(1000);
+        assert_eq!(f.small.len(), 100);
+        assert_eq!(f.chunk_at(50, 10), &[7u8; 10][..]);
+        assert_eq!(f.chunk_at(100, 10), &[0u8; 10][..]);
+        f.punch_hole(60, 1000);
+        assert_eq!(f.small.len(), 60);
+        assert_eq!(f.seek_hole(0).ok(), Some(60));
+        f.allocate(0, SMALL_FILE_MAX + 1, false);
+        assert!(f.small.is_empty());
+        assert_eq!(f.pages[&0][59], 7);
+        assert_eq!(f.pages.len(), 2);
     }
 
     #[test]

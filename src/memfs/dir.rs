@@ -7,7 +7,8 @@
 //!
 //! Memory: every name is stored once. Entries live in a vector in cookie order (cookies only
 //! grow, so appending keeps it sorted and a resumed listing finds its place by binary search);
-//! removal leaves a tombstone that is compacted away once tombstones outnumber live entries.
+//! removal leaves a tombstone that is compacted away once tombstones outnumber both the live
+//! entries and a small floor (`TOMBSTONES`), so names cost at most a few slots each.
 //! Lookup by name goes through a hash table of 4-byte positions into that vector, hashed with
 //! a randomly keyed SipHash (names come from the guest). About 45 bytes per entry plus the
 //! name, against ~135 for a `HashMap` by name plus a `BTreeMap` by cookie.
@@ -19,6 +20,14 @@ use hashbrown::HashTable;
 
 /// First cookie of a real entry.
 pub(crate) const FIRST_COOKIE: u64 = 3;
+
+/// Removed entries a directory may keep before compacting, however few live ones it has (so
+/// a small directory whose entries come and go does not compact every other removal).
+const TOMBSTONES: usize = 8;
+
+/// Slots a directory may keep beyond two per live entry before compaction gives them back
+/// (charged with the directory inode, see `cost::DIR_INODE`).
+const SLACK: usize = 16;
 
 /// Most names one directory holds (positions are 32-bit).
 const MAX_ENTRIES: usize = u32::MAX as usize - 1;
@@ -128,8 +137,10 @@ impl Dir {
         };
         slot.name = Box::default();
         self.live -= 1;
+        // Compacting once tombstones outnumber live entries keeps the vector within twice
+        // the live entries (what a name is charged for) at amortised constant cost.
         let dead = self.slots.len() - self.live;
-        if dead > 64 && dead > self.live {
+        if dead > self.live.max(TOMBSTONES) {
             self.compact();
         }
         Some(link)
@@ -139,9 +150,16 @@ impl Dir {
     /// correctly across a compaction).
     fn compact(&mut self) {
         self.slots.retain(|s| s.ino != 0);
-        self.slots.shrink_to(self.slots.len() * 2);
+        // Tables are only given back when well oversized: a small directory whose entries
+        // come and go keeps its few slots instead of reallocating on every compaction.
+        let len = self.slots.len();
+        if self.slots.capacity() > 2 * len + SLACK {
+            self.slots.shrink_to(len * 2);
+        }
         self.index.clear();
-        self.index.shrink_to(self.slots.len(), |_| 0);
+        if self.index.capacity() > 2 * len + SLACK {
+            self.index.shrink_to(len, |_| 0);
+        }
         for (pos, s) in self.slots.iter().enumerate() {
             let slots = &self.slots;
             self.index.insert_unique(hash(&s.name), pos as u32, |&p| {

@@ -5,6 +5,7 @@ use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use super::cost;
 use super::node::{Body, Meta, Node, Ts};
 use super::MemFs;
 use crate::{errno, name, Context, DirEntry, Entry, ROOT_ID};
@@ -30,16 +31,17 @@ impl MemFs {
         }
     }
 
-    /// Lists `inode` from `offset` (a cookie from a previous call, or 0). With `plus`, every
-    /// entry but `.` and `..` counts one guest reference, undone if the buffer was full.
+    /// Lists directory `node` from `offset` (a cookie from a previous call, or 0). With
+    /// `plus`, every entry but `.` and `..` counts one guest reference, undone if the buffer
+    /// was full.
     pub(super) fn do_readdir(
         &self,
-        inode: u64,
+        node: &Node,
         offset: u64,
         add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
         plus: bool,
     ) -> io::Result<()> {
-        let node = self.dir_node(inode)?;
+        let inode = node.ino;
         let dir = node.dir().ok_or_else(|| errno(libc::ENOTDIR))?;
         let entries = dir.entries.read();
         let dtype_dir = libc::DT_DIR as u32;
@@ -111,7 +113,7 @@ impl MemFs {
                 return Err(errno(libc::EISDIR));
             }
             entries.remove(name);
-            self.usage.bytes.release(name.len() as u64);
+            self.usage.bytes.release(cost::name(name.len() as u64));
             {
                 let mut m = node.meta.lock();
                 m.nlink = m.nlink.saturating_sub(1);
@@ -139,7 +141,7 @@ impl MemFs {
                 return Err(errno(libc::ENOTEMPTY));
             }
             entries.remove(name);
-            self.usage.bytes.release(name.len() as u64);
+            self.usage.bytes.release(cost::name(name.len() as u64));
             {
                 let mut m = node.meta.lock();
                 m.nlink = 0;
@@ -297,9 +299,19 @@ impl MemFs {
         // Reserve everything before changing anything: the growth in charged names. A
         // whiteout takes over the old name, which stays charged.
         let whiteout = flags & RENAME_WHITEOUT != 0;
-        let added = if dst.is_some() { 0 } else { nname.len() as u64 };
-        let removed = if whiteout { 0 } else { oname.len() as u64 };
-        let name_cost = added.saturating_sub(removed);
+        let added = if dst.is_some() {
+            0
+        } else {
+            cost::name(nname.len() as u64)
+        };
+        let removed = if whiteout {
+            0
+        } else {
+            cost::name(oname.len() as u64)
+        };
+        // The whiteout is a new inode.
+        let wo_cost = if whiteout { cost::INODE } else { 0 };
+        let name_cost = added.saturating_sub(removed) + wo_cost;
         self.usage.bytes.reserve(name_cost)?;
         if whiteout {
             if let Err(e) = self.usage.inodes.reserve(1) {

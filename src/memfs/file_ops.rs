@@ -36,12 +36,13 @@ fn file_data(node: &Node, other: i32) -> io::Result<&RwLock<FileData>> {
 impl MemFs {
     pub(super) fn do_read(
         &self,
+        inode: u64,
         handle: u64,
         w: &mut dyn ZeroCopyWriter,
         size: u32,
         offset: u64,
     ) -> io::Result<usize> {
-        let h = self.handle(handle)?;
+        let h = self.file_handle(inode, handle)?;
         if !readable(h.flags) {
             return Err(errno(libc::EBADF));
         }
@@ -67,16 +68,18 @@ impl MemFs {
         Ok(done)
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn do_write(
         &self,
         ctx: &Context,
+        inode: u64,
         handle: u64,
         r: &mut dyn ZeroCopyReader,
         size: u32,
         offset: u64,
         fuse_flags: u32,
     ) -> io::Result<usize> {
-        let h = self.handle(handle)?;
+        let h = self.file_handle(inode, handle)?;
         if !writable(h.flags) {
             return Err(errno(libc::EBADF));
         }
@@ -138,12 +141,13 @@ impl MemFs {
 
     pub(super) fn do_fallocate(
         &self,
+        inode: u64,
         handle: u64,
         mode: u32,
         offset: u64,
         length: u64,
     ) -> io::Result<()> {
-        let h = self.handle(handle)?;
+        let h = self.file_handle(inode, handle)?;
         if !writable(h.flags) {
             return Err(errno(libc::EBADF));
         }
@@ -200,8 +204,14 @@ impl MemFs {
         Ok(())
     }
 
-    pub(super) fn do_lseek(&self, handle: u64, offset: u64, whence: u32) -> io::Result<u64> {
-        let h = self.handle(handle)?;
+    pub(super) fn do_lseek(
+        &self,
+        inode: u64,
+        handle: u64,
+        offset: u64,
+        whence: u32,
+    ) -> io::Result<u64> {
+        let h = self.file_handle(inode, handle)?;
         let Some(data) = h.node.file() else {
             return Err(errno(libc::EINVAL));
         };

@@ -26,12 +26,11 @@ impl MemFs {
         handle: Option<u64>,
         valid: SetattrValid,
     ) -> io::Result<(stat64, Duration)> {
+        // A handle, when given, must be one opened on `inode` (it keeps an unlinked file
+        // reachable for ftruncate).
         let node = match handle {
-            Some(fh) if valid.contains(SetattrValid::SIZE) => match self.handle(fh) {
-                Ok(h) => h.node.clone(),
-                Err(_) => self.node(inode)?,
-            },
-            _ => self.node(inode)?,
+            Some(fh) => self.any_handle(inode, fh)?.node.clone(),
+            None => self.node(inode)?,
         };
         if valid.contains(SetattrValid::SIZE) {
             let size = attr.st_size as u64;

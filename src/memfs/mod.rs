@@ -2,27 +2,37 @@
 //!
 //! For scratch space and ephemeral guests: nothing touches the host's disk.
 //!
-//! * **Limits.** Capacity is a hard limit on the bytes charged: file data (page-granular,
-//!   see below), symlink targets, xattr names and values, and directory entry names. No
-//!   sequence of requests, concurrent or not, makes the charged total exceed it: every
-//!   request reserves what it needs before changing anything and fails with `ENOSPC`
+//! * **Limits.** Capacity is a hard limit on the bytes charged, and everything a guest can
+//!   make is charged what it really occupies in memory ([`cost`]): each inode, each name
+//!   (hard links included), each xattr, symlink targets, and file data (an exact-size buffer
+//!   for small files, whole 4 KiB pages beyond). No sequence of requests, concurrent or not,
+//!   makes the charged total exceed it: every request reserves what it needs before changing anything and fails with `ENOSPC`
 //!   otherwise, leaving no partial effect. In particular **a write that does not fit writes
 //!   nothing** (it is not shortened). Inodes are limited the same way. Freed space (last link,
 //!   last handle and the guest's last reference gone — the kernel forgets an unlinked inode
 //!   promptly —, truncate, punch-hole, xattr removal) is returned exactly.
-//! * **Sparse files.** Data lives in 4 KiB pages allocated on first write; a file is charged
-//!   for its allocated pages, minus the bytes of its last page beyond end-of-file. A 1 GiB
-//!   file with 4 KiB written costs 4 KiB.
+//! * **Sparse files.** Data past the first 4 KiB lives in 4 KiB pages allocated on first
+//!   write; a file is charged for its allocated pages. A 1 GiB file with 4 KiB written
+//!   (past its first page) costs 4 KiB.
+//! * **Memory ceiling.** Because every charge bounds real heap use, the memory a MemFs holds
+//!   is at most [`MemFs::memory_ceiling`]: `capacity + capacity / 32` (page bookkeeping) `+
+//!   128 × max_handles + 256 KiB`, independent of the inode limit. The daemon's RSS is that
+//!   plus its own fixed base (binary, libraries, threads, virtqueue buffers).
+//!   `tests/memfs_memory.rs` fills a MemFs every way a guest can and checks the process RSS
+//!   against it. The bound is on memory in use: after heavy churn (many small objects
+//!   deleted, then large ones made) the C allocator may keep freed memory in its free lists,
+//!   so RSS can stay above it until the allocator reuses or trims that memory.
 //! * **Concurrency.** Inodes and handles live in sharded maps; each file's data has its own
 //!   reader-writer lock, so I/O on different files never shares a lock and reads of one file
 //!   run in parallel. Bytes move between pages and guest memory without intermediate copies.
 //! * **Permissions** are checked by the guest kernel (virtio-fs mounts use
 //!   `default_permissions`); `access` answers from the mode bits.
-//! * **Memory.** Fixed overhead per inode is under 256 bytes plus the name: measured by
-//!   `tests/memfs_limits.rs` (`per_inode_overhead`) at about 243 bytes plus a 16-byte name for
-//!   an empty file (the inode with its metadata and page map ~160, its directory entry ~45
-//!   plus the name, which is stored once, and its inode-table slot ~14). Data pages, xattrs
-//!   and symlink targets come on top, and are charged to the capacity.
+//! * **Memory per inode.** An empty file with one name allocates about 275 bytes plus its
+//!   name (`tests/memfs_limits.rs`, `per_inode_overhead`: the inode with its metadata and
+//!   data header ~190, its directory entry ~45 plus the name, its inode-table slot ~14,
+//!   allocator headers not counted); it is charged
+//!   [`cost::INODE`] + [`cost::name`]`(len)` = 480 + heap(len), which covers allocator
+//!   headers and table growth slack.
 //!
 //! ```
 //! use boxfs::memfs::MemFs;
@@ -39,6 +49,7 @@
 #![allow(clippy::unnecessary_cast)]
 
 mod accounting;
+pub mod cost;
 mod create_ops;
 mod data;
 mod dir;
@@ -67,11 +78,13 @@ use accounting::Usage;
 use node::{Body, DirNode, Meta, Node};
 use shards::ShardedMap;
 
-/// An open file: the inode (kept alive while open) and the open flags.
+/// An open file or directory: the inode (kept alive while open) and the open flags.
 struct Handle {
     fh: u64,
     node: Arc<Node>,
     flags: u32,
+    /// Made by `opendir` (only directory operations accept it).
+    dir: bool,
 }
 
 impl shards::Keyed for Arc<Handle> {
@@ -105,7 +118,7 @@ pub struct MemFs {
 #[derive(Clone, Debug)]
 pub struct MemFsBuilder {
     capacity: u64,
-    max_inodes: u64,
+    max_inodes: Option<u64>,
     max_handles: u64,
     cache: CachePolicy,
     root_mode: u32,
@@ -117,7 +130,7 @@ impl Default for MemFsBuilder {
     fn default() -> Self {
         MemFsBuilder {
             capacity: 1 << 30,
-            max_inodes: 1 << 20,
+            max_inodes: None,
             max_handles: 1 << 16,
             cache: CachePolicy::Always,
             root_mode: 0o755,
@@ -134,9 +147,12 @@ impl MemFsBuilder {
         self
     }
 
-    /// Hard limit on inodes, the root included (default 1 048 576).
+    /// Hard limit on inodes, the root included. The default is what the capacity can hold
+    /// at [`cost::INODE`] bytes each, between 16 and 1 048 576 (3 276 for 1 MiB,
+    /// 209 715 for 64 MiB), so `statfs` reports a file count that can really be reached.
+    /// Memory does not depend on it: every inode is charged to the capacity.
     pub fn max_inodes(mut self, n: u64) -> Self {
-        self.max_inodes = n;
+        self.max_inodes = Some(n);
         self
     }
 
@@ -176,12 +192,15 @@ impl MemFsBuilder {
                 "MemFs capacity must be > 0".into(),
             ));
         }
-        if self.max_inodes < 1 {
+        let max_inodes = self
+            .max_inodes
+            .unwrap_or_else(|| default_max_inodes(self.capacity));
+        if max_inodes < 1 {
             return Err(crate::Error::InvalidConfig(
                 "MemFs max_inodes must be >= 1 (the root)".into(),
             ));
         }
-        let usage = Arc::new(Usage::new(self.capacity, self.max_inodes));
+        let usage = Arc::new(Usage::new(self.capacity, max_inodes));
         usage
             .inodes
             .reserve(1)
@@ -217,6 +236,11 @@ impl MemFsBuilder {
     }
 }
 
+/// The inode limit when none is set: what `capacity` holds at [`cost::INODE`] bytes each.
+fn default_max_inodes(capacity: u64) -> u64 {
+    (capacity / cost::INODE).clamp(16, 1 << 20)
+}
+
 /// Space and inode usage of a [`MemFs`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MemFsUsage {
@@ -228,10 +252,13 @@ pub struct MemFsUsage {
     pub inodes_used: u64,
     /// The inode limit.
     pub max_inodes: u64,
+    /// Files and directories open now (handles the guest has not released).
+    pub open_handles: u64,
 }
 
 impl MemFs {
-    /// A builder with the defaults: 1 GiB, 1 048 576 inodes, [`CachePolicy::Always`].
+    /// A builder with the defaults: 1 GiB, inodes derived from the capacity (1 048 576 for
+    /// 1 GiB), [`CachePolicy::Always`].
     pub fn builder() -> MemFsBuilder {
         MemFsBuilder::default()
     }
@@ -243,7 +270,23 @@ impl MemFs {
             capacity: self.usage.bytes.limit(),
             inodes_used: self.usage.inodes.used(),
             max_inodes: self.usage.inodes.limit(),
+            open_handles: self.open_handles.load(Ordering::Acquire),
         }
+    }
+
+    /// The most heap memory this filesystem can hold, whatever the guest does:
+    /// `capacity + capacity / 32 + 128 × max_handles + 256 KiB`.
+    ///
+    /// Everything a guest makes is charged at least the heap it occupies ([`cost`]), and the
+    /// charged total never exceeds the capacity; on top come the page maps' bookkeeping (at
+    /// most 128 bytes per 4 KiB page, `capacity / 32`), open handles (not charged, limited by
+    /// `max_handles`) and a fixed base. A daemon serving one MemFs has an RSS of at most this
+    /// plus its own fixed base.
+    pub fn memory_ceiling(&self) -> u64 {
+        let cap = self.usage.bytes.limit();
+        cap.saturating_add(cap / cost::PAGE_OVERHEAD_DIVISOR)
+            .saturating_add(self.max_handles.saturating_mul(cost::HANDLE))
+            .saturating_add(cost::BASE)
     }
 
     /// Number of inodes in the inode table (linked or still known to the guest).
@@ -264,8 +307,26 @@ impl MemFs {
         }
     }
 
-    fn handle(&self, fh: u64) -> io::Result<Arc<Handle>> {
-        self.handles.get(fh).ok_or_else(|| errno(libc::EBADF))
+    /// The open handle `fh` if it was opened on `inode` by `open`/`create` (`dir == false`)
+    /// or `opendir` (`dir == true`); `EBADF` otherwise, as PassthroughFs answers.
+    fn handle_of(&self, inode: u64, fh: u64, dir: bool) -> io::Result<Arc<Handle>> {
+        match self.handles.get(fh) {
+            Some(h) if h.node.ino == inode && h.dir == dir => Ok(h),
+            _ => Err(errno(libc::EBADF)),
+        }
+    }
+
+    /// A file handle of `inode` (see [`handle_of`](Self::handle_of)).
+    fn file_handle(&self, inode: u64, fh: u64) -> io::Result<Arc<Handle>> {
+        self.handle_of(inode, fh, false)
+    }
+
+    /// Any handle (file or directory) opened on `inode`; `EBADF` otherwise.
+    fn any_handle(&self, inode: u64, fh: u64) -> io::Result<Arc<Handle>> {
+        match self.handles.get(fh) {
+            Some(h) if h.node.ino == inode => Ok(h),
+            _ => Err(errno(libc::EBADF)),
+        }
     }
 
     /// Takes one of the `max_handles` slots (`ENFILE` when none is left).
@@ -283,10 +344,29 @@ impl MemFs {
     }
 
     /// Registers a handle in a slot taken with [`reserve_handle`](Self::reserve_handle).
-    fn new_handle(&self, node: Arc<Node>, flags: u32) -> u64 {
+    fn new_handle(&self, node: Arc<Node>, flags: u32, dir: bool) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.handles.insert(Arc::new(Handle { fh, node, flags }));
+        self.handles.insert(Arc::new(Handle {
+            fh,
+            node,
+            flags,
+            dir,
+        }));
         fh
+    }
+
+    /// Ends the guest's session as the kernel does on unmount: every open handle is released
+    /// and every lookup reference forgotten. Inodes no name links any more (unlinked while
+    /// open or held) are freed and their bytes uncharged; the linked tree stays.
+    fn end_session(&self) {
+        for h in self.handles.drain() {
+            self.unreserve_handle();
+            drop(h);
+        }
+        for node in self.nodes.values() {
+            node.lookups.store(0, Ordering::Release);
+            self.maybe_evict(&node);
+        }
     }
 
     /// The entry for `node`, counting one guest reference.
@@ -333,6 +413,13 @@ impl FileSystem for MemFs {
         Ok(capable & platform::wanted_options())
     }
 
+    /// Ends the guest's session as the kernel does on unmount: releases every open handle
+    /// and forgets every lookup reference. Inodes no name links (unlinked while open or
+    /// held) are freed and uncharged; the linked tree stays, and `init` starts afresh.
+    fn destroy(&self) {
+        self.end_session()
+    }
+
     fn lookup(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {
         self.do_lookup(ctx, parent, name)
     }
@@ -345,8 +432,11 @@ impl FileSystem for MemFs {
         &self,
         _ctx: &Context,
         inode: u64,
-        _handle: Option<u64>,
+        handle: Option<u64>,
     ) -> io::Result<(stat64, Duration)> {
+        if let Some(fh) = handle {
+            return Ok((self.any_handle(inode, fh)?.node.stat(), self.timeout()));
+        }
         Ok((self.node(inode)?.stat(), self.timeout()))
     }
 
@@ -451,7 +541,7 @@ impl FileSystem for MemFs {
     fn read(
         &self,
         _ctx: &Context,
-        _inode: u64,
+        inode: u64,
         handle: u64,
         w: &mut dyn ZeroCopyWriter,
         size: u32,
@@ -459,13 +549,13 @@ impl FileSystem for MemFs {
         _lock_owner: Option<u64>,
         _flags: u32,
     ) -> io::Result<usize> {
-        self.do_read(handle, w, size, offset)
+        self.do_read(inode, handle, w, size, offset)
     }
 
     fn write(
         &self,
         ctx: &Context,
-        _inode: u64,
+        inode: u64,
         handle: u64,
         r: &mut dyn ZeroCopyReader,
         size: u32,
@@ -475,43 +565,45 @@ impl FileSystem for MemFs {
         _flags: u32,
         fuse_flags: u32,
     ) -> io::Result<usize> {
-        self.do_write(ctx, handle, r, size, offset, fuse_flags)
+        self.do_write(ctx, inode, handle, r, size, offset, fuse_flags)
     }
 
-    fn flush(&self, _ctx: &Context, _inode: u64, handle: u64, _owner: u64) -> io::Result<()> {
-        self.handle(handle).map(|_| ())
+    fn flush(&self, _ctx: &Context, inode: u64, handle: u64, _owner: u64) -> io::Result<()> {
+        self.file_handle(inode, handle).map(|_| ())
     }
 
-    fn fsync(&self, _ctx: &Context, _inode: u64, _ds: bool, handle: u64) -> io::Result<()> {
-        self.handle(handle).map(|_| ())
+    fn fsync(&self, _ctx: &Context, inode: u64, _ds: bool, handle: u64) -> io::Result<()> {
+        self.file_handle(inode, handle).map(|_| ())
     }
 
     fn fallocate(
         &self,
         _ctx: &Context,
-        _inode: u64,
+        inode: u64,
         handle: u64,
         mode: u32,
         offset: u64,
         length: u64,
     ) -> io::Result<()> {
-        self.do_fallocate(handle, mode, offset, length)
+        self.do_fallocate(inode, handle, mode, offset, length)
     }
 
     fn release(
         &self,
         _ctx: &Context,
-        _inode: u64,
+        inode: u64,
         _flags: u32,
         handle: u64,
         _flush: bool,
         _flock_release: bool,
         _lock_owner: Option<u64>,
     ) -> io::Result<()> {
-        self.do_release(handle)
+        self.do_release(inode, handle, false)
     }
 
-    fn statfs(&self, _ctx: &Context, _inode: u64) -> io::Result<statvfs64> {
+    fn statfs(&self, _ctx: &Context, inode: u64) -> io::Result<statvfs64> {
+        // A node id never handed out (or forgotten) is refused, as PassthroughFs does.
+        self.node(inode)?;
         Ok(self.do_statfs())
     }
 
@@ -548,42 +640,46 @@ impl FileSystem for MemFs {
         &self,
         _ctx: &Context,
         inode: u64,
-        _flags: u32,
+        flags: u32,
     ) -> io::Result<(Option<u64>, OpenOptions)> {
-        self.dir_node(inode)?;
-        Ok((None, self.cache.open_options(true)))
+        let node = self.dir_node(inode)?;
+        self.reserve_handle()?;
+        let fh = self.new_handle(node, flags, true);
+        Ok((Some(fh), self.cache.open_options(true)))
     }
 
     fn readdir(
         &self,
         _ctx: &Context,
         inode: u64,
-        _handle: u64,
+        handle: u64,
         _size: u32,
         offset: u64,
         add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>,
     ) -> io::Result<()> {
-        self.do_readdir(inode, offset, &mut |d, _| add_entry(d), false)
+        let h = self.handle_of(inode, handle, true)?;
+        self.do_readdir(&h.node, offset, &mut |d, _| add_entry(d), false)
     }
 
     fn readdirplus(
         &self,
         _ctx: &Context,
         inode: u64,
-        _handle: u64,
+        handle: u64,
         _size: u32,
         offset: u64,
         add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
     ) -> io::Result<()> {
-        self.do_readdir(inode, offset, add_entry, true)
+        let h = self.handle_of(inode, handle, true)?;
+        self.do_readdir(&h.node, offset, add_entry, true)
     }
 
-    fn fsyncdir(&self, _ctx: &Context, inode: u64, _ds: bool, _handle: u64) -> io::Result<()> {
-        self.dir_node(inode).map(|_| ())
+    fn fsyncdir(&self, _ctx: &Context, inode: u64, _ds: bool, handle: u64) -> io::Result<()> {
+        self.handle_of(inode, handle, true).map(|_| ())
     }
 
-    fn releasedir(&self, _ctx: &Context, _inode: u64, _flags: u32, _fh: u64) -> io::Result<()> {
-        Ok(())
+    fn releasedir(&self, _ctx: &Context, inode: u64, _flags: u32, fh: u64) -> io::Result<()> {
+        self.do_release(inode, fh, true)
     }
 
     fn access(&self, ctx: &Context, inode: u64, mask: u32) -> io::Result<()> {
@@ -593,11 +689,11 @@ impl FileSystem for MemFs {
     fn lseek(
         &self,
         _ctx: &Context,
-        _inode: u64,
+        inode: u64,
         handle: u64,
         offset: u64,
         whence: u32,
     ) -> io::Result<u64> {
-        self.do_lseek(handle, offset, whence)
+        self.do_lseek(inode, handle, offset, whence)
     }
 }

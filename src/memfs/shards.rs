@@ -60,19 +60,39 @@ impl<T: Keyed> ShardedMap<T> {
         }
     }
 
-    pub(crate) fn remove(&self, key: u64) -> Option<T> {
-        self.remove_if(key, |_| true)
-    }
-
     /// Removes `key` only if `pred` holds for its value, deciding under the shard's lock.
     pub(crate) fn remove_if(&self, key: u64, pred: impl FnOnce(&T) -> bool) -> Option<T> {
         let mut shard = self.shard(key).write();
         let entry = shard.find_entry(hash(key), |v| v.key() == key).ok()?;
-        if pred(entry.get()) {
-            Some(entry.remove().0)
-        } else {
-            None
+        if !pred(entry.get()) {
+            return None;
         }
+        let value = entry.remove().0;
+        // Give back a table that emptied out (its slots are part of what an inode is
+        // charged); halving at a quarter full keeps this amortised O(1).
+        if shard.capacity() > 64 && shard.len() * 4 < shard.capacity() {
+            let len = shard.len();
+            shard.shrink_to(len * 2, |v| hash(v.key()));
+        }
+        Some(value)
+    }
+
+    /// Removes and returns every value.
+    pub(crate) fn drain(&self) -> Vec<T> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            out.extend(std::mem::take(&mut *shard.write()));
+        }
+        out
+    }
+
+    /// A snapshot of every value.
+    pub(crate) fn values(&self) -> Vec<T> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            out.extend(shard.read().iter().cloned());
+        }
+        out
     }
 
     pub(crate) fn len(&self) -> usize {

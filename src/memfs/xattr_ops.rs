@@ -4,6 +4,7 @@
 use std::ffi::CStr;
 use std::io;
 
+use super::cost;
 use super::node::Ts;
 use super::MemFs;
 use crate::{errno, name, GetxattrReply, ListxattrReply};
@@ -44,8 +45,8 @@ impl MemFs {
         }
         match pos {
             Some(i) => {
-                let old = m.xattrs[i].1.len() as u64;
-                let new = value.len() as u64;
+                let old = cost::heap(m.xattrs[i].1.len() as u64);
+                let new = cost::heap(value.len() as u64);
                 if new > old {
                     self.usage.bytes.reserve(new - old)?;
                 } else {
@@ -56,7 +57,7 @@ impl MemFs {
             None => {
                 self.usage
                     .bytes
-                    .reserve((name.len() + value.len()) as u64)?;
+                    .reserve(cost::xattr(name.len() as u64, value.len() as u64))?;
                 m.xattrs.push((name.into(), value.into()));
             }
         }
@@ -115,7 +116,9 @@ impl MemFs {
             .position(|(n, _)| &n[..] == name)
             .ok_or_else(|| errno(libc::ENODATA))?;
         let (n, v) = m.xattrs.swap_remove(i);
-        self.usage.bytes.release((n.len() + v.len()) as u64);
+        self.usage
+            .bytes
+            .release(cost::xattr(n.len() as u64, v.len() as u64));
         m.ctime = Ts::now();
         Ok(())
     }

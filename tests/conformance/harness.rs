@@ -118,7 +118,7 @@ impl H<'_> {
     }
 
     pub fn write(&self, ino: u64, fh: u64, off: u64, data: &[u8]) -> io::Result<usize> {
-        let mut r = MemReader::new(data);
+        let mut r = MemReader::copied(data);
         self.fs.write(
             &self.ctx,
             ino,
