@@ -40,7 +40,7 @@ fn fill(fs: &dyn DynFileSystem) {
     };
     let (e, fh, _, _) = fs.create(&ctx, d.inode, &c("f"), args).expect("create");
     let chunk: Vec<u8> = (0..FILE_SIZE).map(|i| (i % 251) as u8).collect();
-    let mut r = MemReader::new(&chunk);
+    let mut r = MemReader::copied(&chunk);
     fs.write(
         &ctx,
         e.inode,

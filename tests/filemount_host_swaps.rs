@@ -60,7 +60,7 @@ fn truncate(fs: &Arc<dyn DynFileSystem>) -> std::io::Result<()> {
 
 fn write(fs: &Arc<dyn DynFileSystem>, data: &[u8]) -> std::io::Result<()> {
     let h = open(fs, libc::O_WRONLY | libc::O_TRUNC)?;
-    let mut r = MemReader::new(data);
+    let mut r = MemReader::copied(data);
     let n = fs.write(
         &ctx(),
         FILE_INODE,

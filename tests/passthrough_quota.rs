@@ -49,7 +49,7 @@ fn hooked_write(
     hook: impl FnMut(),
 ) -> io::Result<usize> {
     let mut r = HookedReader {
-        inner: MemReader::new(data),
+        inner: MemReader::copied(data),
         hook,
     };
     fs.write(

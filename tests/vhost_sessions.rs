@@ -212,7 +212,6 @@ fn reconnect_cycles_hold_nothing_passthrough_tracked() {
 }
 
 #[test]
-#[ignore = "needs backend destroy (merge)"]
 fn reconnect_cycles_hold_nothing_memfs() {
     let mem = memfs();
     let m = mem.clone();

@@ -24,7 +24,7 @@ fn volume(tag: &[u8]) -> Arc<dyn DynFileSystem> {
         fuse_flags: 0,
     };
     let (e, fh, _, _) = fs.create(&ctx, ROOT_ID, &c("id"), args).expect("create");
-    let mut r = MemReader::new(tag);
+    let mut r = MemReader::copied(tag);
     fs.write(
         &ctx,
         e.inode,

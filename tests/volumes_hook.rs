@@ -74,7 +74,7 @@ fn create(fs: &dyn DynFileSystem, dir: u64, name: &str, data: &[u8]) -> u64 {
         fuse_flags: 0,
     };
     let (e, fh, _, _) = fs.create(&ctx, dir, &c(name), args).expect("create");
-    let mut r = MemReader::new(data);
+    let mut r = MemReader::copied(data);
     fs.write(
         &ctx,
         e.inode,

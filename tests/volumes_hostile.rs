@@ -45,7 +45,7 @@ fn create(fs: &dyn DynFileSystem, dir: u64, name: &str) -> std::io::Result<(u64,
 
 fn put(fs: &dyn DynFileSystem, dir: u64, name: &str, data: &[u8]) -> u64 {
     let (ino, fh) = create(fs, dir, name).expect("create");
-    let mut r = MemReader::new(data);
+    let mut r = MemReader::copied(data);
     fs.write(
         &ctx(),
         ino,
@@ -148,7 +148,7 @@ fn handles_of_one_volume_are_ebadf_in_another() {
     assert_eq!(errno(read(&vfs, fb, ha)), libc::EBADF);
     assert_eq!(errno(read(&vfs, fa, hb)), libc::EBADF);
     assert_eq!(errno(vfs.getattr(&ctx(), fb, Some(ha))), libc::EBADF);
-    let mut r = MemReader::new(b"X");
+    let mut r = MemReader::copied(b"X");
     assert_eq!(
         errno(vfs.write(&ctx(), fb, ha, &mut r, 1, 0, None, false, 0, 0)),
         libc::EBADF
@@ -314,7 +314,7 @@ fn readonly_volumes_answer_erofs() {
         .open(&ctx(), f, libc::O_RDONLY as u32, 0)
         .expect("read-only open");
     assert_eq!(read(&vfs, f, fh.unwrap_or(0)).expect("read"), b"data");
-    let mut r = MemReader::new(b"x");
+    let mut r = MemReader::copied(b"x");
     assert_eq!(
         errno(vfs.write(&ctx(), f, fh.unwrap_or(0), &mut r, 1, 0, None, false, 0, 0)),
         libc::EROFS
@@ -436,7 +436,7 @@ fn forced_detach_ends_open_handles_and_frees_the_volume() {
     vfs.detach("/v", DetachMode::Force).expect("forced");
     assert_eq!(destroys.0.load(Ordering::SeqCst), 1);
     assert_eq!(errno(read(&vfs, f, fh)), libc::ESTALE);
-    let mut r = MemReader::new(b"late");
+    let mut r = MemReader::copied(b"late");
     assert_eq!(
         errno(vfs.write(&ctx(), f, fh, &mut r, 4, 0, None, false, 0, 0)),
         libc::ESTALE

@@ -55,7 +55,7 @@ fn put(fs: &dyn DynFileSystem, dir: u64, name: &str, data: &[u8]) -> u64 {
     };
     let (e, fh, _, _) = fs.create(&ctx(), dir, &c(name), args).expect("create");
     let fh = fh.unwrap_or(0);
-    let mut r = MemReader::new(data);
+    let mut r = MemReader::copied(data);
     fs.write(
         &ctx(),
         e.inode,
@@ -455,7 +455,7 @@ fn host_file_volume_through_root_name() {
     let (fh, _, _) = vfs
         .open(&ctx(), f.inode, libc::O_WRONLY as u32, 0)
         .expect("open rw");
-    let mut r = MemReader::new(b"KEY");
+    let mut r = MemReader::copied(b"KEY");
     vfs.write(
         &ctx(),
         f.inode,
