@@ -110,6 +110,11 @@ pub struct MemFs {
     max_handles: u64,
     usage: Arc<Usage>,
     cache: CachePolicy,
+    /// Entry and attribute timeouts handed to the guest.
+    entry_timeout: Duration,
+    attr_timeout: Duration,
+    /// The guest may keep a writeback cache.
+    writeback: bool,
     /// Serialises operations that lock two directories (rename, rmdir).
     rename_lock: Mutex<()>,
 }
@@ -121,6 +126,8 @@ pub struct MemFsBuilder {
     max_inodes: Option<u64>,
     max_handles: u64,
     cache: CachePolicy,
+    timeouts: Option<(Duration, Duration)>,
+    writeback: bool,
     root_mode: u32,
     root_uid: u32,
     root_gid: u32,
@@ -133,6 +140,8 @@ impl Default for MemFsBuilder {
             max_inodes: None,
             max_handles: 1 << 16,
             cache: CachePolicy::Always,
+            timeouts: None,
+            writeback: false,
             root_mode: 0o755,
             root_uid: 0,
             root_gid: 0,
@@ -163,9 +172,24 @@ impl MemFsBuilder {
         self
     }
 
-    /// Guest cache policy (default [`CachePolicy::Always`]: memory is authoritative).
+    /// Guest cache policy (default [`CachePolicy::Always`]: memory is authoritative); also
+    /// sets the entry and attribute timeouts unless [`timeouts`](Self::timeouts) is called.
     pub fn cache_policy(mut self, cache: CachePolicy) -> Self {
         self.cache = cache;
+        self
+    }
+
+    /// Explicit entry and attribute timeouts, overriding the cache policy's.
+    pub fn timeouts(mut self, entry: Duration, attr: Duration) -> Self {
+        self.timeouts = Some((entry, attr));
+        self
+    }
+
+    /// Let the guest use a writeback cache (default `false`): it then keeps dirty pages and
+    /// writes them back later, reads pages of files it opened write-only, and appends
+    /// itself. Safe here, since nothing but the guest changes a MemFs.
+    pub fn writeback(mut self, on: bool) -> Self {
+        self.writeback = on;
         self
     }
 
@@ -231,6 +255,9 @@ impl MemFsBuilder {
             max_handles: self.max_handles,
             usage,
             cache: self.cache,
+            entry_timeout: self.timeouts.map_or(self.cache.timeout(), |t| t.0),
+            attr_timeout: self.timeouts.map_or(self.cache.timeout(), |t| t.1),
+            writeback: self.writeback,
             rename_lock: Mutex::new(()),
         })
     }
@@ -346,6 +373,19 @@ impl MemFs {
     /// Registers a handle in a slot taken with [`reserve_handle`](Self::reserve_handle).
     fn new_handle(&self, node: Arc<Node>, flags: u32, dir: bool) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        // With a writeback cache the guest reads back pages of write-only files and appends
+        // itself (at the offsets it sends).
+        let flags = if self.writeback && !dir {
+            let acc = libc::O_ACCMODE as u32;
+            let flags = flags & !(libc::O_APPEND as u32);
+            if flags & acc == libc::O_WRONLY as u32 {
+                (flags & !acc) | libc::O_RDWR as u32
+            } else {
+                flags
+            }
+        } else {
+            flags
+        };
         self.handles.insert(Arc::new(Handle {
             fh,
             node,
@@ -381,8 +421,8 @@ impl MemFs {
             generation: 0,
             attr: node.stat(),
             attr_flags: 0,
-            attr_timeout: self.cache.timeout(),
-            entry_timeout: self.cache.timeout(),
+            attr_timeout: self.attr_timeout,
+            entry_timeout: self.entry_timeout,
         }
     }
 
@@ -401,7 +441,7 @@ impl MemFs {
     }
 
     fn timeout(&self) -> Duration {
-        self.cache.timeout()
+        self.attr_timeout
     }
 }
 
@@ -410,7 +450,7 @@ impl FileSystem for MemFs {
     type Handle = u64;
 
     fn init(&self, capable: FsOptions) -> io::Result<FsOptions> {
-        Ok(capable & platform::wanted_options())
+        Ok(capable & platform::wanted_options(self.writeback))
     }
 
     /// Ends the guest's session as the kernel does on unmount: releases every open handle

@@ -4,7 +4,7 @@
 use crate::{FsOptions, SetattrValid};
 
 /// Init flags MemFs asks for (intersected with what the kernel offers).
-pub(super) fn wanted_options() -> FsOptions {
+pub(super) fn wanted_options(writeback: bool) -> FsOptions {
     let common = FsOptions::ASYNC_READ | FsOptions::BIG_WRITES | FsOptions::ATOMIC_O_TRUNC;
     #[cfg(target_os = "linux")]
     let common = common
@@ -12,6 +12,14 @@ pub(super) fn wanted_options() -> FsOptions {
         | FsOptions::READDIRPLUS_AUTO
         | FsOptions::PARALLEL_DIROPS
         | FsOptions::MAX_PAGES;
+    #[cfg(target_os = "linux")]
+    let common = if writeback {
+        common | FsOptions::WRITEBACK_CACHE
+    } else {
+        common
+    };
+    #[cfg(not(target_os = "linux"))]
+    let _ = writeback;
     common
 }
 
