@@ -384,7 +384,7 @@ fn small_files_fill_exactly_to_capacity() {
         files.push((name, Vec::new(), ino));
     }
     let rem = CAP - expected;
-    assert!(rem % 16 == 0 && rem < 2048, "{rem}");
+    assert!(rem.is_multiple_of(16) && rem < 2048, "{rem}");
     let pad_fh = t.open(pad);
     t.write(pad, pad_fh, 16, &vec![2; rem as usize])
         .expect("pad");
@@ -590,7 +590,7 @@ fn xattrs_fill_exactly_to_capacity() {
     // Exactly fill with one last attribute: a value whose heap size is the rest.
     let n = b"user.last".to_vec();
     let room = CAP - expected;
-    assert!(room % 16 == 0 && room >= 1024, "{room}");
+    assert!(room.is_multiple_of(16) && room >= 1024, "{room}");
     let v = pattern(77, (room - xcost(&n, b"") - 16) as usize);
     assert_eq!(xcost(&n, &v), room);
     t.fs.setxattr(&t.ctx, ino, &c(&n), &v, 0).expect("setxattr");
