@@ -18,10 +18,13 @@ impl DualFs {
         valid: SetattrValid,
     ) -> io::Result<(stat64, Duration)> {
         let node = self.node(inode)?;
+        if let Some(fh) = handle {
+            self.own_file(fh, node.id)?;
+        }
         self.check(Op::SetAttr, &node, None)?;
         let a = self.copy_up(&node, Some(Op::SetAttr))?;
         // A handle on the copy is passed on; one on B's original is not (it is read-only).
-        let fh = match handle.map(|h| self.file(h)) {
+        let fh = match handle.map(|h| self.file(node.id, h)) {
             Some(Ok((Layer::A, ino, fh))) if ino == a => Some(fh),
             _ => None,
         };

@@ -353,17 +353,35 @@ impl DualFs {
             .ok_or_else(|| errno(libc::EBADF))
     }
 
-    /// The open file `fh`: (layer, backend inode, backend handle).
-    fn file(&self, fh: u64) -> io::Result<(Layer, u64, u64)> {
+    /// Checks that `fh` is an open file of guest inode `node` (`EBADF` otherwise), as every
+    /// backend does for a handle passed with GETATTR or SETATTR.
+    fn own_file(&self, fh: u64, node: u64) -> io::Result<()> {
         match &*self.handle(fh)? {
-            Handle::File { layer, ino, fh, .. } => Ok((*layer, *ino, *fh)),
-            Handle::Dir { .. } => Err(errno(libc::EBADF)),
+            Handle::File { _node, .. } if _node.id == node => Ok(()),
+            _ => Err(errno(libc::EBADF)),
         }
     }
 
-    /// The open file `fh` for a modification: `EBADF` if it was opened read-only.
-    fn writable_file(&self, fh: u64) -> io::Result<(Layer, u64, u64)> {
+    /// The open file `fh` of guest inode `inode`: (layer, backend inode, backend handle);
+    /// `EBADF` for a handle of another inode.
+    fn file(&self, inode: u64, fh: u64) -> io::Result<(Layer, u64, u64)> {
         match &*self.handle(fh)? {
+            Handle::File {
+                _node,
+                layer,
+                ino,
+                fh,
+                ..
+            } if _node.id == inode => Ok((*layer, *ino, *fh)),
+            _ => Err(errno(libc::EBADF)),
+        }
+    }
+
+    /// The open file `fh` of guest inode `inode` for a modification: `EBADF` if it was opened
+    /// read-only or belongs to another inode.
+    fn writable_file(&self, inode: u64, fh: u64) -> io::Result<(Layer, u64, u64)> {
+        match &*self.handle(fh)? {
+            Handle::File { _node, .. } if _node.id != inode => Err(errno(libc::EBADF)),
             Handle::File { flags, .. }
                 if flags & libc::O_ACCMODE as u32 == libc::O_RDONLY as u32 =>
             {
@@ -509,9 +527,12 @@ impl FileSystem for DualFs {
         &self,
         ctx: &Context,
         inode: u64,
-        _handle: Option<u64>,
+        handle: Option<u64>,
     ) -> io::Result<(stat64, Duration)> {
         let node = self.node(inode)?;
+        if let Some(fh) = handle {
+            self.own_file(fh, node.id)?;
+        }
         self.check(Op::Read, &node, None)?;
         let (st, timeout) = self.top_attr(ctx, &node)?;
         Ok((st, self.cache.attr(timeout)))
@@ -624,7 +645,7 @@ impl FileSystem for DualFs {
     fn read(
         &self,
         ctx: &Context,
-        _inode: u64,
+        inode: u64,
         handle: u64,
         w: &mut dyn ZeroCopyWriter,
         size: u32,
@@ -632,7 +653,7 @@ impl FileSystem for DualFs {
         lock_owner: Option<u64>,
         flags: u32,
     ) -> io::Result<usize> {
-        let (layer, ino, fh) = self.file(handle)?;
+        let (layer, ino, fh) = self.file(inode, handle)?;
         self.shared
             .fs(layer)
             .read(ctx, ino, fh, w, size, offset, lock_owner, flags)
@@ -641,7 +662,7 @@ impl FileSystem for DualFs {
     fn write(
         &self,
         ctx: &Context,
-        _inode: u64,
+        inode: u64,
         handle: u64,
         r: &mut dyn ZeroCopyReader,
         size: u32,
@@ -651,7 +672,7 @@ impl FileSystem for DualFs {
         flags: u32,
         fuse_flags: u32,
     ) -> io::Result<usize> {
-        let (layer, ino, fh) = self.writable_file(handle)?;
+        let (layer, ino, fh) = self.writable_file(inode, handle)?;
         self.shared.fs(layer).write(
             ctx,
             ino,
@@ -666,27 +687,27 @@ impl FileSystem for DualFs {
         )
     }
 
-    fn flush(&self, ctx: &Context, _inode: u64, handle: u64, lock_owner: u64) -> io::Result<()> {
-        let (layer, ino, fh) = self.file(handle)?;
+    fn flush(&self, ctx: &Context, inode: u64, handle: u64, lock_owner: u64) -> io::Result<()> {
+        let (layer, ino, fh) = self.file(inode, handle)?;
         self.shared.fs(layer).flush(ctx, ino, fh, lock_owner)
     }
 
-    fn fsync(&self, ctx: &Context, _inode: u64, datasync: bool, handle: u64) -> io::Result<()> {
-        let (layer, ino, fh) = self.file(handle)?;
+    fn fsync(&self, ctx: &Context, inode: u64, datasync: bool, handle: u64) -> io::Result<()> {
+        let (layer, ino, fh) = self.file(inode, handle)?;
         self.shared.fs(layer).fsync(ctx, ino, datasync, fh)
     }
 
     fn fallocate(
         &self,
         ctx: &Context,
-        _inode: u64,
+        inode: u64,
         handle: u64,
         mode: u32,
         offset: u64,
         length: u64,
     ) -> io::Result<()> {
         // Like Linux: `EBADF` for a handle not open for writing.
-        let (layer, ino, fh) = self.writable_file(handle)?;
+        let (layer, ino, fh) = self.writable_file(inode, handle)?;
         self.shared
             .fs(layer)
             .fallocate(ctx, ino, fh, mode, offset, length)
@@ -695,14 +716,14 @@ impl FileSystem for DualFs {
     fn release(
         &self,
         ctx: &Context,
-        _inode: u64,
+        inode: u64,
         flags: u32,
         handle: u64,
         flush: bool,
         flock_release: bool,
         lock_owner: Option<u64>,
     ) -> io::Result<()> {
-        let (layer, ino, fh) = self.file(handle)?;
+        let (layer, ino, fh) = self.file(inode, handle)?;
         self.handle_shard(handle).write().remove(&handle);
         self.shared
             .fs(layer)
@@ -827,25 +848,25 @@ impl FileSystem for DualFs {
     fn lseek(
         &self,
         ctx: &Context,
-        _inode: u64,
+        inode: u64,
         handle: u64,
         offset: u64,
         whence: u32,
     ) -> io::Result<u64> {
-        let (layer, ino, fh) = self.file(handle)?;
+        let (layer, ino, fh) = self.file(inode, handle)?;
         self.shared.fs(layer).lseek(ctx, ino, fh, offset, whence)
     }
 
     fn getlk(
         &self,
         ctx: &Context,
-        _inode: u64,
+        inode: u64,
         handle: u64,
         owner: u64,
         lock: FileLock,
         flags: u32,
     ) -> io::Result<FileLock> {
-        let (layer, ino, fh) = self.file(handle)?;
+        let (layer, ino, fh) = self.file(inode, handle)?;
         self.shared
             .fs(layer)
             .getlk(ctx, ino, fh, owner, lock, flags)
@@ -854,13 +875,13 @@ impl FileSystem for DualFs {
     fn setlk(
         &self,
         ctx: &Context,
-        _inode: u64,
+        inode: u64,
         handle: u64,
         owner: u64,
         lock: FileLock,
         flags: u32,
     ) -> io::Result<()> {
-        let (layer, ino, fh) = self.file(handle)?;
+        let (layer, ino, fh) = self.file(inode, handle)?;
         self.shared
             .fs(layer)
             .setlk(ctx, ino, fh, owner, lock, flags)
@@ -869,13 +890,13 @@ impl FileSystem for DualFs {
     fn setlkw(
         &self,
         ctx: &Context,
-        _inode: u64,
+        inode: u64,
         handle: u64,
         owner: u64,
         lock: FileLock,
         flags: u32,
     ) -> io::Result<()> {
-        let (layer, ino, fh) = self.file(handle)?;
+        let (layer, ino, fh) = self.file(inode, handle)?;
         self.shared
             .fs(layer)
             .setlkw(ctx, ino, fh, owner, lock, flags)

@@ -44,8 +44,10 @@ impl PassthroughFs {
         inode: &Arc<InodeData>,
         fh: Option<u64>,
     ) -> io::Result<HostStat> {
-        if let Some(h) = fh.and_then(|fh| self.file_handle(inode.id, fh).ok()) {
-            if let HandleKind::File(f) = &h.kind {
+        // A handle must be one of this inode's open files (EBADF otherwise, as every backend
+        // answers).
+        if let Some(fh) = fh {
+            if let HandleKind::File(f) = &self.file_handle(inode.id, fh)?.kind {
                 return platform::fstat(f.as_raw_fd());
             }
         }
@@ -125,7 +127,7 @@ impl PassthroughFs {
             return Err(errno(libc::EROFS));
         }
         let inode = self.inode(id)?;
-        let handle = fh.and_then(|fh| self.file_handle(id, fh).ok());
+        let handle = fh.map(|fh| self.file_handle(id, fh)).transpose()?;
         let fd = self.fd_of(&inode)?;
         let hs = platform::fstat(fd.as_raw_fd())?;
 

@@ -33,7 +33,8 @@ macro_rules! conformance_suite {
             hard_links_share_inode, symlink_readlink, mknod_special_files, setattr_chmod_chown_utimens,
             chown_clears_setuid, xattr_flags_and_sizes, readdir_large_resumed, readdirplus_counts_lookups,
             readdir_stable_under_mutation, statfs_reports_limits, bad_names_rejected_everywhere,
-            errno_paths, create_without_excl_opens_existing, concurrent_writers_keep_every_byte
+            errno_paths, create_without_excl_opens_existing, concurrent_writers_keep_every_byte,
+            handles_belong_to_their_inode
         );
     };
     (@each $make:expr; $($t:ident),* $(,)?) => {
@@ -750,4 +751,46 @@ pub fn concurrent_writers_keep_every_byte(fx: &Fixture) {
             assert!(chunk.iter().all(|&b| b == want), "thread {t} block {i}");
         }
     }
+}
+
+/// A handle passed with GETATTR or SETATTR, or used to read or write, must be an open file of
+/// the inode the request names: every backend answers `EBADF` otherwise, and never a handle it
+/// never opened.
+pub fn handles_belong_to_their_inode(fx: &Fixture) {
+    let h = fx.h();
+    let (a, fa) = h.create(ROOT, "a", 0o644).expect("create a");
+    let (b, fb) = h.create(ROOT, "b", 0o644).expect("create b");
+    assert_eq!(h.write(a.inode, fa, 0, b"aaaa").expect("write a"), 4);
+    let ctx = &h.ctx;
+    // Its own handle works.
+    let (st, _) =
+        h.fs.getattr(ctx, a.inode, Some(fa))
+            .expect("getattr own handle");
+    assert_eq!(st.st_size, 4);
+    // Another file's handle, and a handle never opened, do not.
+    for bad in [fb, fa.wrapping_add(fb).wrapping_add(1 << 40)] {
+        let r = h.fs.getattr(ctx, a.inode, Some(bad));
+        assert_eq!(errno(r), libc::EBADF, "getattr with handle {bad}");
+        // SAFETY: stat64 is a plain C struct; all-zero is valid.
+        let mut st: boxfs::stat64 = unsafe { std::mem::zeroed() };
+        st.st_size = 1;
+        let r =
+            h.fs.setattr(ctx, a.inode, st, Some(bad), SetattrValid::SIZE);
+        assert_eq!(errno(r), libc::EBADF, "setattr with handle {bad}");
+        assert_eq!(
+            errno(h.read(a.inode, bad, 0, 4)),
+            libc::EBADF,
+            "read with {bad}"
+        );
+        assert_eq!(
+            errno(h.write(a.inode, bad, 0, b"x")),
+            libc::EBADF,
+            "write with {bad}"
+        );
+    }
+    // Nothing changed through the foreign handles.
+    assert_eq!(h.get(a.inode), b"aaaa");
+    assert_eq!(h.getattr(b.inode).st_size, 0);
+    h.release(a.inode, fa);
+    h.release(b.inode, fb);
 }
