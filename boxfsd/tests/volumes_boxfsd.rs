@@ -1,0 +1,296 @@
+//! `boxfsd --volume`: one device serving a table of volumes (dir, memfs, file, virtual), under
+//! the default sandbox, through the test VMM.
+#![cfg(target_os = "linux")]
+
+#[path = "../../tests/vmm/mod.rs"]
+mod vmm;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use boxfs::ROOT_ID;
+use fuse_backend_rs::abi::fuse_abi::{InitIn, InitIn2, InitOut, RenameIn, ATTR_SUBMOUNT};
+use vm_memory::ByteValued;
+use vmm::{obj, op, FuseClient, GUEST_INIT_FLAGS};
+
+/// Bounds how long a broken daemon can stall the suite (not a timing assertion).
+const HANG_GUARD: Duration = Duration::from_secs(120);
+const FUSE_SUBMOUNTS: u32 = 1 << 27;
+const FUSE_RENAME: u32 = 12;
+
+fn boxfsd() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_boxfsd"))
+}
+
+fn run(args: &[&str]) -> Output {
+    boxfsd()
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run boxfsd")
+}
+
+fn spawn(args: &[&str]) -> Child {
+    boxfsd()
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn boxfsd")
+}
+
+fn wait_for(path: &Path, child: &mut Child) {
+    let deadline = Instant::now() + HANG_GUARD;
+    while !path.exists() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("boxfsd exited early: {status}");
+        }
+        assert!(Instant::now() < deadline, "boxfsd did not create {path:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + HANG_GUARD;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("boxfsd did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// FUSE_INIT offering submounts; returns the daemon's flags.
+fn init_with_submounts(c: &mut FuseClient) -> u32 {
+    let init = InitIn {
+        major: 7,
+        minor: 38,
+        max_readahead: 128 << 10,
+        flags: GUEST_INIT_FLAGS | FUSE_SUBMOUNTS | (1 << 30),
+    };
+    let init2 = InitIn2::default();
+    let b = c
+        .call(op::INIT, 0, &[init.as_slice(), init2.as_slice()], 256)
+        .expect("init");
+    let mut out = [0u8; size_of::<InitOut>()];
+    let n = b.len().min(out.len());
+    out[..n].copy_from_slice(&b[..n]);
+    obj::<InitOut>(&out).flags
+}
+
+fn rename(c: &mut FuseClient, from: u64, old: &str, to: u64, new: &str) -> Result<(), i32> {
+    let r = RenameIn { newdir: to };
+    let o = format!("{old}\0");
+    let n = format!("{new}\0");
+    c.call(
+        FUSE_RENAME,
+        from,
+        &[r.as_slice(), o.as_bytes(), n.as_bytes()],
+        64,
+    )
+    .map(|_| ())
+}
+
+fn read_all(c: &mut FuseClient, ino: u64) -> Vec<u8> {
+    let fh = c.open(ino, libc::O_RDONLY as u32).expect("open").fh;
+    let data = c.read(ino, fh, 0, 1 << 16).expect("read");
+    c.release(ino, fh).expect("release");
+    data
+}
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    sock: PathBuf,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(work.join(".git")).expect("mkdir");
+    std::fs::write(work.join("hello.txt"), b"work data").expect("write");
+    std::fs::write(work.join(".git/config"), b"secret").expect("write");
+    std::fs::write(dir.path().join("app.conf"), b"key=value\n").expect("write");
+    std::fs::write(dir.path().join("init"), b"#!/bin/sh\necho hi\n").expect("write");
+    std::fs::create_dir(dir.path().join("run")).expect("mkdir");
+    let sock = dir.path().join("boxfsd.sock");
+    Fixture { dir, sock }
+}
+
+fn p(f: &Fixture, rel: &str) -> String {
+    f.dir.path().join(rel).to_str().expect("utf-8").to_owned()
+}
+
+#[test]
+fn one_device_serves_every_volume_at_its_path() {
+    let f = fixture();
+    let vols = [
+        format!("/work=dir:{},hide=.git/", p(&f, "work")),
+        "/tmp=memfs:8M".to_string(),
+        "/ro=memfs:1M,ro".to_string(),
+        format!("/etc/app.conf=file:{},ro", p(&f, "app.conf")),
+        format!("/init.krun=virtual:{},mode=0755", p(&f, "init")),
+    ];
+    let mut args = vec![
+        "--socket-path".to_string(),
+        f.sock.to_str().expect("utf-8").to_owned(),
+        "--runtime-dir".into(),
+        p(&f, "run"),
+    ];
+    for v in &vols {
+        args.push("--volume".into());
+        args.push(v.clone());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    // The default sandbox (namespace + seccomp kill) stays on.
+    let mut child = spawn(&args);
+    wait_for(&f.sock, &mut child);
+    {
+        let mut c = FuseClient::connect(&f.sock).expect("connect");
+        let flags = init_with_submounts(&mut c);
+        assert_ne!(flags & FUSE_SUBMOUNTS, 0, "submounts accepted");
+
+        // Every mount point is listed in the default in-memory root.
+        let mut names: Vec<String> = c
+            .list(ROOT_ID)
+            .expect("list /")
+            .into_iter()
+            .map(|e| String::from_utf8_lossy(&e.name).into_owned())
+            .filter(|n| n != "." && n != "..")
+            .collect();
+        names.sort();
+        assert_eq!(names, ["etc", "init.krun", "ro", "tmp", "work"]);
+
+        // dir volume: a submount, its file, its hidden name.
+        let work = c.lookup(ROOT_ID, "work").expect("work");
+        assert_ne!(
+            work.attr.flags & ATTR_SUBMOUNT,
+            0,
+            "volume root is a submount"
+        );
+        let hello = c.lookup(work.nodeid, "hello.txt").expect("hello.txt");
+        assert_eq!(read_all(&mut c, hello.nodeid), b"work data");
+        assert_eq!(c.lookup(work.nodeid, ".git").unwrap_err(), libc::ENOENT);
+        let listed: Vec<String> = c
+            .list(work.nodeid)
+            .expect("list /work")
+            .into_iter()
+            .map(|e| String::from_utf8_lossy(&e.name).into_owned())
+            .collect();
+        assert!(!listed.iter().any(|n| n == ".git"), "{listed:?}");
+
+        // memfs volume; rename across volumes is EXDEV.
+        let tmp = c.lookup(ROOT_ID, "tmp").expect("tmp");
+        assert_ne!(tmp.attr.flags & ATTR_SUBMOUNT, 0);
+        let (x, o) = c
+            .create(tmp.nodeid, "x", 0o644, libc::O_RDWR as u32)
+            .expect("create in /tmp");
+        c.release(x.nodeid, o.fh).expect("release");
+        assert_eq!(
+            rename(&mut c, tmp.nodeid, "x", work.nodeid, "x").unwrap_err(),
+            libc::EXDEV
+        );
+        assert_eq!(
+            rename(&mut c, work.nodeid, "hello.txt", ROOT_ID, "h").unwrap_err(),
+            libc::EXDEV
+        );
+        assert!(!f.dir.path().join("work/x").exists());
+
+        // ro volume.
+        let ro = c.lookup(ROOT_ID, "ro").expect("ro");
+        assert_eq!(c.mkdir(ro.nodeid, "d", 0o755).unwrap_err(), libc::EROFS);
+
+        // file volume, under a parent the daemon made in the root.
+        let etc = c.lookup(ROOT_ID, "etc").expect("etc");
+        let conf = c.lookup(etc.nodeid, "app.conf").expect("app.conf");
+        assert_eq!(conf.attr.mode & libc::S_IFMT, libc::S_IFREG);
+        assert_eq!(read_all(&mut c, conf.nodeid), b"key=value\n");
+
+        // virtual file: its bytes and its mode, not writable.
+        let init = c.lookup(ROOT_ID, "init.krun").expect("init.krun");
+        assert_eq!(init.attr.mode & libc::S_IFMT, libc::S_IFREG);
+        assert_eq!(init.attr.mode & 0o7777, 0o755);
+        assert_eq!(read_all(&mut c, init.nodeid), b"#!/bin/sh\necho hi\n");
+        assert!(c.open(init.nodeid, libc::O_WRONLY as u32).is_err());
+    }
+    assert!(
+        wait_exit(&mut child).success(),
+        "clean exit, not a seccomp kill"
+    );
+}
+
+#[test]
+fn volume_spec_errors_are_clear() {
+    let f = fixture();
+    let s = f.sock.to_str().expect("utf-8");
+    let err = |args: &[&str]| {
+        let o = run(args);
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let (code, e) = err(&["--socket-path", s, "--volume", "/work=nfs:/x"]);
+    assert_eq!(code, Some(2));
+    assert!(e.contains("unknown volume kind `nfs`"), "{e}");
+    let (code, e) = err(&["--socket-path", s, "--volume", "/tmp=memfs:lots"]);
+    assert_eq!(code, Some(2));
+    assert!(e.contains("memfs size `lots`"), "{e}");
+    let (code, e) = err(&["--socket-path", s, "--volume", "/w=dir:/nonexistent/boxfs"]);
+    assert_eq!(code, Some(1));
+    assert!(e.contains("/nonexistent/boxfs"), "{e}");
+    let (code, e) = err(&[
+        "--socket-path",
+        s,
+        "--volume",
+        "/=memfs:1M",
+        "--memfs-size",
+        "1M",
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(e.contains("give one"), "{e}");
+    let (code, e) = err(&[
+        "--socket-path",
+        s,
+        "--volume",
+        "/a=memfs:1M",
+        "--volume",
+        "/a=memfs:1M",
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(e.contains("given twice"), "{e}");
+    assert!(!f.sock.exists(), "no socket left behind");
+}
+
+#[test]
+fn shorthand_is_the_root_of_the_table() {
+    let f = fixture();
+    let s = f.sock.to_str().expect("utf-8");
+    let work = p(&f, "work");
+    let mut child = spawn(&[
+        "--socket-path",
+        s,
+        "--shared-dir",
+        &work,
+        "--volume",
+        "/scratch=memfs:1M",
+    ]);
+    wait_for(&f.sock, &mut child);
+    {
+        let mut c = FuseClient::connect(&f.sock).expect("connect");
+        c.init().expect("init");
+        let hello = c
+            .lookup(ROOT_ID, "hello.txt")
+            .expect("root is the shared dir");
+        assert_eq!(read_all(&mut c, hello.nodeid), b"work data");
+        c.lookup(ROOT_ID, "scratch").expect("volume in it");
+        // The mount point was not created on the host (it is virtual in the listing).
+        assert!(!f.dir.path().join("work/scratch").exists());
+    }
+    assert!(wait_exit(&mut child).success());
+}
