@@ -21,6 +21,8 @@
 //! stderr when it cannot start.
 
 #[cfg(target_os = "linux")]
+mod api;
+#[cfg(target_os = "linux")]
 mod spec;
 
 #[cfg(target_os = "linux")]
@@ -45,7 +47,7 @@ mod linux {
 
     use std::ffi::CString;
 
-    use crate::spec;
+    use crate::{api, spec};
 
     use boxfs::filemount::{default_runtime_dir, FileMount, FileMountOptions, FileMounts};
     use boxfs::memfs::MemFs;
@@ -536,9 +538,7 @@ mod linux {
         pub(crate) runtime_dir: PathBuf,
     }
 
-    /// A backend for one `--volume` (or API attach): the filesystem, the root name of a file
-    /// volume, and the staged file mount to keep.
-    type Built = (Arc<dyn DynFileSystem>, Option<CString>, Option<FileMount>);
+    use crate::api::Built;
 
     /// Builds the backend of a volume spec.
     fn build_backend(
@@ -733,7 +733,7 @@ mod linux {
     /// What `start` hands back: the running device, the file share or volume table it serves.
     type Started = (DeviceHandle, Option<FileShare>, Option<Table>);
 
-    fn start(args: &Args) -> Result<Started, String> {
+    fn start(args: &Arc<Args>) -> Result<Started, String> {
         let sandbox = match args.sandbox.as_str() {
             "none" => false,
             "namespace" => true,
@@ -764,7 +764,7 @@ mod linux {
             Some(f) => Some(stage_file(args, f)?),
             None => None,
         };
-        let table = if !args.volume.is_empty() || args.api_socket.is_some() {
+        let mut table = if !args.volume.is_empty() || args.api_socket.is_some() {
             Some(build_table(args)?)
         } else {
             None
@@ -800,6 +800,10 @@ mod linux {
         if let (Some(group), Some(path)) = (&args.socket_group, &args.socket_path) {
             set_socket_group(path, group)?;
         }
+        let api_listener = match &args.api_socket {
+            Some(path) => Some(api::bind(path)?),
+            None => None,
+        };
         if sandbox {
             boxfs::sandbox::enter_namespace().map_err(|e| match e {
                 boxfs::Error::Unsupported(why) => format!(
@@ -811,6 +815,13 @@ mod linux {
             tracing::info!("sandboxed: private mount namespace with only /proc, no_new_privs");
         }
         boxfs::sandbox::install_seccomp(args.seccomp).map_err(|e| format!("--seccomp: {e}"))?;
+        if let (Some(listener), Some(t)) = (api_listener, table.as_mut()) {
+            let a = Arc::clone(args);
+            let rt = t.runtime_dir.clone();
+            let build: api::Builder = Box::new(move |v| build_backend(&a, v, &rt));
+            let files = std::mem::take(&mut t.files);
+            api::Api::new(t.vfs.clone(), build, sandbox, &args.volume, files).serve(listener)?;
+        }
         let device = builder.build().map_err(|e| e.to_string())?;
         let handle = match (bound, args.fd) {
             (Some(bound), _) => device.serve_bound(bound).map_err(|e| e.to_string())?,
@@ -823,7 +834,7 @@ mod linux {
     }
 
     pub(crate) fn main() -> i32 {
-        let args = Args::parse();
+        let args = Arc::new(Args::parse());
         if args.print_capabilities {
             println!(
                 "{{\n  \"type\": \"fs\",\n  \"features\": [\n    \"separate-options\"\n  ]\n}}"
@@ -963,6 +974,15 @@ mod linux {
         // Removes the file share's (and file volumes') staging directories.
         drop(file_share);
         drop(table);
+        if let Some(path) = &args.api_socket {
+            // Unreachable (and left for the next start to replace) once sandboxed. unlinkat,
+            // not unlink: the seccomp allow-list has only the former.
+            use std::os::unix::ffi::OsStrExt;
+            if let Ok(c) = CString::new(path.as_os_str().as_bytes()) {
+                // SAFETY: `c` is a valid C string; unlinkat only reads it.
+                unsafe { libc::unlinkat(libc::AT_FDCWD, c.as_ptr(), 0) };
+            }
+        }
         match res {
             Ok(()) => {
                 tracing::info!("exiting");

@@ -294,3 +294,184 @@ fn shorthand_is_the_root_of_the_table() {
     }
     assert!(wait_exit(&mut child).success());
 }
+
+/// One HTTP/1.1 request over the API socket: (status, body).
+fn http(api: &Path, method: &str, target: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(api).expect("connect api");
+    s.set_read_timeout(Some(HANG_GUARD)).expect("timeout");
+    write!(
+        s,
+        "{method} {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send");
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).expect("read reply");
+    let status = resp
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("bad reply {resp:?}"));
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[test]
+fn api_attaches_and_detaches_while_the_guest_runs() {
+    use std::os::unix::fs::PermissionsExt;
+    let f = fixture();
+    let api = f.dir.path().join("api.sock");
+    let s = f.sock.to_str().expect("utf-8");
+    let mut child = spawn(&[
+        "--socket-path",
+        s,
+        "--api-socket",
+        api.to_str().expect("utf-8"),
+        "--volume",
+        "/tmp=memfs:1M",
+    ]);
+    wait_for(&f.sock, &mut child);
+    let mode = std::fs::metadata(&api)
+        .expect("api socket")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "the API socket is private");
+    {
+        let mut c = FuseClient::connect(&f.sock).expect("connect");
+        init_with_submounts(&mut c);
+        let (st, body) = http(&api, "GET", "/volumes", "");
+        assert_eq!(st, 200, "{body}");
+        let rows: serde_json::Value = serde_json::from_str(&body).expect("json");
+        assert_eq!(rows[0]["path"], "/tmp");
+        assert_eq!(rows[0]["kind"], "memfs");
+        assert_eq!(c.lookup(ROOT_ID, "data").unwrap_err(), libc::ENOENT);
+
+        // Attach: visible at the guest's next lookup.
+        let (st, body) = http(
+            &api,
+            "PUT",
+            "/volumes",
+            r#"{"path":"/data","kind":"memfs","size":"1M"}"#,
+        );
+        assert_eq!(st, 201, "{body}");
+        let data = c.lookup(ROOT_ID, "data").expect("attached volume");
+        assert_ne!(data.attr.flags & ATTR_SUBMOUNT, 0);
+        let (st, body) = http(
+            &api,
+            "PUT",
+            "/volumes",
+            r#"{"path":"/data","kind":"memfs","size":"1M"}"#,
+        );
+        assert_eq!(st, 409, "{body}");
+        assert!(body.contains("\"error\""), "{body}");
+        let (st, _) = http(
+            &api,
+            "PUT",
+            "/volumes",
+            r#"{"path":"/token","kind":"virtual","content":"s3cret","mode":"0400"}"#,
+        );
+        assert_eq!(st, 201);
+        let token = c.lookup(ROOT_ID, "token").expect("virtual volume");
+        assert_eq!(token.attr.mode & 0o7777, 0o400);
+        assert_eq!(read_all(&mut c, token.nodeid), b"s3cret");
+        // A host directory cannot be opened from inside the sandbox: a clear 4xx.
+        let work = p(&f, "work");
+        let (st, body) = http(
+            &api,
+            "PUT",
+            "/volumes",
+            &format!(r#"{{"path":"/w","kind":"dir","source":"{work}"}}"#),
+        );
+        assert_eq!(st, 403, "{body}");
+        assert!(body.contains("--sandbox none"), "{body}");
+        let (st, body) = http(&api, "PUT", "/volumes", r#"{"path":"/x","kind":"nfs"}"#);
+        assert_eq!(st, 400, "{body}");
+
+        // Busy detach: 409, nothing changes.
+        let (file, o) = c
+            .create(data.nodeid, "open", 0o644, libc::O_RDWR as u32)
+            .expect("create");
+        let (st, body) = http(&api, "DELETE", "/volumes?path=/data", "");
+        assert_eq!(st, 409, "{body}");
+        assert!(body.contains("busy"), "{body}");
+        c.lookup(ROOT_ID, "data").expect("still attached");
+        c.write(file.nodeid, o.fh, 0, b"x").expect("still writable");
+        c.release(file.nodeid, o.fh).expect("release");
+        // Closed: the detach goes through and the volume disappears, cached nodes go stale.
+        let (st, body) = http(&api, "DELETE", "/volumes?path=%2Fdata", "");
+        assert_eq!(st, 204, "{body}");
+        assert_eq!(c.lookup(ROOT_ID, "data").unwrap_err(), libc::ENOENT);
+        assert!(
+            c.getattr(file.nodeid).is_err(),
+            "cached node of a detached volume"
+        );
+        let (st, _) = http(&api, "DELETE", "/volumes?path=/data", "");
+        assert_eq!(st, 404);
+        // Forced detach with an open file.
+        let tmp = c.lookup(ROOT_ID, "tmp").expect("tmp");
+        let (f2, o2) = c
+            .create(tmp.nodeid, "f", 0o644, libc::O_RDWR as u32)
+            .expect("create");
+        let (st, _) = http(&api, "DELETE", "/volumes?path=/tmp", "");
+        assert_eq!(st, 409);
+        let (st, _) = http(&api, "DELETE", "/volumes?path=/tmp&force=true", "");
+        assert_eq!(st, 204);
+        assert!(c.read(f2.nodeid, o2.fh, 0, 16).is_err(), "handle ended");
+        let (st, body) = http(&api, "GET", "/volumes", "");
+        assert_eq!(st, 200);
+        let rows: serde_json::Value = serde_json::from_str(&body).expect("json");
+        assert_eq!(rows.as_array().map(Vec::len), Some(1), "{body}");
+        assert_eq!(rows[0]["path"], "/token");
+    }
+    assert!(
+        wait_exit(&mut child).success(),
+        "clean exit, not a seccomp kill"
+    );
+}
+
+#[test]
+fn api_attaches_host_directories_unsandboxed() {
+    let f = fixture();
+    let api = f.dir.path().join("api.sock");
+    let mut child = spawn(&[
+        "--socket-path",
+        f.sock.to_str().expect("utf-8"),
+        "--api-socket",
+        api.to_str().expect("utf-8"),
+        "--sandbox",
+        "none",
+    ]);
+    wait_for(&f.sock, &mut child);
+    {
+        let mut c = FuseClient::connect(&f.sock).expect("connect");
+        c.init().expect("init");
+        let work = p(&f, "work");
+        let (st, body) = http(
+            &api,
+            "PUT",
+            "/volumes",
+            &format!(
+                r#"{{"path":"/w","kind":"dir","source":"{work}","readonly":true,"hide":[".git"]}}"#
+            ),
+        );
+        assert_eq!(st, 201, "{body}");
+        let w = c.lookup(ROOT_ID, "w").expect("w");
+        let hello = c.lookup(w.nodeid, "hello.txt").expect("hello");
+        assert_eq!(read_all(&mut c, hello.nodeid), b"work data");
+        assert_eq!(c.lookup(w.nodeid, ".git").unwrap_err(), libc::ENOENT);
+        assert_eq!(c.mkdir(w.nodeid, "d", 0o755).unwrap_err(), libc::EROFS);
+        let (st, body) = http(&api, "GET", "/volumes", "");
+        assert_eq!(st, 200);
+        assert!(
+            body.contains(&work) && body.contains("\"readonly\":true"),
+            "{body}"
+        );
+    }
+    assert!(wait_exit(&mut child).success());
+    assert!(!api.exists(), "API socket removed at exit");
+}
