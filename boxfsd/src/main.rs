@@ -23,6 +23,8 @@
 #[cfg(target_os = "linux")]
 mod api;
 #[cfg(target_os = "linux")]
+mod plan;
+#[cfg(target_os = "linux")]
 mod spec;
 
 #[cfg(target_os = "linux")]
@@ -47,7 +49,7 @@ mod linux {
 
     use std::ffi::CString;
 
-    use crate::{api, spec};
+    use crate::{api, plan, spec};
 
     use boxfs::filemount::{default_runtime_dir, FileMount, FileMountOptions, FileMounts};
     use boxfs::memfs::MemFs;
@@ -94,6 +96,20 @@ mod linux {
         #[arg(long, value_name = "GUEST_PATH=KIND:SPEC", value_parser = spec::parse_volume,
               conflicts_with = "shared_file")]
         volume: Vec<spec::VolumeSpec>,
+
+        /// Print the guest mount plan on stdout once the socket listens: `sh` (a script ending
+        /// with `# end of plan`; the default for --shared-file, after the tag line) or `json`
+        /// (one line). For --shared-file the file mount's steps; otherwise the device's one
+        /// virtiofs mount (tag, mount point, options, kernel command line for a root on it,
+        /// volumes).
+        #[arg(long, value_name = "FORMAT")]
+        plan: Option<plan::Format>,
+
+        /// Guest mount point of the device in the --plan (default `/`: the guest's root
+        /// filesystem). Not with --shared-file.
+        #[arg(long, value_name = "PATH", requires = "plan", conflicts_with = "shared_file",
+              value_parser = spec::guest_path)]
+        mount_point: Option<String>,
 
         /// Control socket (HTTP/1.1 + JSON, mode 0600) to list, attach and detach volumes at
         /// runtime: the runtime's channel, never to be exposed to the guest.
@@ -410,10 +426,13 @@ mod linux {
             mount.share_dir().display(),
             mount.placement()
         );
-        let plan = mounts
+        let gp = mounts
             .plan()
-            .map_err(|e| format!("shared file {}: {e}", file.display()))?
-            .to_sh();
+            .map_err(|e| format!("shared file {}: {e}", file.display()))?;
+        let plan = match args.plan {
+            Some(plan::Format::Json) => format!("{}\n", plan::file_json(&gp)),
+            Some(plan::Format::Sh) | None => format!("{tag}\n{}", gp.to_sh()),
+        };
         Ok(FileShare { mounts, tag, plan })
     }
 
@@ -927,12 +946,41 @@ mod linux {
             ),
             _ => String::new(),
         };
-        if let Some(share) = &file_share {
+        let device_plan = match (&file_share, args.plan) {
+            (None, Some(format)) => {
+                let volumes = args
+                    .volume
+                    .iter()
+                    .filter(|v| v.path != "/")
+                    .map(|v| plan::PlanVolume {
+                        path: v.path.clone(),
+                        kind: v.kind.name().into(),
+                        readonly: v.readonly,
+                    })
+                    .collect();
+                let root_ro =
+                    args.readonly || args.volume.iter().any(|v| v.path == "/" && v.readonly);
+                let d = plan::Device {
+                    tag: args.tag.as_deref(),
+                    mount_point: args.mount_point.as_deref().unwrap_or("/"),
+                    readonly: root_ro,
+                    volumes,
+                };
+                Some(match format {
+                    plan::Format::Json => format!("{}\n", d.json()),
+                    plan::Format::Sh => d.sh(),
+                })
+            }
+            _ => None,
+        };
+        let printed_plan = file_share
+            .as_ref()
+            .map(|s| &s.plan)
+            .or(device_plan.as_ref());
+        if let Some(plan) = printed_plan {
             use std::io::Write;
             let mut out = std::io::stdout().lock();
-            let printed = writeln!(out, "{}", share.tag)
-                .and_then(|()| out.write_all(share.plan.as_bytes()))
-                .and_then(|()| out.flush());
+            let printed = out.write_all(plan.as_bytes()).and_then(|()| out.flush());
             if let Err(e) = printed {
                 tracing::warn!("cannot print the tag and guest plan: {e}");
             }

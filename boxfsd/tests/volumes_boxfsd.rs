@@ -475,3 +475,125 @@ fn api_attaches_host_directories_unsandboxed() {
     assert!(wait_exit(&mut child).success());
     assert!(!api.exists(), "API socket removed at exit");
 }
+
+/// Spawns the daemon with stdout piped and reads its first stdout line.
+fn spawn_first_line(
+    args: &[&str],
+) -> (Child, std::io::BufReader<std::process::ChildStdout>, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = boxfsd()
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn boxfsd");
+    let out = child.stdout.take().expect("stdout");
+    let mut out = BufReader::new(out);
+    let mut line = String::new();
+    out.read_line(&mut line).expect("read plan");
+    (child, out, line)
+}
+
+#[test]
+fn plan_json_for_the_device() {
+    let f = fixture();
+    let s = f.sock.to_str().expect("utf-8");
+    let (mut child, _out, line) = spawn_first_line(&[
+        "--socket-path",
+        s,
+        "--tag",
+        "sandbox",
+        "--plan",
+        "json",
+        "--volume",
+        "/work=memfs:1M,ro",
+        "--volume",
+        "/tmp=memfs:1M",
+    ]);
+    let plan: serde_json::Value = serde_json::from_str(&line).expect("one line of JSON");
+    assert_eq!(plan["kind"], "device");
+    assert_eq!(plan["tag"], "sandbox");
+    assert_eq!(plan["fstype"], "virtiofs");
+    assert_eq!(plan["mount_point"], "/");
+    assert_eq!(plan["options"], serde_json::json!(["rw"]));
+    assert_eq!(
+        plan["kernel_cmdline"],
+        "rootfstype=virtiofs root=sandbox rw"
+    );
+    let vols = plan["volumes"].as_array().expect("volumes");
+    assert_eq!(vols.len(), 2);
+    assert!(vols
+        .iter()
+        .any(|v| v["path"] == "/work" && v["kind"] == "memfs" && v["readonly"] == true));
+    // Printed once the socket listens: the tag is the device's.
+    let c = FuseClient::connect(&f.sock).expect("connect");
+    assert_eq!(c.vmm.tag().as_deref(), Some("sandbox"));
+    drop(c);
+    assert!(wait_exit(&mut child).success());
+
+    // A mount point elsewhere: no kernel command line; sh form mounts the tag there.
+    let (mut child, mut out, line) = spawn_first_line(&[
+        "--socket-path",
+        s,
+        "--plan",
+        "sh",
+        "--mount-point",
+        "/mnt/sandbox",
+        "--memfs-size",
+        "1M",
+    ]);
+    assert_eq!(line, "#!/bin/sh\n");
+    let mut script = String::new();
+    while !script.ends_with("# end of plan\n") {
+        use std::io::BufRead;
+        assert_ne!(out.read_line(&mut script).expect("read"), 0, "{script}");
+    }
+    assert!(script.contains("mkdir -p '/mnt/sandbox'\n"), "{script}");
+    assert!(
+        script.contains("mount -t virtiofs -o rw \"${BOXFS_TAG:?"),
+        "{script}"
+    );
+    assert!(!script.contains("rootfstype"), "{script}");
+    drop(FuseClient::connect(&f.sock).expect("connect"));
+    assert!(wait_exit(&mut child).success());
+}
+
+#[test]
+fn plan_json_for_a_shared_file() {
+    let f = fixture();
+    let (mut child, _out, line) = spawn_first_line(&[
+        "--socket-path",
+        f.sock.to_str().expect("utf-8"),
+        "--shared-file",
+        &p(&f, "app.conf"),
+        "--guest-path",
+        "/etc/app/app.conf",
+        "--readonly",
+        "--runtime-dir",
+        &p(&f, "run"),
+        "--plan",
+        "json",
+    ]);
+    let plan: serde_json::Value = serde_json::from_str(&line).expect("one line of JSON");
+    assert_eq!(plan["kind"], "file");
+    let tag = plan["tag"].as_str().expect("tag").to_owned();
+    assert!(tag.starts_with("fm_"), "{tag}");
+    assert_eq!(plan["mounts"][0]["destination"], "/etc/app/app.conf");
+    assert_eq!(plan["mounts"][0]["file_name"], "app.conf");
+    assert_eq!(plan["mounts"][0]["readonly"], true);
+    let ops: Vec<&str> = plan["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|s| s["op"].as_str().expect("op"))
+        .collect();
+    assert_eq!(ops.first(), Some(&"mount_share"));
+    assert!(ops.contains(&"bind_mount"), "{ops:?}");
+    assert_eq!(ops.last(), Some(&"detach_share"));
+    assert_eq!(plan["steps"][0]["tag"], tag.as_str());
+    let c = FuseClient::connect(&f.sock).expect("connect");
+    assert_eq!(c.vmm.tag().as_deref(), Some(tag.as_str()));
+    drop(c);
+    assert!(wait_exit(&mut child).success());
+}
