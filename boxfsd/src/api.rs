@@ -37,6 +37,10 @@ pub(crate) type Built = (
 /// Builds a volume's backend from a spec (the daemon's command-line options applied).
 pub(crate) type Builder = Box<dyn Fn(&VolumeSpec) -> Result<Built, String> + Send + Sync>;
 
+/// Creates the missing parent directories of a mount point in the root backend (where the
+/// daemon may: not in a host directory root).
+pub(crate) type Parents = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
 /// A `PUT /volumes` body.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -94,6 +98,7 @@ struct Entry {
 pub(crate) struct Api {
     vfs: Arc<VolumeFs>,
     build: Builder,
+    parents: Parents,
     /// The daemon is sandboxed: host paths cannot be opened any more.
     sandboxed: bool,
     entries: Mutex<BTreeMap<String, Entry>>,
@@ -136,6 +141,7 @@ impl Api {
     pub(crate) fn new(
         vfs: Arc<VolumeFs>,
         build: Builder,
+        parents: Parents,
         sandboxed: bool,
         initial: &[VolumeSpec],
         files: Vec<FileMount>,
@@ -161,6 +167,7 @@ impl Api {
         Api {
             vfs,
             build,
+            parents,
             sandboxed,
             entries: Mutex::new(entries),
         }
@@ -328,6 +335,7 @@ impl Api {
                 format!("a volume is already attached at {path}"),
             ));
         }
+        (self.parents)(&path).map_err(|e| Error(422, e))?;
         let (fs, root_name, file) = match virtual_bytes {
             Some(bytes) => {
                 let mut f = VirtualFile::from_bytes(bytes);

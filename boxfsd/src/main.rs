@@ -551,6 +551,10 @@ mod linux {
     /// The volume table being served, and what must live as long as it does.
     pub(crate) struct Table {
         pub(crate) vfs: Arc<VolumeFs>,
+        /// The root backend, where mount points' missing parents are made.
+        root: Arc<dyn DynFileSystem>,
+        /// The root is a host directory: nothing is created in it.
+        host_root: bool,
         /// Staged file volumes (dropping one removes its staging directory).
         pub(crate) files: Vec<FileMount>,
         /// Runtime directory for file volumes.
@@ -634,14 +638,14 @@ mod linux {
     /// inside another volume.
     fn make_parents(
         root: &dyn DynFileSystem,
-        volumes: &[spec::VolumeSpec],
+        paths: &[&str],
+        is_volume: &dyn Fn(&str) -> bool,
         host_root: bool,
     ) -> Result<(), String> {
         use boxfs::{Context, ROOT_ID};
-        let is_volume = |p: &str| volumes.iter().any(|v| v.path == p);
         let ctx = Context::new();
-        for v in volumes.iter().filter(|v| v.path != "/") {
-            let comps: Vec<&str> = v.path[1..].split('/').collect();
+        for path in paths.iter().filter(|p| **p != "/") {
+            let comps: Vec<&str> = path[1..].split('/').collect();
             let mut dir = ROOT_ID;
             let mut prefix = String::new();
             let mut held = Vec::new();
@@ -651,18 +655,18 @@ mod linux {
                 if is_volume(&prefix) {
                     break;
                 }
-                let name = CString::new(*c).map_err(|_| format!("volume {}: NUL", v.path))?;
+                let name = CString::new(*c).map_err(|_| format!("volume {}: NUL", path))?;
                 let e = match root.lookup(&ctx, dir, &name) {
                     Ok(e) => e,
                     Err(e) if e.raw_os_error() == Some(libc::ENOENT) && !host_root => {
                         root.mkdir(&ctx, dir, &name, 0o755, 0).map_err(|e| {
-                            format!("volume {}: creating {prefix} in the root: {e}", v.path)
+                            format!("volume {}: creating {prefix} in the root: {e}", path)
                         })?
                     }
                     Err(e) => {
                         return Err(format!(
                             "volume {}: mount point parent {prefix} in the root: {e}",
-                            v.path
+                            path
                         ))
                     }
                 };
@@ -713,8 +717,9 @@ mod linux {
                 return Err(format!("--volume {}: given twice", v.path));
             }
         }
-        make_parents(&*root, &args.volume, host_root)?;
-        let vfs = Arc::new(VolumeFs::new(root));
+        let paths: Vec<&str> = args.volume.iter().map(|v| v.path.as_str()).collect();
+        make_parents(&*root, &paths, &|p| paths.contains(&p), host_root)?;
+        let vfs = Arc::new(VolumeFs::new(root.clone()));
         let mut vols: Vec<&spec::VolumeSpec> =
             args.volume.iter().filter(|v| v.path != "/").collect();
         // Parents before the volumes mounted inside them.
@@ -729,6 +734,8 @@ mod linux {
         }
         Ok(Table {
             vfs,
+            root,
+            host_root,
             files,
             runtime_dir,
         })
@@ -837,9 +844,16 @@ mod linux {
         if let (Some(listener), Some(t)) = (api_listener, table.as_mut()) {
             let a = Arc::clone(args);
             let rt = t.runtime_dir.clone();
+            let (vfs, root, host_root) = (t.vfs.clone(), t.root.clone(), t.host_root);
             let build: api::Builder = Box::new(move |v| build_backend(&a, v, &rt));
+            let parents: api::Parents = Box::new(move |path| {
+                let attached: Vec<String> = vfs.volumes().into_iter().map(|i| i.path).collect();
+                let is_volume = |p: &str| attached.iter().any(|a| a == p);
+                make_parents(&*root, &[path], &is_volume, host_root)
+            });
             let files = std::mem::take(&mut t.files);
-            api::Api::new(t.vfs.clone(), build, sandbox, &args.volume, files).serve(listener)?;
+            api::Api::new(t.vfs.clone(), build, parents, sandbox, &args.volume, files)
+                .serve(listener)?;
         }
         let device = builder.build().map_err(|e| e.to_string())?;
         let handle = match (bound, args.fd) {

@@ -334,6 +334,10 @@ fn api_attaches_and_detaches_while_the_guest_runs() {
         api.to_str().expect("utf-8"),
         "--volume",
         "/tmp=memfs:1M",
+        "--volume",
+        &format!("/etc/app.conf=file:{},ro", p(&f, "app.conf")),
+        "--runtime-dir",
+        &p(&f, "run"),
     ]);
     wait_for(&f.sock, &mut child);
     let mode = std::fs::metadata(&api)
@@ -347,8 +351,11 @@ fn api_attaches_and_detaches_while_the_guest_runs() {
         let (st, body) = http(&api, "GET", "/volumes", "");
         assert_eq!(st, 200, "{body}");
         let rows: serde_json::Value = serde_json::from_str(&body).expect("json");
-        assert_eq!(rows[0]["path"], "/tmp");
-        assert_eq!(rows[0]["kind"], "memfs");
+        assert_eq!(rows[0]["path"], "/etc/app.conf");
+        assert_eq!(rows[0]["kind"], "file");
+        assert_eq!(rows[0]["readonly"], true);
+        assert_eq!(rows[1]["path"], "/tmp");
+        assert_eq!(rows[1]["kind"], "memfs");
         assert_eq!(c.lookup(ROOT_ID, "data").unwrap_err(), libc::ENOENT);
 
         // Attach: visible at the guest's next lookup.
@@ -389,6 +396,24 @@ fn api_attaches_and_detaches_while_the_guest_runs() {
         );
         assert_eq!(st, 403, "{body}");
         assert!(body.contains("--sandbox none"), "{body}");
+        // Missing parents of a mount point are made in the in-memory root.
+        let (st, body) = http(
+            &api,
+            "PUT",
+            "/volumes",
+            r#"{"path":"/opt/agent/token","kind":"virtual","content":"t"}"#,
+        );
+        assert_eq!(st, 201, "{body}");
+        let opt = c.lookup(ROOT_ID, "opt").expect("opt");
+        let agent = c.lookup(opt.nodeid, "agent").expect("agent");
+        let token2 = c.lookup(agent.nodeid, "token").expect("token");
+        assert_eq!(read_all(&mut c, token2.nodeid), b"t");
+        // A file volume from the command line detaches inside the sandbox too.
+        let etc = c.lookup(ROOT_ID, "etc").expect("etc");
+        c.lookup(etc.nodeid, "app.conf").expect("app.conf");
+        let (st, body) = http(&api, "DELETE", "/volumes?path=/etc/app.conf", "");
+        assert_eq!(st, 204, "{body}");
+        assert_eq!(c.lookup(etc.nodeid, "app.conf").unwrap_err(), libc::ENOENT);
         let (st, body) = http(&api, "PUT", "/volumes", r#"{"path":"/x","kind":"nfs"}"#);
         assert_eq!(st, 400, "{body}");
 
@@ -425,8 +450,13 @@ fn api_attaches_and_detaches_while_the_guest_runs() {
         let (st, body) = http(&api, "GET", "/volumes", "");
         assert_eq!(st, 200);
         let rows: serde_json::Value = serde_json::from_str(&body).expect("json");
-        assert_eq!(rows.as_array().map(Vec::len), Some(1), "{body}");
-        assert_eq!(rows[0]["path"], "/token");
+        let paths: Vec<&str> = rows
+            .as_array()
+            .expect("rows")
+            .iter()
+            .map(|r| r["path"].as_str().expect("path"))
+            .collect();
+        assert_eq!(paths, ["/opt/agent/token", "/token"], "{body}");
     }
     assert!(
         wait_exit(&mut child).success(),
