@@ -124,13 +124,13 @@ impl From<VolumeError> for Error {
 fn source_of(kind: &Kind) -> Option<String> {
     match kind {
         Kind::Dir(p) | Kind::File(p) | Kind::Virtual(p) => Some(p.display().to_string()),
-        Kind::Memfs(s) => Some(format!("{}", s.bytes())),
+        Kind::Memfs(s) => Some(s.to_string()),
         Kind::Overlay { lower, upper } => Some(format!(
             "lower={},upper={}",
             lower.display(),
             match upper {
                 spec::Upper::Dir(d) => d.display().to_string(),
-                spec::Upper::Memfs(s) => format!("memfs:{}", s.bytes()),
+                spec::Upper::Memfs(s) => format!("memfs:{s}"),
             }
         )),
     }
@@ -192,12 +192,12 @@ impl Api {
         let url = req.url().to_owned();
         let (path, query) = url.split_once('?').unwrap_or((&url, ""));
         let res = match (req.method(), path) {
-            (Method::Get, "/volumes") => Ok((200, self.list())),
+            (Method::Get, "/volumes") => Ok((200, self.rows(None))),
             (Method::Put, "/volumes") => {
                 let mut body = Vec::new();
                 match req.as_reader().take(MAX_BODY + 1).read_to_end(&mut body) {
                     Ok(n) if n as u64 > MAX_BODY => Err(Error(413, "body too large".into())),
-                    Ok(_) => self.attach(&body).map(|()| (201, String::new())),
+                    Ok(_) => self.attach(&body).map(|path| (201, self.rows(Some(&path)))),
                     Err(e) => Err(Error(400, format!("reading the body: {e}"))),
                 }
             }
@@ -221,12 +221,14 @@ impl Api {
         }
     }
 
-    fn list(&self) -> String {
+    /// The table as JSON, or the row of one volume.
+    fn rows(&self, only: Option<&str>) -> String {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let rows: Vec<Row> = self
             .vfs
             .volumes()
             .into_iter()
+            .filter(|v| only.is_none_or(|p| p == v.path))
             .map(|v| {
                 let e = entries.get(&v.path);
                 Row {
@@ -239,10 +241,15 @@ impl Api {
                 }
             })
             .collect();
-        serde_json::to_string(&rows).unwrap_or_else(|_| "[]".into())
+        let json = match only {
+            Some(_) => rows.first().map(serde_json::to_string),
+            None => Some(serde_json::to_string(&rows)),
+        };
+        json.and_then(Result::ok).unwrap_or_else(|| "{}".into())
     }
 
-    fn attach(&self, body: &[u8]) -> Result<(), Error> {
+    /// Attaches the volume a body describes; returns its path.
+    fn attach(&self, body: &[u8]) -> Result<String, Error> {
         let b: AttachBody =
             serde_json::from_slice(body).map_err(|e| Error(400, format!("body: {e}")))?;
         let path = spec::guest_path(&b.path).map_err(|e| Error(400, e))?;
@@ -365,7 +372,7 @@ impl Api {
         self.vfs.attach(&path, fs, opts)?;
         tracing::info!("api: attached {} volume at {path}", b.kind);
         entries.insert(
-            path,
+            path.clone(),
             Entry {
                 kind: b.kind,
                 source: if virtual_bytes_is_inline(&spec.kind) {
@@ -376,7 +383,7 @@ impl Api {
                 _file: file,
             },
         );
-        Ok(())
+        Ok(path)
     }
 
     fn detach(&self, query: &str) -> Result<(), Error> {

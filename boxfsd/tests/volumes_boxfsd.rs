@@ -366,6 +366,10 @@ fn api_attaches_and_detaches_while_the_guest_runs() {
             r#"{"path":"/data","kind":"memfs","size":"1M"}"#,
         );
         assert_eq!(st, 201, "{body}");
+        let row: serde_json::Value = serde_json::from_str(&body).expect("json");
+        assert_eq!(row["path"], "/data");
+        assert_eq!(row["kind"], "memfs");
+        assert_eq!(row["source"], "1M");
         let data = c.lookup(ROOT_ID, "data").expect("attached volume");
         assert_ne!(data.attr.flags & ATTR_SUBMOUNT, 0);
         let (st, body) = http(
