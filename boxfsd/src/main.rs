@@ -9,7 +9,15 @@
 //! boxfsd --socket-path /tmp/fs.sock --shared-dir /srv/share --tag share
 //! boxfsd --socket-path /tmp/scratch.sock --memfs-size 512M --tag scratch
 //! boxfsd --socket-path /tmp/conf.sock --shared-file /srv/app.conf --guest-path /etc/app.conf
+//! boxfsd --socket-path /tmp/sandbox.sock --tag sandbox --api-socket /run/boxfs/api.sock \
+//!     --volume /=overlay:lower=/img/rootfs,upper=memfs:1G --volume /work=dir:/home/u/proj \
+//!     --volume /tmp=memfs:256M --volume /init.krun=virtual:/usr/lib/boxfs/init,mode=0755
 //! ```
+//!
+//! With `--volume` (repeatable, see `spec`) one device serves a `boxfs::volumes::VolumeFs`: a
+//! root backend and volumes at guest paths. `--api-socket` (see `api`) lists, attaches and
+//! detaches volumes at runtime over HTTP/1.1 + JSON. `--plan sh|json` (see `plan`) prints what
+//! the guest must mount.
 //!
 //! With `--shared-file` the daemon stages the file (see `boxfs::filemount`) and, once its socket
 //! is listening, prints on stdout the random tag (first line) and then the guest mount plan, an
