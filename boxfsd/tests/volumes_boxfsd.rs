@@ -631,3 +631,56 @@ fn plan_json_for_a_shared_file() {
     drop(c);
     assert!(wait_exit(&mut child).success());
 }
+
+#[test]
+fn overlay_root_gets_the_mount_points_parents_in_its_upper() {
+    let f = fixture();
+    let lower = f.dir.path().join("lower");
+    std::fs::create_dir_all(lower.join("bin")).expect("mkdir");
+    std::fs::write(lower.join("bin/sh"), b"lower file").expect("write");
+    let s = f.sock.to_str().expect("utf-8");
+    let root = format!(
+        "/=overlay:lower={},upper=memfs:4M",
+        lower.to_str().expect("utf-8")
+    );
+    let conf = format!("/etc/app.conf=file:{},ro", p(&f, "app.conf"));
+    let nested = format!("/srv/ov=overlay:lower={},upper=memfs:1M", p(&f, "work"));
+    let run = p(&f, "run");
+    let mut child = spawn(&[
+        "--socket-path",
+        s,
+        "--runtime-dir",
+        &run,
+        "--volume",
+        &root,
+        "--volume",
+        &conf,
+        "--volume",
+        &nested,
+    ]);
+    wait_for(&f.sock, &mut child);
+    {
+        let mut c = FuseClient::connect(&f.sock).expect("connect");
+        init_with_submounts(&mut c);
+        let bin = c.lookup(ROOT_ID, "bin").expect("bin from the lower layer");
+        let sh = c.lookup(bin.nodeid, "sh").expect("sh");
+        assert_eq!(read_all(&mut c, sh.nodeid), b"lower file");
+        let etc = c.lookup(ROOT_ID, "etc").expect("etc made in the upper");
+        let conf = c.lookup(etc.nodeid, "app.conf").expect("app.conf");
+        assert_eq!(read_all(&mut c, conf.nodeid), b"key=value\n");
+        let srv = c.lookup(ROOT_ID, "srv").expect("srv");
+        let ov = c.lookup(srv.nodeid, "ov").expect("overlay volume");
+        assert_ne!(ov.attr.flags & ATTR_SUBMOUNT, 0);
+        let hello = c.lookup(ov.nodeid, "hello.txt").expect("hello");
+        assert_eq!(read_all(&mut c, hello.nodeid), b"work data");
+        // Writes go to the volume's in-memory upper, never to the host lower.
+        let (n, o) = c
+            .create(ov.nodeid, "new", 0o644, libc::O_RDWR as u32)
+            .expect("create in the overlay volume");
+        c.write(n.nodeid, o.fh, 0, b"up").expect("write");
+        c.release(n.nodeid, o.fh).expect("release");
+        assert!(!f.dir.path().join("work/new").exists());
+    }
+    assert!(!lower.join("etc").exists(), "the lower layer is untouched");
+    assert!(wait_exit(&mut child).success());
+}
