@@ -428,7 +428,7 @@ fn virtual_bytes_is_inline(kind: &Kind) -> bool {
     matches!(kind, Kind::Virtual(p) if p.as_os_str().is_empty())
 }
 
-/// Decodes `%XX` escapes (and `+` as a space) of a query value.
+/// Decodes the `%XX` escapes of a query value (`+` stays a plus: paths may hold one).
 fn percent_decode(s: &str) -> Option<String> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
@@ -439,10 +439,6 @@ fn percent_decode(s: &str) -> Option<String> {
                 let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
                 out.push(u8::from_str_radix(hex, 16).ok()?);
                 i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
             }
             c => {
                 out.push(c);

@@ -28,6 +28,8 @@ eq() {
     if [ "$2" = "$3" ]; then pass "$1"; else fail "$1" "got '$2' want '$3'"; fi
 }
 # wait_for TEST SECONDS: polls TEST (a shell condition) every half second.
+# submounts LABEL: which submounts below $M the guest has right now (INFO line).
+submounts() { echo "INFO submounts_$1 $(awk -v m="$M/" 'index($5, m) == 1 { print $1 ":" $5 }' /proc/self/mountinfo | tr '\n' ' ')"; }
 wait_for() {
     i=0
     while [ "$i" -lt "$(($2 * 2))" ]; do
@@ -54,7 +56,13 @@ if [ "$d_root" != "$d_work" ] && [ "$d_root" != "$d_tmp" ] && [ "$d_work" != "$d
 else
     fail distinct_st_dev "/ $d_root /work $d_work /tmp $d_tmp"
 fi
-echo "INFO submounts: $(grep -c " $M/" /proc/mounts)"
+submounts after_stat
+sleep 2
+submounts after_2s
+ls -A "$M" >/dev/null
+submounts after_ls_root
+stat "$M/work" >/dev/null
+submounts after_restat
 
 # --- virtual file: runs, read-only ---------------------------------------------------------------
 eq init_krun_mode "$(stat -c %a "$M/init.krun")" 755
@@ -76,6 +84,7 @@ if echo up > "$M/upper.txt" && [ "$(cat "$M/upper.txt")" = up ]; then pass root_
 if out=$(mv "$M/work/x" "$M/tmp/" 2>&1); then pass mv_work_to_tmp; else fail mv_work_to_tmp "$out"; fi
 eq mv_content "$(cat "$M/tmp/x" 2>&1)" "work $TOKEN"
 if [ -e "$M/work/x" ]; then fail mv_source_gone "still there"; else pass mv_source_gone; fi
+submounts after_mv
 
 # --- runtime attach and detach through the API socket ---------------------------------------------
 echo "VOL-STEP attach"
@@ -84,6 +93,7 @@ d_extra=$(stat -c %d "$M/extra/." 2>/dev/null)
 if [ -n "$d_extra" ] && [ "$d_extra" != "$d_root" ]; then pass api_attach_own_st_dev; else fail api_attach_own_st_dev "$d_extra"; fi
 if echo "held $TOKEN" > "$M/extra/f"; then pass api_volume_write; else fail api_volume_write "write"; fi
 exec 3< "$M/extra/f"
+submounts after_attach
 echo "VOL-STEP detach-busy"
 if wait_for "[ -s '$M/work/.vol-busy' ]" 120; then
     eq api_detach_busy_409 "$(cat "$M/work/.vol-busy")" 409
@@ -101,7 +111,9 @@ else
     fail api_detach_204 "host never answered"
 fi
 if wait_for "[ ! -e '$M/extra' ]" 60; then pass api_detached_gone; else fail api_detached_gone "$M/extra still there"; fi
+submounts after_detach
 eq api_detached_not_listed "$(ls -A "$M" | grep -c '^extra$')" 0
+submounts after_detach_ls
 if cat "$M/extra/f" >/dev/null 2>&1; then fail api_detached_unreachable "read $M/extra/f"; else pass api_detached_unreachable; fi
 
 echo "VOLUMES-DONE pass=$P fail=$F"
@@ -109,6 +121,8 @@ echo "VOLUMES-DONE pass=$P fail=$F"
 # --- pjdfstest in a dir volume, a memfs volume, and the overlay root ------------------------------
 for d in "$M/work" "$M/tmp" "$M"; do
     echo "VOL-PJDFSTEST $d"
+    echo "INFO mount_id_before $d $(awk -v d="$d" '$5 == d { print $1 }' /proc/self/mountinfo | tr '\n' ' ')"
     BOXFS_MNT=$d sh /guest/pjdfstest.sh
+    echo "INFO mount_id_after $d $(awk -v d="$d" '$5 == d { print $1 }' /proc/self/mountinfo | tr '\n' ' ')"
 done
 exit 0
