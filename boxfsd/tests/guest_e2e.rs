@@ -1617,6 +1617,7 @@ const VOLUMES_CHECKS: &[&str] = &[
     "file_volume",
     "tmp_is_empty_dir",
     "distinct_st_dev",
+    "submounts_survive_listing",
     "init_krun_mode",
     "init_krun_runs",
     "init_krun_readonly",

@@ -684,3 +684,38 @@ fn overlay_root_gets_the_mount_points_parents_in_its_upper() {
     assert!(!lower.join("etc").exists(), "the lower layer is untouched");
     assert!(wait_exit(&mut child).success());
 }
+
+/// The guest kernel makes a submount's mount-point inode with generation 0 and drops (and so
+/// unmounts) a dentry whose READDIRPLUS entry has another generation: a mount point must
+/// carry generation 0 in lookups and listings alike, or every `ls` of its parent unmounts the
+/// volume under the guest's processes (seen as EXDEV and ctime failures in pjdfstest).
+#[test]
+fn mount_points_have_generation_zero_when_announced_as_submounts() {
+    let f = fixture();
+    let s = f.sock.to_str().expect("utf-8");
+    let mut child = spawn(&[
+        "--socket-path",
+        s,
+        "--volume",
+        "/tmp=memfs:1M",
+        "--volume",
+        "/scratch=memfs:1M",
+    ]);
+    wait_for(&f.sock, &mut child);
+    {
+        let mut c = FuseClient::connect(&f.sock).expect("connect");
+        init_with_submounts(&mut c);
+        let tmp = c.lookup(ROOT_ID, "tmp").expect("tmp");
+        assert_ne!(tmp.attr.flags & ATTR_SUBMOUNT, 0);
+        assert_eq!(tmp.generation, 0, "lookup of a submount");
+        let listed = c.list(ROOT_ID).expect("readdirplus /");
+        let e = listed
+            .iter()
+            .find(|e| e.name == b"tmp")
+            .expect("tmp listed");
+        assert_eq!(e.entry.nodeid, tmp.nodeid);
+        assert_ne!(e.entry.attr.flags & ATTR_SUBMOUNT, 0);
+        assert_eq!(e.entry.generation, 0, "readdirplus of a submount");
+    }
+    assert!(wait_exit(&mut child).success());
+}

@@ -30,6 +30,7 @@ eq() {
 # wait_for TEST SECONDS: polls TEST (a shell condition) every half second.
 # submounts LABEL: which submounts below $M the guest has right now (INFO line).
 submounts() { echo "INFO submounts_$1 $(awk -v m="$M/" 'index($5, m) == 1 { print $1 ":" $5 }' /proc/self/mountinfo | tr '\n' ' ')"; }
+submount_ids() { awk -v m="$M/" 'index($5, m) == 1 { print $1 ":" $5 }' /proc/self/mountinfo | sort | tr '\n' ' '; }
 wait_for() {
     i=0
     while [ "$i" -lt "$(($2 * 2))" ]; do
@@ -57,12 +58,11 @@ else
     fail distinct_st_dev "/ $d_root /work $d_work /tmp $d_tmp"
 fi
 submounts after_stat
-sleep 2
-submounts after_2s
+# A listing of the parent keeps the submounts (the guest dropped them when a mount point's
+# READDIRPLUS entry disagreed with its lookup).
+before=$(submount_ids)
 ls -A "$M" >/dev/null
-submounts after_ls_root
-stat "$M/work" >/dev/null
-submounts after_restat
+eq submounts_survive_listing "$(submount_ids)" "$before"
 
 # --- virtual file: runs, read-only ---------------------------------------------------------------
 eq init_krun_mode "$(stat -c %a "$M/init.krun")" 755
