@@ -134,7 +134,7 @@ mod linux {
         #[arg(long, value_name = "PATH", requires = "shared_file")]
         guest_path: Option<String>,
 
-        /// Directory for the file mount's staging directory (default: $XDG_RUNTIME_DIR/
+        /// Directory for the staging directories of --shared-file and file volumes (default: $XDG_RUNTIME_DIR/
         /// boxfs-filemount or /tmp/boxfs-filemount-UID). Read-write file mounts need it on the
         /// file's filesystem. Staging directories of dead daemons in it are removed at start.
         #[arg(long, value_name = "DIR")]
