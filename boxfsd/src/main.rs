@@ -9,7 +9,15 @@
 //! boxfsd --socket-path /tmp/fs.sock --shared-dir /srv/share --tag share
 //! boxfsd --socket-path /tmp/scratch.sock --memfs-size 512M --tag scratch
 //! boxfsd --socket-path /tmp/conf.sock --shared-file /srv/app.conf --guest-path /etc/app.conf
+//! boxfsd --socket-path /tmp/sandbox.sock --tag sandbox --api-socket /run/boxfs/api.sock \
+//!     --volume /=overlay:lower=/img/rootfs,upper=memfs:1G --volume /work=dir:/home/u/proj \
+//!     --volume /tmp=memfs:256M --volume /init.krun=virtual:/usr/lib/boxfs/init,mode=0755
 //! ```
+//!
+//! With `--volume` (repeatable, see `spec`) one device serves a `boxfs::volumes::VolumeFs`: a
+//! root backend and volumes at guest paths. `--api-socket` (see `api`) lists, attaches and
+//! detaches volumes at runtime over HTTP/1.1 + JSON. `--plan sh|json` (see `plan`) prints what
+//! the guest must mount.
 //!
 //! With `--shared-file` the daemon stages the file (see `boxfs::filemount`) and, once its socket
 //! is listening, prints on stdout the random tag (first line) and then the guest mount plan, an
@@ -19,6 +27,13 @@
 //! The daemon exits with status 0 when the VMM disconnects (unless `--keep-serving`), or on
 //! SIGTERM, SIGINT or SIGHUP, after removing its socket file; with status 1 and a message on
 //! stderr when it cannot start.
+
+#[cfg(target_os = "linux")]
+mod api;
+#[cfg(target_os = "linux")]
+mod plan;
+#[cfg(target_os = "linux")]
+mod spec;
 
 #[cfg(target_os = "linux")]
 fn main() {
@@ -40,11 +55,16 @@ mod linux {
     use std::path::{Path, PathBuf};
     use std::sync::Arc;
 
-    use boxfs::filemount::{default_runtime_dir, FileMountOptions, FileMounts};
+    use std::ffi::CString;
+
+    use crate::{api, plan, spec};
+
+    use boxfs::filemount::{default_runtime_dir, FileMount, FileMountOptions, FileMounts};
     use boxfs::memfs::MemFs;
     use boxfs::passthrough::{HostPermissions, PassthroughFs, SymlinkMode};
     use boxfs::sandbox::Seccomp;
     use boxfs::vhost::{BoundSocket, DeviceHandle, Dispatch, FsDevice, DEFAULT_THREAD_POOL_SIZE};
+    use boxfs::volumes::{VirtualFile, VolumeFs, VolumeOptions};
     use boxfs::{CachePolicy, DynFileSystem, Size};
     use clap::{ArgGroup, Parser};
 
@@ -57,6 +77,7 @@ mod linux {
                  filesystem to a VMM"
     )]
     #[command(group(ArgGroup::new("backend").args(["shared_dir", "shared_file", "memfs_size", "lower"])))]
+    #[command(group(ArgGroup::new("table").multiple(true).args(["volume", "api_socket"])))]
     #[command(group(ArgGroup::new("host_backend").args(["shared_dir", "shared_file"])))]
     #[command(group(ArgGroup::new("dir_backend").multiple(true).args(["shared_dir", "lower"])))]
     #[command(group(ArgGroup::new("owned_backend").multiple(true).args(["shared_dir", "shared_file", "lower"])))]
@@ -70,9 +91,38 @@ mod linux {
         #[arg(long, value_name = "FD")]
         fd: Option<RawFd>,
 
-        /// Host directory to share (PassthroughFs).
+        /// Host directory to share (PassthroughFs). With --volume: the root backend `/`.
         #[arg(long, value_name = "DIR")]
         shared_dir: Option<PathBuf>,
+
+        /// A volume at a guest path, repeatable: `GUEST_PATH=KIND:SPEC[,OPTION...]` with KIND
+        /// `dir:PATH`, `memfs:SIZE`, `overlay:lower=DIR,upper=DIR|memfs:SIZE`, `file:PATH` or
+        /// `virtual:PATH` (the host file's bytes, read at start, read-only); OPTIONs `ro`,
+        /// `mode=OCTAL`, `owner=UID:GID`, `hide=PATTERN` (repeatable). `/=KIND:SPEC` sets the
+        /// root backend (default: --shared-dir, --memfs-size or --lower/--upper if given, else
+        /// a 16 MiB in-memory root holding the mount points). One device serves them all.
+        #[arg(long, value_name = "GUEST_PATH=KIND:SPEC", value_parser = spec::parse_volume,
+              conflicts_with = "shared_file")]
+        volume: Vec<spec::VolumeSpec>,
+
+        /// Print the guest mount plan on stdout once the socket listens: `sh` (a script ending
+        /// with `# end of plan`; the default for --shared-file, after the tag line) or `json`
+        /// (one line). For --shared-file the file mount's steps; otherwise the device's one
+        /// virtiofs mount (tag, mount point, options, kernel command line for a root on it,
+        /// volumes).
+        #[arg(long, value_name = "FORMAT")]
+        plan: Option<plan::Format>,
+
+        /// Guest mount point of the device in the --plan (default `/`: the guest's root
+        /// filesystem). Not with --shared-file.
+        #[arg(long, value_name = "PATH", requires = "plan", conflicts_with = "shared_file",
+              value_parser = spec::guest_path)]
+        mount_point: Option<String>,
+
+        /// Control socket (HTTP/1.1 + JSON, mode 0600) to list, attach and detach volumes at
+        /// runtime: the runtime's channel, never to be exposed to the guest.
+        #[arg(long, value_name = "PATH", conflicts_with = "shared_file")]
+        api_socket: Option<PathBuf>,
 
         /// A single host file to share (a file mount): staged in a private directory under
         /// --runtime-dir, served under a random tag; the tag and the guest mount plan are
@@ -84,10 +134,10 @@ mod linux {
         #[arg(long, value_name = "PATH", requires = "shared_file")]
         guest_path: Option<String>,
 
-        /// Directory for the file mount's staging directory (default: $XDG_RUNTIME_DIR/
+        /// Directory for the staging directories of --shared-file and file volumes (default: $XDG_RUNTIME_DIR/
         /// boxfs-filemount or /tmp/boxfs-filemount-UID). Read-write file mounts need it on the
         /// file's filesystem. Staging directories of dead daemons in it are removed at start.
-        #[arg(long, value_name = "DIR", requires = "shared_file")]
+        #[arg(long, value_name = "DIR")]
         runtime_dir: Option<PathBuf>,
 
         /// Serve an in-memory filesystem (MemFs) of this capacity instead, e.g. 512M, 2G.
@@ -384,15 +434,22 @@ mod linux {
             mount.share_dir().display(),
             mount.placement()
         );
-        let plan = mounts
+        let gp = mounts
             .plan()
-            .map_err(|e| format!("shared file {}: {e}", file.display()))?
-            .to_sh();
+            .map_err(|e| format!("shared file {}: {e}", file.display()))?;
+        let plan = match args.plan {
+            Some(plan::Format::Json) => format!("{}\n", plan::file_json(&gp)),
+            Some(plan::Format::Sh) | None => format!("{tag}\n{}", gp.to_sh()),
+        };
         Ok(FileShare { mounts, tag, plan })
     }
 
     /// `--lower DIR --upper DIR|memfs:SIZE --policy NAME`: a DualFs overlay.
-    fn build_overlay(args: &Args, lower: &Path) -> Result<Arc<dyn DynFileSystem>, String> {
+    fn build_overlay(
+        args: &Args,
+        lower: &Path,
+        upper: &spec::Upper,
+    ) -> Result<Arc<dyn DynFileSystem>, String> {
         use boxfs::dualfs::{policy_by_name, DualFs};
         check_shared_dir(lower)?;
         let b = PassthroughFs::builder(lower)
@@ -402,10 +459,8 @@ mod linux {
             .symlinks(args.symlinks)
             .build()
             .map_err(|e| format!("lower directory {}: {e}", lower.display()))?;
-        let upper = args.upper.as_deref().ok_or("--lower needs --upper")?;
-        let a: Arc<dyn DynFileSystem> = match upper.strip_prefix("memfs:") {
-            Some(size) => {
-                let size: Size = size.parse().map_err(|e| format!("--upper {upper}: {e}"))?;
+        let a: Arc<dyn DynFileSystem> = match upper {
+            spec::Upper::Memfs(size) => {
                 let mut m = MemFs::builder()
                     .capacity(size.bytes())
                     .cache_policy(args.cache);
@@ -417,7 +472,7 @@ mod linux {
                         .map_err(|e| format!("upper in-memory filesystem: {e}"))?,
                 )
             }
-            None => Arc::new(passthrough(args, Path::new(upper), "upper directory")?),
+            spec::Upper::Dir(dir) => Arc::new(passthrough(args, dir, "upper directory", false)?),
         };
         let policy = policy_by_name(&args.policy)
             .ok_or_else(|| format!("--policy {}: unknown policy", args.policy))?;
@@ -433,10 +488,15 @@ mod linux {
     }
 
     /// A writable PassthroughFs over `dir` with the command line's options.
-    fn passthrough(args: &Args, dir: &Path, what: &str) -> Result<PassthroughFs, String> {
+    fn passthrough(
+        args: &Args,
+        dir: &Path,
+        what: &str,
+        readonly: bool,
+    ) -> Result<PassthroughFs, String> {
         check_shared_dir(dir)?;
         let mut b = PassthroughFs::builder(dir)
-            .readonly(args.readonly)
+            .readonly(readonly)
             .cache_policy(args.cache)
             .writeback(args.writeback)
             .quota_bytes(args.quota.map(Size::bytes))
@@ -458,10 +518,17 @@ mod linux {
 
     fn build_fs(args: &Args) -> Result<Arc<dyn DynFileSystem>, String> {
         if let Some(lower) = &args.lower {
-            return build_overlay(args, lower);
+            let upper = args.upper.as_deref().ok_or("--lower needs --upper")?;
+            let upper = spec::parse_upper(upper).map_err(|e| format!("--upper: {e}"))?;
+            return build_overlay(args, lower, &upper);
         }
         if let Some(dir) = &args.shared_dir {
-            return Ok(Arc::new(passthrough(args, dir, "shared directory")?));
+            return Ok(Arc::new(passthrough(
+                args,
+                dir,
+                "shared directory",
+                args.readonly,
+            )?));
         }
         let size = args.memfs_size.ok_or("no backend given")?;
         let mut b = MemFs::builder()
@@ -474,6 +541,212 @@ mod linux {
             .build()
             .map_err(|e| format!("in-memory filesystem: {e}"))?;
         Ok(Arc::new(fs))
+    }
+
+    /// Capacity of the default root of a volume table: an in-memory filesystem holding only
+    /// the mount points' parent directories (and whatever the guest creates there).
+    const DEFAULT_ROOT_SIZE: u64 = 16 << 20;
+
+    /// A MemFs of `size` bytes with the command line's options.
+    fn memfs(args: &Args, size: u64) -> Result<MemFs, String> {
+        let mut b = MemFs::builder().capacity(size).cache_policy(args.cache);
+        if let Some(n) = args.memfs_max_inodes {
+            b = b.max_inodes(n);
+        }
+        b.build().map_err(|e| format!("in-memory filesystem: {e}"))
+    }
+
+    /// The volume table being served, and what must live as long as it does.
+    pub(crate) struct Table {
+        pub(crate) vfs: Arc<VolumeFs>,
+        /// The root backend, where mount points' missing parents are made.
+        root: Arc<dyn DynFileSystem>,
+        /// The root is a host directory: nothing is created in it.
+        host_root: bool,
+        /// Staged file volumes (dropping one removes its staging directory).
+        pub(crate) files: Vec<FileMount>,
+        /// Runtime directory for file volumes.
+        pub(crate) runtime_dir: PathBuf,
+    }
+
+    use crate::api::Built;
+
+    /// Builds the backend of a volume spec.
+    fn build_backend(
+        args: &Args,
+        v: &spec::VolumeSpec,
+        runtime_dir: &Path,
+    ) -> Result<Built, String> {
+        let at = &v.path;
+        Ok(match &v.kind {
+            spec::Kind::Dir(dir) => (
+                Arc::new(passthrough(args, dir, "volume directory", v.readonly)?),
+                None,
+                None,
+            ),
+            spec::Kind::Memfs(size) => (
+                Arc::new(memfs(args, size.bytes()).map_err(|e| format!("volume {at}: {e}"))?),
+                None,
+                None,
+            ),
+            spec::Kind::Overlay { lower, upper } => (
+                build_overlay(args, lower, upper).map_err(|e| format!("volume {at}: {e}"))?,
+                None,
+                None,
+            ),
+            spec::Kind::File(file) => {
+                let mut opts = FileMountOptions::new()
+                    .runtime_dir(runtime_dir)
+                    .readonly(v.readonly)
+                    .cache_policy(args.cache)
+                    .owner(args.default_owner.0, args.default_owner.1);
+                if let Some(m) = v.mode {
+                    opts = opts.mode(m);
+                }
+                let m = FileMount::stage(file, at, &opts)
+                    .map_err(|e| format!("volume {at}: file {}: {e}", file.display()))?;
+                let name = CString::new(m.guest_mount().file_name.as_bytes())
+                    .map_err(|_| format!("volume {at}: file name with a NUL byte"))?;
+                (m.fs(), Some(name), Some(m))
+            }
+            spec::Kind::Virtual(file) => {
+                let mut f = VirtualFile::from_host_file(file)
+                    .map_err(|e| format!("volume {at}: virtual file {}: {e}", file.display()))?;
+                if let Some(m) = v.mode {
+                    f = f.mode(m);
+                }
+                if let Some((u, g)) = v.owner {
+                    f = f.owner(u, g);
+                }
+                (Arc::new(f), None, None)
+            }
+        })
+    }
+
+    /// The volume options of a spec.
+    fn volume_options(v: &spec::VolumeSpec, root_name: Option<&CString>) -> VolumeOptions {
+        let mut o = VolumeOptions::new().readonly(v.readonly);
+        if let Some(m) = v.mode {
+            o = o.mode(m);
+        }
+        if let Some((u, g)) = v.owner {
+            o = o.owner(u, g);
+        }
+        for h in &v.hide {
+            o = o.hide(h.clone());
+        }
+        if let Some(n) = root_name {
+            o = o.root_name(n);
+        }
+        o
+    }
+
+    /// Creates the missing parent directories of the volumes' mount points in the root
+    /// backend (not in a host directory root, whose tree is the host's), leaving out paths
+    /// inside another volume.
+    fn make_parents(
+        root: &dyn DynFileSystem,
+        paths: &[&str],
+        is_volume: &dyn Fn(&str) -> bool,
+        host_root: bool,
+    ) -> Result<(), String> {
+        use boxfs::{Context, ROOT_ID};
+        let ctx = Context::new();
+        for path in paths.iter().filter(|p| **p != "/") {
+            let comps: Vec<&str> = path[1..].split('/').collect();
+            let mut dir = ROOT_ID;
+            let mut prefix = String::new();
+            let mut held = Vec::new();
+            for c in &comps[..comps.len() - 1] {
+                prefix.push('/');
+                prefix.push_str(c);
+                if is_volume(&prefix) {
+                    break;
+                }
+                let name = CString::new(*c).map_err(|_| format!("volume {}: NUL", path))?;
+                let e = match root.lookup(&ctx, dir, &name) {
+                    Ok(e) => e,
+                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) && !host_root => {
+                        root.mkdir(&ctx, dir, &name, 0o755, 0).map_err(|e| {
+                            format!("volume {}: creating {prefix} in the root: {e}", path)
+                        })?
+                    }
+                    Err(e) => {
+                        return Err(format!(
+                            "volume {}: mount point parent {prefix} in the root: {e}",
+                            path
+                        ))
+                    }
+                };
+                dir = e.inode;
+                held.push(e.inode);
+            }
+            for ino in held {
+                root.forget(&ctx, ino, 1);
+            }
+        }
+        Ok(())
+    }
+
+    /// `--volume`s (and the shorthands as the root): one VolumeFs.
+    fn build_table(args: &Args) -> Result<Table, String> {
+        let runtime_dir = args.runtime_dir.clone().unwrap_or_else(default_runtime_dir);
+        let root_spec = args.volume.iter().find(|v| v.path == "/");
+        let shorthand =
+            args.shared_dir.is_some() || args.memfs_size.is_some() || args.lower.is_some();
+        let (root, host_root): (Arc<dyn DynFileSystem>, bool) = match root_spec {
+            Some(_) if shorthand => {
+                return Err(
+                    "--volume /=... and --shared-dir, --memfs-size or --lower both \
+                            give the root backend; give one"
+                        .into(),
+                )
+            }
+            Some(v) => {
+                if v.mode.is_some() || v.owner.is_some() || !v.hide.is_empty() {
+                    return Err(
+                        "--volume /=...: mode=, owner= and hide= do not apply to the \
+                                root backend"
+                            .into(),
+                    );
+                }
+                if v.readonly && !matches!(v.kind, spec::Kind::Dir(_)) {
+                    return Err("--volume /=...: ro applies only to a dir root".into());
+                }
+                let (fs, _, _) = build_backend(args, v, &runtime_dir)?;
+                (fs, matches!(v.kind, spec::Kind::Dir(_)))
+            }
+            None if shorthand => (build_fs(args)?, args.shared_dir.is_some()),
+            None => (Arc::new(memfs(args, DEFAULT_ROOT_SIZE)?), false),
+        };
+        let mut seen = std::collections::HashSet::new();
+        for v in &args.volume {
+            if !seen.insert(v.path.as_str()) {
+                return Err(format!("--volume {}: given twice", v.path));
+            }
+        }
+        let paths: Vec<&str> = args.volume.iter().map(|v| v.path.as_str()).collect();
+        make_parents(&*root, &paths, &|p| paths.contains(&p), host_root)?;
+        let vfs = Arc::new(VolumeFs::new(root.clone()));
+        let mut vols: Vec<&spec::VolumeSpec> =
+            args.volume.iter().filter(|v| v.path != "/").collect();
+        // Parents before the volumes mounted inside them.
+        vols.sort_by_key(|v| v.path.matches('/').count());
+        let mut files = Vec::new();
+        for v in vols {
+            let (fs, root_name, file) = build_backend(args, v, &runtime_dir)?;
+            vfs.attach(&v.path, fs, volume_options(v, root_name.as_ref()))
+                .map_err(|e| format!("volume {}: {e}", v.path))?;
+            tracing::info!("volume {} = {}", v.path, v.kind.name());
+            files.extend(file);
+        }
+        Ok(Table {
+            vfs,
+            root,
+            host_root,
+            files,
+            runtime_dir,
+        })
     }
 
     fn inherited_listener(fd: RawFd) -> Result<UnixListener, String> {
@@ -491,7 +764,10 @@ mod linux {
         Ok(unsafe { UnixListener::from_raw_fd(fd) })
     }
 
-    fn start(args: &Args) -> Result<(DeviceHandle, Option<FileShare>), String> {
+    /// What `start` hands back: the running device, the file share or volume table it serves.
+    type Started = (DeviceHandle, Option<FileShare>, Option<Table>);
+
+    fn start(args: &Arc<Args>) -> Result<Started, String> {
         let sandbox = match args.sandbox.as_str() {
             "none" => false,
             "namespace" => true,
@@ -522,14 +798,20 @@ mod linux {
             Some(f) => Some(stage_file(args, f)?),
             None => None,
         };
-        let fs = match &file_share {
-            Some(share) => share
+        let mut table = if !args.volume.is_empty() || args.api_socket.is_some() {
+            Some(build_table(args)?)
+        } else {
+            None
+        };
+        let fs = match (&file_share, &table) {
+            (Some(share), _) => share
                 .mounts
                 .mounts()
                 .first()
                 .map(|m| m.fs())
                 .ok_or("no file staged")?,
-            None => build_fs(args)?,
+            (None, Some(t)) => t.vfs.clone() as Arc<dyn DynFileSystem>,
+            (None, None) => build_fs(args)?,
         };
         let mut builder = FsDevice::builder(fs)
             .request_queues(args.request_queues)
@@ -552,6 +834,10 @@ mod linux {
         if let (Some(group), Some(path)) = (&args.socket_group, &args.socket_path) {
             set_socket_group(path, group)?;
         }
+        let api_listener = match &args.api_socket {
+            Some(path) => Some(api::bind(path)?),
+            None => None,
+        };
         if sandbox {
             boxfs::sandbox::enter_namespace().map_err(|e| match e {
                 boxfs::Error::Unsupported(why) => format!(
@@ -563,6 +849,20 @@ mod linux {
             tracing::info!("sandboxed: private mount namespace with only /proc, no_new_privs");
         }
         boxfs::sandbox::install_seccomp(args.seccomp).map_err(|e| format!("--seccomp: {e}"))?;
+        if let (Some(listener), Some(t)) = (api_listener, table.as_mut()) {
+            let a = Arc::clone(args);
+            let rt = t.runtime_dir.clone();
+            let (vfs, root, host_root) = (t.vfs.clone(), t.root.clone(), t.host_root);
+            let build: api::Builder = Box::new(move |v| build_backend(&a, v, &rt));
+            let parents: api::Parents = Box::new(move |path| {
+                let attached: Vec<String> = vfs.volumes().into_iter().map(|i| i.path).collect();
+                let is_volume = |p: &str| attached.iter().any(|a| a == p);
+                make_parents(&*root, &[path], &is_volume, host_root)
+            });
+            let files = std::mem::take(&mut t.files);
+            api::Api::new(t.vfs.clone(), build, parents, sandbox, &args.volume, files)
+                .serve(listener)?;
+        }
         let device = builder.build().map_err(|e| e.to_string())?;
         let handle = match (bound, args.fd) {
             (Some(bound), _) => device.serve_bound(bound).map_err(|e| e.to_string())?,
@@ -571,23 +871,28 @@ mod linux {
                 .map_err(|e| e.to_string())?,
             (None, None) => return Err("one of --socket-path or --fd is required".into()),
         };
-        Ok((handle, file_share))
+        Ok((handle, file_share, table))
     }
 
     pub(crate) fn main() -> i32 {
-        let args = Args::parse();
+        let args = Arc::new(Args::parse());
         if args.print_capabilities {
             println!(
                 "{{\n  \"type\": \"fs\",\n  \"features\": [\n    \"separate-options\"\n  ]\n}}"
             );
             return 0;
         }
+        let table = !args.volume.is_empty() || args.api_socket.is_some();
         let missing = if args.shared_dir.is_none()
             && args.memfs_size.is_none()
             && args.shared_file.is_none()
             && args.lower.is_none()
+            && !table
         {
-            Some("one of --shared-dir, --shared-file, --memfs-size or --lower/--upper is required")
+            Some(
+                "one of --shared-dir, --shared-file, --memfs-size, --lower/--upper, --volume or \
+                 --api-socket is required",
+            )
         } else if args.socket_path.is_none() && args.fd.is_none() {
             Some("one of --socket-path or --fd is required")
         } else if args.memfs_max_inodes.is_some()
@@ -598,11 +903,18 @@ mod linux {
                 .is_some_and(|u| u.starts_with("memfs:"))
         {
             Some("--memfs-max-inodes needs --memfs-size or --upper memfs:SIZE")
+        } else if args.shared_file.is_none() && args.guest_path.is_some() {
+            // (clap's `requires` does not catch this once another backend is given.)
+            Some("--guest-path needs --shared-file")
         } else if args.shared_file.is_none()
-            && (args.guest_path.is_some() || args.runtime_dir.is_some())
+            && args.runtime_dir.is_some()
+            && !args
+                .volume
+                .iter()
+                .any(|v| matches!(v.kind, spec::Kind::File(_)))
+            && args.api_socket.is_none()
         {
-            // (clap's `requires` does not catch these once another backend is given.)
-            Some("--guest-path and --runtime-dir need --shared-file")
+            Some("--runtime-dir needs --shared-file, a file volume or --api-socket")
         } else {
             None
         };
@@ -623,14 +935,18 @@ mod linux {
             signal_hook::consts::SIGINT,
             signal_hook::consts::SIGHUP,
         ]);
-        let (handle, file_share) = match start(&args) {
-            Ok((h, share)) => (Arc::new(h), share),
+        let (handle, file_share, table) = match start(&args) {
+            Ok((h, share, table)) => (Arc::new(h), share, table),
             Err(e) => {
                 eprintln!("boxfsd: error: {e}");
                 return 1;
             }
         };
         let what = match (&args.shared_dir, args.memfs_size, &file_share) {
+            _ if table.is_some() => format!(
+                "{} volumes",
+                table.as_ref().map_or(0, |t| t.vfs.volumes().len())
+            ),
             _ if args.lower.is_some() => format!(
                 "overlay of {} over {} ({})",
                 args.upper.as_deref().unwrap_or_default(),
@@ -652,12 +968,41 @@ mod linux {
             ),
             _ => String::new(),
         };
-        if let Some(share) = &file_share {
+        let device_plan = match (&file_share, args.plan) {
+            (None, Some(format)) => {
+                let volumes = args
+                    .volume
+                    .iter()
+                    .filter(|v| v.path != "/")
+                    .map(|v| plan::PlanVolume {
+                        path: v.path.clone(),
+                        kind: v.kind.name().into(),
+                        readonly: v.readonly,
+                    })
+                    .collect();
+                let root_ro =
+                    args.readonly || args.volume.iter().any(|v| v.path == "/" && v.readonly);
+                let d = plan::Device {
+                    tag: args.tag.as_deref(),
+                    mount_point: args.mount_point.as_deref().unwrap_or("/"),
+                    readonly: root_ro,
+                    volumes,
+                };
+                Some(match format {
+                    plan::Format::Json => format!("{}\n", d.json()),
+                    plan::Format::Sh => d.sh(),
+                })
+            }
+            _ => None,
+        };
+        let printed_plan = file_share
+            .as_ref()
+            .map(|s| &s.plan)
+            .or(device_plan.as_ref());
+        if let Some(plan) = printed_plan {
             use std::io::Write;
             let mut out = std::io::stdout().lock();
-            let printed = writeln!(out, "{}", share.tag)
-                .and_then(|()| out.write_all(share.plan.as_bytes()))
-                .and_then(|()| out.flush());
+            let printed = out.write_all(plan.as_bytes()).and_then(|()| out.flush());
             if let Err(e) = printed {
                 tracing::warn!("cannot print the tag and guest plan: {e}");
             }
@@ -696,8 +1041,18 @@ mod linux {
         }
 
         let res = handle.wait();
-        // Removes the file share's staging directory.
+        // Removes the file share's (and file volumes') staging directories.
         drop(file_share);
+        drop(table);
+        if let Some(path) = &args.api_socket {
+            // Unreachable (and left for the next start to replace) once sandboxed. unlinkat,
+            // not unlink: the seccomp allow-list has only the former.
+            use std::os::unix::ffi::OsStrExt;
+            if let Ok(c) = CString::new(path.as_os_str().as_bytes()) {
+                // SAFETY: `c` is a valid C string; unlinkat only reads it.
+                unsafe { libc::unlinkat(libc::AT_FDCWD, c.as_ptr(), 0) };
+            }
+        }
         match res {
             Ok(()) => {
                 tracing::info!("exiting");

@@ -19,6 +19,12 @@
 //! 4. assert every scenario check printed `PASS`, pjdfstest's summary says `0 failed`, the file the
 //!    guest wrote is on the host, and the daemon exited cleanly leaving no socket behind.
 //!
+//! `guest_e2e_volumes` serves one device with five volumes (`/` overlay, `/work` dir, `/tmp`
+//! memfs, `/etc/app.conf` file, `/init.krun` virtual) from an unprivileged, sandboxed daemon and runs
+//! `scripts/guest/guest/volumes.sh`: distinct `st_dev`, `/init.krun` runs, `mv` across volumes, an
+//! attach and a busy (409) then clean detach through the API socket, pjdfstest in `/work`, `/tmp`
+//! and `/`.
+//!
 //! `guest_e2e_filemount` serves two single files instead (`boxfsd --shared-file`, one read-write,
 //! one `--readonly`, each its own device), delivers the guest mount plans boxfsd printed to the
 //! guest in an initramfs appended to the cached one, and runs `scripts/guest/guest/filemount.sh`:
@@ -1596,4 +1602,402 @@ fn run_filemount_e2e() {
             tail(&fs::read_to_string(&ro.log).unwrap_or_default(), 20)
         );
     }
+}
+
+#[test]
+#[ignore = "needs QEMU; run by scripts/test.sh"]
+fn guest_e2e_volumes() {
+    run_volumes_e2e();
+}
+
+/// Checks the guest's volumes.sh must report as PASS.
+const VOLUMES_CHECKS: &[&str] = &[
+    "root_overlay_lower",
+    "work_host_file",
+    "file_volume",
+    "tmp_is_empty_dir",
+    "distinct_st_dev",
+    "submounts_survive_listing",
+    "init_krun_mode",
+    "init_krun_runs",
+    "init_krun_readonly",
+    "init_krun_kept",
+    "conf_erofs",
+    "hidden_not_listed",
+    "hidden_unreachable",
+    "root_write",
+    "mv_work_to_tmp",
+    "mv_content",
+    "mv_source_gone",
+    "api_attach_visible",
+    "api_attach_own_st_dev",
+    "api_volume_write",
+    "api_detach_busy_409",
+    "api_busy_unchanged",
+    "api_busy_fd_reads",
+    "api_detach_204",
+    "api_detached_gone",
+    "api_detached_not_listed",
+    "api_detached_unreachable",
+];
+
+/// One HTTP/1.1 request on the API socket; the status code (0 when there is no answer).
+fn api_request(api: &Path, method: &str, target: &str, body: &str) -> (u16, String) {
+    use std::io::Read;
+    let Ok(mut s) = std::os::unix::net::UnixStream::connect(api) else {
+        return (0, "cannot connect".into());
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
+    let req = format!(
+        "{method} {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    if s.write_all(req.as_bytes()).is_err() {
+        return (0, "cannot send".into());
+    }
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    let status = resp
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, resp)
+}
+
+/// One device, five volumes: `/` an overlay (host lower, in-memory upper), `/work` a host
+/// directory, `/tmp` in memory, `/etc/app.conf` a read-only file, `/init.krun` a virtual
+/// file; the daemon unprivileged and confined (default sandbox). The guest runs
+/// `scripts/guest/guest/volumes.sh`; the host attaches and detaches a volume through the API
+/// socket on the guest's `VOL-STEP` lines.
+fn run_volumes_e2e() {
+    let _guard = GUEST_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let label = "volumes";
+    let initrd = prepare_guest();
+    let kernel = fs::read_to_string(format!("{}.kernel", initrd.display()))
+        .expect("kernel of the initramfs")
+        .trim()
+        .to_owned();
+    let work = tempfile::Builder::new()
+        .prefix("boxfs-e2e-vol-")
+        .tempdir()
+        .expect("tempdir");
+    // The dir volume and the file volume's staging need user xattrs (PassthroughFs).
+    let _holder;
+    let data = if supports_user_xattrs(work.path()) {
+        _holder = None;
+        work.path().join("data")
+    } else {
+        fs::create_dir_all(guest_dir()).expect("mkdir target/guest");
+        let dir = tempfile::Builder::new()
+            .prefix("vol-")
+            .tempdir_in(guest_dir())
+            .expect("tempdir in target/guest");
+        let d = dir.path().join("data");
+        _holder = Some(dir);
+        d
+    };
+    let token = unique_token();
+    let lower = data.join("lower");
+    let share = data.join("work");
+    let runtime_dir = data.join("run");
+    for d in [&lower.join("bin"), &share.join(".git"), &runtime_dir] {
+        fs::create_dir_all(d).expect("mkdir");
+    }
+    fs::write(lower.join("bin/lower.txt"), format!("lower {token}\n")).expect("write");
+    fs::write(share.join("x"), format!("work {token}\n")).expect("write");
+    fs::write(share.join(".git/config"), "hidden\n").expect("write");
+    let conf = data.join("app.conf");
+    fs::write(&conf, format!("conf {token}\n")).expect("write");
+    let init = data.join("init");
+    fs::write(&init, "#!/bin/sh\necho INIT-KRUN-RAN \"$@\"\n").expect("write");
+    let unprivileged = is_root() && env_nonempty("BOXFS_E2E_PRIVILEGED").is_none();
+    if unprivileged {
+        let mut owned = vec![
+            work.path().to_path_buf(),
+            data.parent().expect("parent").to_path_buf(),
+            data.clone(),
+            runtime_dir.clone(),
+        ];
+        for root in [&lower, &share] {
+            owned.extend(
+                walk(root)
+                    .into_iter()
+                    .chain(std::iter::once(root.to_path_buf())),
+            );
+        }
+        for p in owned {
+            chown(&p, Some(DAEMON_ID), Some(DAEMON_ID)).expect("chown");
+        }
+    }
+    let program = if unprivileged {
+        let copy = work.path().join("daemon-bin");
+        fs::copy(env!("CARGO_BIN_EXE_boxfsd"), &copy).expect("copy boxfsd");
+        fs::set_permissions(&copy, fs::Permissions::from_mode(0o755)).expect("chmod");
+        copy
+    } else {
+        PathBuf::from(env!("CARGO_BIN_EXE_boxfsd"))
+    };
+    let socket = work.path().join("boxfsd.sock");
+    let api = work.path().join("api.sock");
+    let log = work.path().join("daemon.log");
+    let tag = "sandbox";
+    let vol = |s: String| -> [OsString; 2] { ["--volume".into(), s.into()] };
+    let mut cmd = Command::new(&program);
+    cmd.arg("--socket-path")
+        .arg(&socket)
+        .arg("--api-socket")
+        .arg(&api)
+        .arg("--runtime-dir")
+        .arg(&runtime_dir)
+        .args(["--tag", tag, "--cache", "auto"])
+        .args(vol(format!(
+            "/=overlay:lower={},upper=memfs:1G",
+            lower.display()
+        )))
+        .args(vol(format!("/work=dir:{},hide=.git/", share.display())))
+        .args(vol("/tmp=memfs:1G,mode=01777".into()))
+        .args(vol(format!("/etc/app.conf=file:{},ro", conf.display())))
+        .args(vol(format!(
+            "/init.krun=virtual:{},mode=0755",
+            init.display()
+        )))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log).expect("daemon log"));
+    if unprivileged {
+        cmd.uid(DAEMON_ID).gid(DAEMON_ID);
+    }
+    let started = Instant::now();
+    let mut daemon = cmd.spawn().expect("start boxfsd");
+    if let Err(e) = wait_for_socket(&mut daemon, &socket, Duration::from_secs(120)) {
+        let _ = daemon.kill();
+        panic!(
+            "[{label}] {e}\n{}",
+            fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+
+    let console = work.path().join("console.log");
+    let timeout = env_nonempty("BOXFS_E2E_TIMEOUT").unwrap_or_else(|| "1200".to_owned());
+    let mut run = script_command("run-guest.sh");
+    run.arg("--socket")
+        .arg(&socket)
+        .arg("--tag")
+        .arg(tag)
+        .args(["--scripts", "volumes"])
+        .arg("--param")
+        .arg(format!("vol_token={token}"))
+        .arg("--initrd")
+        .arg(&initrd)
+        .arg("--kernel")
+        .arg(&kernel)
+        .arg("--timeout")
+        .arg(&timeout)
+        .arg("--log")
+        .arg(&console)
+        .arg("--quiet")
+        .stdin(Stdio::null())
+        .process_group(0);
+    if let Some(filter) = env_nonempty("BOXFS_E2E_PJDFSTEST_FILTER") {
+        run.arg("--param").arg(format!("pjdfstest_filter={filter}"));
+    }
+    let guest_start = Instant::now();
+    let mut guest = run.spawn().expect("run-guest.sh");
+
+    // Host side of the protocol: answer the guest's VOL-STEP lines.
+    let live_console = PathBuf::from(format!("{}.raw", console.display()));
+    let mut api_log: Vec<String> = Vec::new();
+    let (mut attached, mut busy, mut detached) = (false, false, false);
+    let answer = |name: &str, status: u16| {
+        let p = share.join(name);
+        let tmp = share.join(format!("{name}.tmp"));
+        fs::write(&tmp, format!("{status}")).expect("write answer");
+        if unprivileged {
+            chown(&tmp, Some(DAEMON_ID), Some(DAEMON_ID)).expect("chown answer");
+        }
+        fs::rename(&tmp, &p).expect("rename answer");
+    };
+    let mut daemon_gone: Option<Instant> = None;
+    let run_status = loop {
+        if let Some(status) = guest.try_wait().expect("wait run-guest.sh") {
+            break status;
+        }
+        if !detached {
+            let now = fs::read_to_string(&live_console).unwrap_or_default();
+            if !attached && now.contains("VOL-STEP attach") {
+                let (st, resp) = api_request(
+                    &api,
+                    "PUT",
+                    "/volumes",
+                    r#"{"path":"/extra","kind":"memfs","size":"64M"}"#,
+                );
+                api_log.push(format!("PUT /extra: {st} {}", tail(&resp, 1)));
+                attached = true;
+            }
+            if attached && !busy && now.contains("VOL-STEP detach-busy") {
+                let (st, resp) = api_request(&api, "DELETE", "/volumes?path=/extra", "");
+                api_log.push(format!(
+                    "DELETE /extra (open file): {st} {}",
+                    tail(&resp, 1)
+                ));
+                answer(".vol-busy", st);
+                busy = true;
+            }
+            if busy && (now.contains("VOL-STEP detach\n") || now.contains("VOL-STEP detach\r")) {
+                let (st, resp) = api_request(&api, "DELETE", "/volumes?path=/extra", "");
+                api_log.push(format!("DELETE /extra (closed): {st} {}", tail(&resp, 1)));
+                answer(".vol-detach", st);
+                detached = true;
+            }
+        }
+        if matches!(daemon.try_wait(), Ok(Some(_))) {
+            let at = *daemon_gone.get_or_insert_with(Instant::now);
+            if at.elapsed() > Duration::from_secs(60) {
+                say("[volumes] the daemon exited while the guest runs: stopping QEMU");
+                let pgid = guest.id() as libc::pid_t;
+                // SAFETY: signalling the process group of our own child.
+                unsafe { libc::kill(-pgid, libc::SIGTERM) };
+                break guest.wait().expect("wait run-guest.sh");
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let guest_secs = guest_start.elapsed().as_secs_f64();
+    let (daemon_status, how) = stop_daemon(&mut daemon);
+
+    let console_text = fs::read_to_string(&console).unwrap_or_default();
+    let console_copy = copy_log(&console, "volumes-console.log");
+    let log_copy = copy_log(&log, "volumes-daemon.log");
+    let report = parse_console(&console_text);
+    let done_line = console_text
+        .lines()
+        .find(|l| l.starts_with("VOLUMES-DONE"))
+        .map(str::to_owned);
+    // Every pjdfstest summary, in order: /work, /tmp, /.
+    let summaries: Vec<String> = console_text
+        .lines()
+        .map(strip_ansi)
+        .filter_map(|l| l.find("Summary:").map(|p| l[p..].trim_end().to_owned()))
+        .collect();
+    let pjdfstest_done: Vec<String> = console_text
+        .lines()
+        .filter(|l| l.starts_with("PJDFSTEST-DONE"))
+        .map(str::to_owned)
+        .collect();
+
+    let mut out = String::new();
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        out,
+        "[{label}] guest run {guest_secs:.1}s (daemon up {:.1}s); run-guest.sh {run_status}",
+        started.elapsed().as_secs_f64()
+    );
+    for line in console_text
+        .lines()
+        .filter(|l| l.starts_with("PASS ") || l.starts_with("FAIL ") || l.starts_with("INFO "))
+    {
+        let _ = writeln!(out, "[{label}] {line}");
+    }
+    for l in &api_log {
+        let _ = writeln!(out, "[{label}] api: {l}");
+    }
+    for (at, s) in ["/work", "/tmp", "/"].iter().zip(&summaries) {
+        let _ = writeln!(out, "[{label}] pjdfstest in {at}: {s}");
+    }
+    let _ = writeln!(
+        out,
+        "[{label}] {}; daemon {how}: {daemon_status:?}",
+        done_line.as_deref().unwrap_or("no VOLUMES-DONE line")
+    );
+    let _ = writeln!(
+        out,
+        "[{label}] logs: {} {}",
+        console_copy.display(),
+        log_copy.display()
+    );
+    say(&out);
+
+    let mut problems: Vec<String> = Vec::new();
+    if report.guest_done.is_none() {
+        problems.push(format!(
+            "guest did not reach BOXFS-GUEST-DONE ({run_status}); last console lines:\n{}",
+            tail(&console_text, 40)
+        ));
+    }
+    if done_line.is_none() {
+        problems.push("volumes.sh did not finish (no VOLUMES-DONE line)".to_owned());
+    }
+    for f in &report.failed {
+        problems.push(format!("guest FAIL {f}"));
+    }
+    for name in VOLUMES_CHECKS {
+        if done_line.is_some() && !report.passed.iter().any(|p| p == name) {
+            problems.push(format!("check {name} did not PASS"));
+        }
+    }
+    if summaries.len() != 3 || pjdfstest_done.len() != 3 {
+        problems.push(format!(
+            "expected 3 pjdfstest runs (/work, /tmp, /): summaries {summaries:?}, ends {pjdfstest_done:?}"
+        ));
+    }
+    for (at, s) in ["/work", "/tmp", "/"].iter().zip(&summaries) {
+        if !s.starts_with("Summary: 0 failed,") {
+            problems.push(format!("pjdfstest in {at}: {s}"));
+        }
+    }
+    if !report.pjdfstest_failures.is_empty() {
+        problems.push(format!(
+            "pjdfstest failures:\n{}",
+            report.pjdfstest_failures.join("\n")
+        ));
+    }
+    if share.join("x").exists() {
+        problems.push("work/x is still on the host after the guest moved it to /tmp".to_owned());
+    }
+    if lower.join("upper.txt").exists() || lower.join("pjdfstest").exists() {
+        problems.push("the overlay's lower directory changed".to_owned());
+    }
+    if fs::read_to_string(&conf).unwrap_or_default() != format!("conf {token}\n") {
+        problems.push("the read-only file volume changed on the host".to_owned());
+    }
+    if let Some(v) = read_xattr(&conf, OVERRIDE_XATTR) {
+        problems.push(format!("the host file got {OVERRIDE_XATTR} = {v:?}"));
+    }
+    if !daemon_status.is_some_and(|s| s.success()) || how != EXITED_ON_DISCONNECT {
+        problems.push(format!(
+            "daemon did not exit cleanly on the VMM disconnect: {daemon_status:?} ({how})"
+        ));
+    }
+    if fs::symlink_metadata(&socket).is_ok() {
+        problems.push(format!("daemon left its socket {}", socket.display()));
+    }
+    if let Some(reason) = partial_run().filter(|r| *r == "BOXFS_E2E_PJDFSTEST_FILTER") {
+        problems.push(format!("partial run ({reason} set): not a pass"));
+    }
+    if !problems.is_empty() {
+        panic!(
+            "[{label}] {} problem(s):\n- {}\n--- daemon log (tail) ---\n{}",
+            problems.len(),
+            problems.join("\n- "),
+            tail(&fs::read_to_string(&log).unwrap_or_default(), 30)
+        );
+    }
+}
+
+/// Every path below `root` (not `root` itself).
+fn walk(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in fs::read_dir(&dir).expect("read_dir").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p.clone());
+            }
+            out.push(p);
+        }
+    }
+    out
 }

@@ -222,7 +222,15 @@ impl VolumeFs {
             entry_timeout: timeout,
         };
         let mut e = self.entry_out(ctx, v, e)?;
-        e.generation = v.gen as u64;
+        // The guest kernel makes a submount's mount-point inode with generation 0 and, in
+        // READDIRPLUS, drops a dentry whose entry has another generation as stale — which
+        // unmounts the volume under the guest's processes at every listing of its parent. A
+        // submount's entry carries generation 0 (its node id holds the volume's generation).
+        e.generation = if e.attr_flags & ATTR_SUBMOUNT != 0 {
+            0
+        } else {
+            v.gen as u64
+        };
         Ok(e)
     }
 
