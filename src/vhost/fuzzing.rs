@@ -2,7 +2,7 @@
 //!
 //! [`RequestHarness::process_queue`] runs the device's own request path on a split virtqueue
 //! laid out by the caller in guest memory: pop every available chain (as the vring thread
-//! does), classify it ([`request::may_block`]), serve it with [`request::process`], and add it
+//! does), classify it (`request::may_block`), serve it with `request::process`, and add it
 //! to the used ring.
 
 use std::sync::Arc;
