@@ -74,6 +74,15 @@ pub(crate) struct AttachBody {
     owner: Option<String>,
     #[serde(default)]
     hide: Vec<String>,
+    /// The volume's own quota (`"10G"`; `dir` volumes and directory uppers).
+    #[serde(default)]
+    quota: Option<String>,
+    /// Most inodes (`dir`: held by the guest; `memfs`: in the volume).
+    #[serde(default)]
+    max_inodes: Option<u64>,
+    /// Most files and directories open at once.
+    #[serde(default)]
+    max_handles: Option<u64>,
 }
 
 /// One row of `GET /volumes`.
@@ -334,6 +343,16 @@ impl Api {
                 .transpose()
                 .map_err(|e| Error(400, e))?,
             hide: b.hide,
+            limits: spec::Limits {
+                quota: b
+                    .quota
+                    .as_deref()
+                    .map(|q| q.parse())
+                    .transpose()
+                    .map_err(|e| Error(400, format!("quota: {e}")))?,
+                max_inodes: b.max_inodes.filter(|n| *n > 0),
+                max_handles: b.max_handles.filter(|n| *n > 0),
+            },
         };
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         if entries.contains_key(&path) {

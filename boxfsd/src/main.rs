@@ -449,6 +449,7 @@ mod linux {
         args: &Args,
         lower: &Path,
         upper: &spec::Upper,
+        limits: &spec::Limits,
     ) -> Result<Arc<dyn DynFileSystem>, String> {
         use boxfs::dualfs::{policy_by_name, DualFs};
         check_shared_dir(lower)?;
@@ -461,18 +462,11 @@ mod linux {
             .map_err(|e| format!("lower directory {}: {e}", lower.display()))?;
         let a: Arc<dyn DynFileSystem> = match upper {
             spec::Upper::Memfs(size) => {
-                let mut m = MemFs::builder()
-                    .capacity(size.bytes())
-                    .cache_policy(args.cache);
-                if let Some(n) = args.memfs_max_inodes {
-                    m = m.max_inodes(n);
-                }
-                Arc::new(
-                    m.build()
-                        .map_err(|e| format!("upper in-memory filesystem: {e}"))?,
-                )
+                Arc::new(memfs(args, size.bytes(), limits).map_err(|e| format!("upper: {e}"))?)
             }
-            spec::Upper::Dir(dir) => Arc::new(passthrough(args, dir, "upper directory", false)?),
+            spec::Upper::Dir(dir) => {
+                Arc::new(passthrough(args, dir, "upper directory", false, limits)?)
+            }
         };
         let policy = policy_by_name(&args.policy)
             .ok_or_else(|| format!("--policy {}: unknown policy", args.policy))?;
@@ -487,30 +481,33 @@ mod linux {
         Ok(Arc::new(fs))
     }
 
-    /// A writable PassthroughFs over `dir` with the command line's options.
+    /// A PassthroughFs over `dir` with the command line's options; a volume's own `limits`
+    /// take the place of `--quota`, `--max-inodes` and `--max-handles`.
     fn passthrough(
         args: &Args,
         dir: &Path,
         what: &str,
         readonly: bool,
+        limits: &spec::Limits,
     ) -> Result<PassthroughFs, String> {
         check_shared_dir(dir)?;
+        let quota = limits.quota.or(args.quota);
         let mut b = PassthroughFs::builder(dir)
             .readonly(readonly)
             .cache_policy(args.cache)
             .writeback(args.writeback)
-            .quota_bytes(args.quota.map(Size::bytes))
+            .quota_bytes(quota.map(Size::bytes))
             .default_owner(args.default_owner.0, args.default_owner.1)
             .symlinks(args.symlinks)
             .host_permissions(args.host_permissions);
         if let Some(n) = args.fd_cache_size {
             b = b.fd_cache_size(n);
         }
-        if let Some(n) = args.max_inodes {
-            b = b.max_inodes(n);
+        if let Some(n) = limits.max_inodes.or(args.max_inodes.map(|n| n as u64)) {
+            b = b.max_inodes(usize::try_from(n).unwrap_or(usize::MAX));
         }
-        if let Some(n) = args.max_handles {
-            b = b.max_handles(n);
+        if let Some(n) = limits.max_handles.or(args.max_handles.map(|n| n as u64)) {
+            b = b.max_handles(usize::try_from(n).unwrap_or(usize::MAX));
         }
         b.build()
             .map_err(|e| format!("{what} {}: {e}", dir.display()))
@@ -520,7 +517,7 @@ mod linux {
         if let Some(lower) = &args.lower {
             let upper = args.upper.as_deref().ok_or("--lower needs --upper")?;
             let upper = spec::parse_upper(upper).map_err(|e| format!("--upper: {e}"))?;
-            return build_overlay(args, lower, &upper);
+            return build_overlay(args, lower, &upper, &spec::Limits::default());
         }
         if let Some(dir) = &args.shared_dir {
             return Ok(Arc::new(passthrough(
@@ -528,19 +525,15 @@ mod linux {
                 dir,
                 "shared directory",
                 args.readonly,
+                &spec::Limits::default(),
             )?));
         }
         let size = args.memfs_size.ok_or("no backend given")?;
-        let mut b = MemFs::builder()
-            .capacity(size.bytes())
-            .cache_policy(args.cache);
-        if let Some(n) = args.memfs_max_inodes {
-            b = b.max_inodes(n);
-        }
-        let fs = b
-            .build()
-            .map_err(|e| format!("in-memory filesystem: {e}"))?;
-        Ok(Arc::new(fs))
+        Ok(Arc::new(memfs(
+            args,
+            size.bytes(),
+            &spec::Limits::default(),
+        )?))
     }
 
     /// Capacity of the default root of a volume table: an in-memory filesystem holding only
@@ -548,10 +541,13 @@ mod linux {
     const DEFAULT_ROOT_SIZE: u64 = 16 << 20;
 
     /// A MemFs of `size` bytes with the command line's options.
-    fn memfs(args: &Args, size: u64) -> Result<MemFs, String> {
+    fn memfs(args: &Args, size: u64, limits: &spec::Limits) -> Result<MemFs, String> {
         let mut b = MemFs::builder().capacity(size).cache_policy(args.cache);
-        if let Some(n) = args.memfs_max_inodes {
+        if let Some(n) = limits.max_inodes.or(args.memfs_max_inodes) {
             b = b.max_inodes(n);
+        }
+        if let Some(n) = limits.max_handles {
+            b = b.max_handles(n);
         }
         b.build().map_err(|e| format!("in-memory filesystem: {e}"))
     }
@@ -580,17 +576,27 @@ mod linux {
         let at = &v.path;
         Ok(match &v.kind {
             spec::Kind::Dir(dir) => (
-                Arc::new(passthrough(args, dir, "volume directory", v.readonly)?),
+                Arc::new(passthrough(
+                    args,
+                    dir,
+                    "volume directory",
+                    v.readonly,
+                    &v.limits,
+                )?),
                 None,
                 None,
             ),
             spec::Kind::Memfs(size) => (
-                Arc::new(memfs(args, size.bytes()).map_err(|e| format!("volume {at}: {e}"))?),
+                Arc::new(
+                    memfs(args, size.bytes(), &v.limits)
+                        .map_err(|e| format!("volume {at}: {e}"))?,
+                ),
                 None,
                 None,
             ),
             spec::Kind::Overlay { lower, upper } => (
-                build_overlay(args, lower, upper).map_err(|e| format!("volume {at}: {e}"))?,
+                build_overlay(args, lower, upper, &v.limits)
+                    .map_err(|e| format!("volume {at}: {e}"))?,
                 None,
                 None,
             ),
@@ -717,7 +723,10 @@ mod linux {
                 (fs, matches!(v.kind, spec::Kind::Dir(_)))
             }
             None if shorthand => (build_fs(args)?, args.shared_dir.is_some()),
-            None => (Arc::new(memfs(args, DEFAULT_ROOT_SIZE)?), false),
+            None => (
+                Arc::new(memfs(args, DEFAULT_ROOT_SIZE, &spec::Limits::default())?),
+                false,
+            ),
         };
         let mut seen = std::collections::HashSet::new();
         for v in &args.volume {

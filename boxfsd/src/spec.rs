@@ -56,6 +56,19 @@ impl Kind {
     }
 }
 
+/// A volume's own limits (`quota=`, `max-inodes=`, `max-handles=`), in place of the global
+/// `--quota`, `--max-inodes`/`--memfs-max-inodes` and `--max-handles`. For an overlay they
+/// apply to its writable upper layer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Limits {
+    /// Bytes of regular files and symlink targets (`dir` volumes and directory uppers).
+    pub quota: Option<Size>,
+    /// Most inodes the guest may hold (`dir`), or the volume may have (`memfs`).
+    pub max_inodes: Option<u64>,
+    /// Most files and directories open at once.
+    pub max_handles: Option<u64>,
+}
+
 /// One parsed `--volume`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct VolumeSpec {
@@ -71,6 +84,8 @@ pub(crate) struct VolumeSpec {
     pub owner: Option<(u32, u32)>,
     /// `hide=PATTERN`, repeatable.
     pub hide: Vec<String>,
+    /// The volume's own limits.
+    pub limits: Limits,
 }
 
 /// Checks a guest path: absolute, no empty, `.` or `..` components (a trailing `/` is
@@ -123,6 +138,13 @@ pub(crate) fn parse_owner(s: &str) -> Result<(u32, u32), String> {
 
 fn size(s: &str, what: &str) -> Result<Size, String> {
     s.parse::<Size>().map_err(|e| format!("{what} `{s}`: {e}"))
+}
+
+fn count(s: &str, what: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("{what} `{s}`: expected a positive number")),
+    }
 }
 
 fn host_path(s: &str, kind: &str) -> Result<PathBuf, String> {
@@ -201,6 +223,7 @@ pub(crate) fn parse_volume(arg: &str) -> Result<VolumeSpec, String> {
         mode: None,
         owner: None,
         hide: Vec::new(),
+        limits: Limits::default(),
     };
     for opt in options {
         match opt.split_once('=') {
@@ -209,10 +232,13 @@ pub(crate) fn parse_volume(arg: &str) -> Result<VolumeSpec, String> {
             Some(("mode", m)) => spec.mode = Some(parse_mode(m)?),
             Some(("owner", o)) => spec.owner = Some(parse_owner(o)?),
             Some(("hide", h)) if !h.is_empty() => spec.hide.push(h.to_owned()),
+            Some(("quota", q)) => spec.limits.quota = Some(size(q, "quota")?),
+            Some(("max-inodes", n)) => spec.limits.max_inodes = Some(count(n, "max-inodes")?),
+            Some(("max-handles", n)) => spec.limits.max_handles = Some(count(n, "max-handles")?),
             _ => {
                 return Err(format!(
-                    "unknown volume option `{opt}`: expected ro, mode=OCTAL, owner=UID:GID or \
-                     hide=PATTERN"
+                    "unknown volume option `{opt}`: expected ro, mode=OCTAL, owner=UID:GID, \
+                     hide=PATTERN, quota=SIZE, max-inodes=N or max-handles=N"
                 ))
             }
         }
@@ -222,6 +248,20 @@ pub(crate) fn parse_volume(arg: &str) -> Result<VolumeSpec, String> {
             "a {} volume cannot be the root `/`",
             spec.kind.name()
         ));
+    }
+    if matches!(spec.kind, Kind::File(_) | Kind::Virtual(_)) && spec.limits != Limits::default() {
+        return Err(format!(
+            "{}: quota=, max-inodes= and max-handles= apply to dir, memfs and overlay volumes",
+            spec.kind.name()
+        ));
+    }
+    let memfs_quota = match &spec.kind {
+        Kind::Memfs(_) => true,
+        Kind::Overlay { upper, .. } => matches!(upper, Upper::Memfs(_)),
+        _ => false,
+    };
+    if memfs_quota && spec.limits.quota.is_some() {
+        return Err("quota=: an in-memory volume is bounded by its size already".into());
     }
     if matches!(spec.kind, Kind::Virtual(_)) && !spec.hide.is_empty() {
         return Err("virtual: hide= does not apply to a file".into());

@@ -719,3 +719,92 @@ fn mount_points_have_generation_zero_when_announced_as_submounts() {
     }
     assert!(wait_exit(&mut child).success());
 }
+
+/// Each volume keeps its own limits: `quota=`, `max-handles=` on a dir volume, `max-inodes=`
+/// on a memfs volume; the other volume of the same device is not limited by them.
+#[test]
+fn volumes_keep_their_own_limits() {
+    let f = fixture();
+    let s = f.sock.to_str().expect("utf-8");
+    let work = format!("/w=dir:{},quota=8K,max-handles=2", p(&f, "work"));
+    let mut child = spawn(&[
+        "--socket-path",
+        s,
+        "--volume",
+        &work,
+        "--volume",
+        "/m=memfs:4M,max-inodes=4",
+        "--volume",
+        "/free=memfs:4M",
+    ]);
+    wait_for(&f.sock, &mut child);
+    let mut c = FuseClient::connect(&f.sock).expect("connect");
+    c.init().expect("init");
+    let w = c.lookup(ROOT_ID, "w").expect("lookup /w").nodeid;
+    let m = c.lookup(ROOT_ID, "m").expect("lookup /m").nodeid;
+    let free = c.lookup(ROOT_ID, "free").expect("lookup /free").nodeid;
+    let rw = (libc::O_RDWR | libc::O_CREAT) as u32;
+
+    // quota=8K on /w (hello.txt holds 9 bytes already): the write that passes it is ENOSPC.
+    let (e, o) = c.create(w, "big", 0o644, rw).expect("create in /w");
+    assert_eq!(c.write(e.nodeid, o.fh, 0, &[7u8; 4096]), Ok(4096));
+    assert_eq!(
+        c.write(e.nodeid, o.fh, 4096, &[7u8; 8192]),
+        Err(libc::ENOSPC)
+    );
+    // max-handles=2: this handle and one more; a third is ENFILE.
+    let (e2, o2) = c.create(w, "second", 0o644, rw).expect("second handle");
+    assert_eq!(
+        c.create(w, "third", 0o644, rw).map(|_| ()),
+        Err(libc::ENFILE)
+    );
+    c.release(e.nodeid, o.fh).expect("release");
+    c.release(e2.nodeid, o2.fh).expect("release");
+    // ... and the limit is /w's alone: /free takes a third open file at once.
+    let mut held = Vec::new();
+    for i in 0..3 {
+        let (e, o) = c
+            .create(free, &format!("f{i}"), 0o644, rw)
+            .expect("create in /free");
+        held.push((e.nodeid, o.fh));
+    }
+    for (ino, fh) in held {
+        c.release(ino, fh).expect("release");
+    }
+
+    // max-inodes=4 on /m: the root and three files; the fourth file is ENOSPC.
+    for i in 0..3 {
+        let (e, o) = c
+            .create(m, &format!("n{i}"), 0o644, rw)
+            .expect("create in /m");
+        c.release(e.nodeid, o.fh).expect("release");
+    }
+    assert_eq!(c.create(m, "n3", 0o644, rw).map(|_| ()), Err(libc::ENOSPC));
+    assert!(
+        c.mkdir(free, "d", 0o755).is_ok(),
+        "/free is not limited by /m"
+    );
+
+    drop(c);
+    assert!(wait_exit(&mut child).success());
+
+    let o = run(&[
+        "--socket-path",
+        s,
+        "--volume",
+        &format!("/f=file:{},quota=1M", p(&f, "app.conf")),
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = run(&["--socket-path", s, "--volume", "/m=memfs:1M,quota=1M"]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
