@@ -25,9 +25,10 @@ struct Shard {
     tick: u64,
 }
 
-/// LRU map from guest inode number to descriptor, holding at most `capacity` entries.
+/// LRU map from an inode's serial (never reused, unlike node ids) to its descriptor, holding
+/// at most `capacity` entries.
 ///
-/// The cache is split into shards by inode number, each an exact LRU of `capacity / shards`
+/// The cache is split into shards by serial, each an exact LRU of `capacity / shards`
 /// entries (one shard below 64 entries), so the total never exceeds `capacity` and no single
 /// lock serialises every lookup.
 pub(crate) struct FdCache {

@@ -37,10 +37,21 @@ pub(crate) enum Override {
 /// whose descriptor is pinned because their last known name went away.
 pub(crate) type InodePath = Option<(Arc<InodeData>, CString)>;
 
+/// A fresh [`InodeData::serial`].
+pub(crate) fn next_serial() -> u64 {
+    static SERIAL: AtomicU64 = AtomicU64::new(1);
+    SERIAL.fetch_add(1, Ordering::Relaxed)
+}
+
 /// One inode the guest knows about.
 pub(crate) struct InodeData {
-    /// Guest inode number (FUSE node id).
+    /// Guest inode number (FUSE node id). Node ids are host inode numbers where free, so a
+    /// forgotten inode's id can come back for another file.
     pub id: u64,
+    /// Never reused for another inode of this process: the key of the descriptor cache, so
+    /// a descriptor cached for a forgotten inode can never be taken for the new inode that
+    /// got its node id.
+    pub serial: u64,
     /// Host identity.
     pub key: InodeKey,
     /// Tells the host file from a later one with the same `key` (see `identity.rs`).

@@ -320,6 +320,7 @@ impl PassthroughFsBuilder {
         let root_fd = Arc::new(root_fd);
         let root = Arc::new(InodeData {
             id: ROOT_ID,
+            serial: inode_store::next_serial(),
             key: InodeKey {
                 dev: hs.st.st_dev as u64,
                 ino: hs.st.st_ino as u64,

@@ -132,7 +132,7 @@ impl PassthroughFs {
         if let Some(fd) = inode.pinned.lock().clone() {
             return Ok(fd);
         }
-        if let Some(fd) = self.fds.get(inode.id) {
+        if let Some(fd) = self.fds.get(inode.serial) {
             return Ok(fd);
         }
         // Walk up to the nearest ancestor with a descriptor, then back down.
@@ -154,7 +154,7 @@ impl PassthroughFs {
             if let Some(fd) = parent.pinned.lock().clone() {
                 break fd;
             }
-            if let Some(fd) = self.fds.get(parent.id) {
+            if let Some(fd) = self.fds.get(parent.serial) {
                 break fd;
             }
             cur = parent;
@@ -175,8 +175,12 @@ impl PassthroughFs {
                 return Err(errno(libc::ESTALE));
             }
             let fd = Arc::new(fd);
-            if self.inodes.get(node.id).is_some() {
-                self.fds.insert(node.id, fd.clone());
+            if self
+                .inodes
+                .get(node.id)
+                .is_some_and(|cur| Arc::ptr_eq(&cur, &node))
+            {
+                self.fds.insert(node.serial, fd.clone());
             }
             base = fd;
         }
@@ -286,6 +290,7 @@ impl PassthroughFs {
         let fp = fp.unwrap_or_else(|| identity::fingerprint(fd.as_raw_fd()));
         let (inode, created) = self.inodes.insert(key, stale.as_ref(), |id| InodeData {
             id,
+            serial: super::inode_store::next_serial(),
             key,
             fp,
             host_type,
@@ -302,7 +307,7 @@ impl PassthroughFs {
             // The guest's old inode keeps its number until forgotten; with neither a path
             // nor a descriptor every use of it answers `ESTALE`.
             old.path.lock().take();
-            self.fds.remove(old.id);
+            self.fds.remove(old.serial);
         }
         if !created {
             if let Some(o) = known {
@@ -318,14 +323,14 @@ impl PassthroughFs {
         if inode.pinned.lock().is_none() {
             *inode.path.lock() = path;
             inode.removed.lock().take();
-            self.fds.insert(inode.id, fd);
+            self.fds.insert(inode.serial, fd);
         }
     }
 
     /// Whether a descriptor of `inode` is open (pinned or cached), which keeps its host
     /// inode number from being given to another file.
     fn holds_fd(&self, inode: &InodeData) -> bool {
-        inode.pinned.lock().is_some() || self.fds.get(inode.id).is_some()
+        inode.pinned.lock().is_some() || self.fds.get(inode.serial).is_some()
     }
 
     /// Releases every inode (but the root) and handle the guest holds, as an unmount does,
@@ -349,7 +354,7 @@ impl PassthroughFs {
     /// Drops `count` lookups of `id`, freeing the inode at zero.
     pub(crate) fn do_forget(&self, id: u64, count: u64) {
         if let Some(d) = self.inodes.forget(id, count) {
-            self.fds.remove(d.id);
+            self.fds.remove(d.serial);
             if d.pinned.lock().take().is_some() {
                 self.pins.fetch_sub(1, Ordering::Relaxed);
             }
@@ -382,7 +387,7 @@ impl PassthroughFs {
             self.unreserve_pin();
         }
         inode.path.lock().take();
-        self.fds.remove(inode.id);
+        self.fds.remove(inode.serial);
     }
 
     /// Lets go of the descriptor of an inode whose name the guest just removed, keeping its
@@ -398,7 +403,7 @@ impl PassthroughFs {
         };
         *inode.removed.lock() = Some(last);
         inode.path.lock().take();
-        let fd = self.fds.remove(inode.id);
+        let fd = self.fds.remove(inode.serial);
         drop(fd);
     }
 
