@@ -75,6 +75,15 @@ PJDFSTEST="$(command -v pjdfstest || true)"
 PJDFSTEST="$(realpath "$PJDFSTEST")"
 
 BINARIES=("$PJDFSTEST")
+# A real `sleep`: pjdfstest's ETXTBSY cases copy `which sleep` into the share and run the copy
+# under a random name. Busybox's applet link would run as an unknown applet and exit at once,
+# so whether the file is still being executed when the test opens it for writing would be a
+# race the test loses under load.
+SLEEP="$(realpath "$(command -v sleep)")"
+case "$(basename "$SLEEP")" in
+    busybox) die "the host's sleep is busybox; pjdfstest's ETXTBSY cases need a real one (coreutils)" ;;
+    *) BINARIES+=("$SLEEP") ;;
+esac
 for t in setfattr getfattr; do
     p="$(command -v "$t" || true)"
     if [ -n "$p" ]; then BINARIES+=("$(realpath "$p")"); else echo "build-initramfs: warning: no $t on the host, guest xattr checks will FAIL" >&2; fi
@@ -140,6 +149,8 @@ done
 for bin in "${BINARIES[@]}"; do
     case "$(basename "$bin")" in
         pjdfstest) install -m 0755 "$bin" usr/local/bin/pjdfstest ;;
+        # Ahead of busybox's link in PATH (and `which sleep`).
+        sleep) rm -f bin/sleep; install -m 0755 "$bin" bin/sleep ;;
         *) install -m 0755 "$bin" "usr/bin/$(basename "$bin")" ;;
     esac
 done
