@@ -111,20 +111,17 @@ fn replace(path: &Path, content: &str, owner: Option<u32>, mode: u32) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
-/// Whether this process can reproduce an unprivileged daemon that may read but not
+/// Fails unless this process can reproduce an unprivileged daemon that may read but not
 /// hard-link another user's file: it must be root (to make such a file) and the kernel must
 /// enforce `protected_hardlinks`.
-fn can_reproduce_protected_hardlinks() -> bool {
+fn require_protected_hardlinks() {
     let enforced =
         std::fs::read_to_string("/proc/sys/fs/protected_hardlinks").is_ok_and(|v| v.trim() == "1");
-    if !(rustix::process::geteuid().is_root() && enforced) {
-        eprintln!(
-            "SKIPPED: needs root and fs.protected_hardlinks=1 to make a file the daemon can \
-             read but not link"
-        );
-        return false;
-    }
-    true
+    // Not a skip: a run that cannot reproduce the condition must not count as a pass.
+    assert!(
+        rustix::process::geteuid().is_root() && enforced,
+        "needs root and fs.protected_hardlinks=1 to make a file the daemon can read but not link"
+    );
 }
 
 /// Runs `f` on a thread without the capabilities that let root link or read any file
@@ -153,9 +150,7 @@ fn as_unprivileged_daemon<T: Send>(f: impl FnOnce() -> T + Send) -> T {
 /// be linked again.
 #[test]
 fn replacement_that_cannot_be_linked_is_served_read_only_never_stale() {
-    if !can_reproduce_protected_hardlinks() {
-        return;
-    }
+    require_protected_hardlinks();
     let s = Setup::new("old content\n");
     let m = s.stage(false);
     let fs = m.fs();
@@ -203,9 +198,7 @@ fn replacement_that_cannot_be_linked_is_served_read_only_never_stale() {
 /// content) until the host path names a servable file again.
 #[test]
 fn replacement_that_cannot_be_read_answers_eio() {
-    if !can_reproduce_protected_hardlinks() {
-        return;
-    }
+    require_protected_hardlinks();
     for readonly in [false, true] {
         let s = Setup::new("old content\n");
         let m = s.stage(readonly);

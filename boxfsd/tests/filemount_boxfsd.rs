@@ -318,30 +318,28 @@ fn shared_file_errors() {
 /// symlink to a sibling, then for a regular file again. The guest reads the new content with
 /// writes refused (it used to keep reading the old content), then gets `EIO` (it used to read
 /// the sibling), then the new file. The root-owned step needs root (to make the file and run
-/// the daemon as another user) and `protected_hardlinks`; without them it is skipped and the
-/// daemon runs as the current user.
+/// the daemon as another user) and `protected_hardlinks`; without them the test fails rather
+/// than pass without reproducing the condition.
 #[test]
 fn host_swaps_never_serve_stale_content_or_a_symlink_target() {
     use std::os::unix::process::CommandExt;
     const NOBODY: u32 = 65534;
     let s = setup();
-    let unprivileged = rustix::process::geteuid().is_root()
-        && std::fs::read_to_string("/proc/sys/fs/protected_hardlinks")
-            .is_ok_and(|v| v.trim() == "1");
-    let mut cmd = boxfsd();
-    if unprivileged {
-        // The daemon runs as nobody and owns the directory and the file; its binary is
-        // copied where it may execute it.
-        let bin = s.dir.path().join("boxfsd");
-        std::fs::copy(env!("CARGO_BIN_EXE_boxfsd"), &bin).expect("copy boxfsd");
-        for p in [s.dir.path(), &s.file, &s.dir.path().join("secret")] {
-            std::os::unix::fs::chown(p, Some(NOBODY), Some(NOBODY)).expect("chown");
-        }
-        cmd = Command::new(&bin);
-        cmd.uid(NOBODY).gid(NOBODY);
-    } else {
-        eprintln!("SKIPPED (root-owned replacement step): needs root and fs.protected_hardlinks=1");
+    assert!(
+        rustix::process::geteuid().is_root()
+            && std::fs::read_to_string("/proc/sys/fs/protected_hardlinks")
+                .is_ok_and(|v| v.trim() == "1"),
+        "the root-owned replacement step needs root and fs.protected_hardlinks=1"
+    );
+    // The daemon runs as nobody and owns the directory and the file; its binary is copied
+    // where it may execute it.
+    let bin = s.dir.path().join("boxfsd");
+    std::fs::copy(env!("CARGO_BIN_EXE_boxfsd"), &bin).expect("copy boxfsd");
+    for p in [s.dir.path(), &s.file, &s.dir.path().join("secret")] {
+        std::os::unix::fs::chown(p, Some(NOBODY), Some(NOBODY)).expect("chown");
     }
+    let mut cmd = Command::new(&bin);
+    cmd.uid(NOBODY).gid(NOBODY);
     let (mut child, _tag, _plan) = spawn_file_share_with(
         cmd,
         &[
@@ -371,7 +369,7 @@ fn host_swaps_never_serve_stale_content_or_a_symlink_target() {
         }
         std::fs::rename(&tmp, &s.file).unwrap();
     };
-    let owner = unprivileged.then_some(NOBODY);
+    let owner = Some(NOBODY);
     {
         let mut c = FuseClient::connect(&s.sock).expect("connect");
         let cat = |c: &mut FuseClient| -> Result<Vec<u8>, i32> {
@@ -384,7 +382,7 @@ fn host_swaps_never_serve_stale_content_or_a_symlink_target() {
         assert_eq!(cat(&mut c), Ok(b"from the host\n".to_vec()));
         let ino = c.lookup(ROOT_ID, "app.conf").expect("lookup").nodeid;
 
-        if unprivileged {
+        {
             swap_in(Some("root-owned\n"), None);
             assert_eq!(
                 cat(&mut c),
