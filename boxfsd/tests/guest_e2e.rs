@@ -1396,12 +1396,12 @@ fn run_filemount_e2e() {
     let guest_start = Instant::now();
     let mut guest = run.spawn().expect("run-guest.sh");
 
-    // Host side of the protocol: once the guest's write is on the host, replace the file
-    // atomically, as an editor does.
+    // Host side of the protocol: once the guest's write is on the host and the guest printed
+    // "FM-STEP replace", replace the file atomically, as an editor does.
     let wrote = format!("boxfs guest->host {token}\n");
     let mut replaced_at: Option<f64> = None;
     // Later host steps (see filemount.sh): a root-owned replacement once the guest's second
-    // write landed, a symlink and a regular file again on the guest's "FM-STEP" lines, read
+    // write landed and it printed "FM-STEP unlinkable", a symlink and a regular file again on the guest's "FM-STEP" lines, read
     // from the live console log.
     let wrote_2 = format!("boxfs guest->host-2 {token}\n");
     let live_console = PathBuf::from(format!("{}.raw", console.display()));
@@ -1429,7 +1429,13 @@ fn run_filemount_e2e() {
         if let Some(status) = guest.try_wait().expect("wait run-guest.sh") {
             break status;
         }
-        if replaced_at.is_none() && fs::read_to_string(&rw_file).ok().as_deref() == Some(&wrote) {
+        // Each host step waits for the guest's "FM-STEP" line as well as for the content, so
+        // the host never changes the file while the guest is still checking the previous step.
+        let console_now = fs::read_to_string(&live_console).unwrap_or_default();
+        if replaced_at.is_none()
+            && console_now.contains("FM-STEP replace")
+            && fs::read_to_string(&rw_file).ok().as_deref() == Some(&wrote)
+        {
             let tmp = data.join(".test.txt.edit");
             fs::write(&tmp, format!("boxfs replaced {token}\n")).expect("write replacement");
             fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644)).expect("chmod");
@@ -1441,6 +1447,7 @@ fn run_filemount_e2e() {
         }
         if replaced_at.is_some()
             && !second_write_seen
+            && console_now.contains("FM-STEP unlinkable")
             && fs::read_to_string(&rw_file).ok().as_deref() == Some(&wrote_2)
         {
             second_write_seen = true;
@@ -1450,7 +1457,6 @@ fn run_filemount_e2e() {
             }
         }
         if second_write_seen && !restored {
-            let console_now = fs::read_to_string(&live_console).unwrap_or_default();
             if !symlinked && console_now.contains("FM-STEP symlink") {
                 swap_in(None, None);
                 symlinked = true;

@@ -9,9 +9,10 @@
 #
 # Host <-> guest protocol: the host created the read-write file holding "boxfs host->guest TOKEN"
 # and the read-only one holding "boxfs read-only TOKEN". The guest writes "boxfs guest->host
-# TOKEN" into the read-write file; the host, seeing it, replaces its file atomically (rename) with
-# "boxfs replaced TOKEN"; the guest waits to see that through the same bind mount, then writes
-# "boxfs guest->host-2 TOKEN" (which must land in the new host file).
+# TOKEN" into the read-write file and, once done checking it, prints "FM-STEP replace"; the host,
+# seeing both, replaces its file atomically (rename) with "boxfs replaced TOKEN"; the guest waits
+# to see that through the same bind mount, then writes "boxfs guest->host-2 TOKEN" (which must land
+# in the new host file) and prints "FM-STEP unlinkable" once done checking it.
 # Then the host swaps the file for things the daemon must not serve as before (issue 14):
 #   1. (only with FM_UNLINKABLE=1: the daemon runs unprivileged) a root-owned file the daemon can
 #      read but not hard-link: the guest must see its content, and writes fail (EACCES);
@@ -83,6 +84,7 @@ ko ro_staging_path_gone ls "$STAGE/$FM_TAG_RO"
 eq ro_content_unchanged "$(cat "$R")" "boxfs read-only $FM_TOKEN"
 
 # --- host replaces the read-write file atomically -----------------------------------------------
+echo "FM-STEP replace"
 echo "INFO waiting for the host to replace the file"
 want="boxfs replaced $FM_TOKEN"
 i=0
@@ -98,6 +100,7 @@ if printf 'boxfs guest->host-2 %s\n' "$FM_TOKEN" > "$T"; then pass rw_write_afte
 eq rw_mode_after_replace "$(stat -c %a "$T")" 777
 ko rw_staging_still_gone ls "$STAGE/$FM_TAG_RW"
 sync
+echo "FM-STEP unlinkable"
 
 # Polls `cat $T` (up to 120 s) until it prints $1; prints the last output.
 wait_content() {
