@@ -12,16 +12,63 @@ use crate::{
 };
 
 /// An object-safe filesystem: the FUSE operation set of [`FileSystem`] with `u64` inodes and
-/// handles, shareable between threads.
+/// handles, shareable between threads, plus the device-state hooks of a snapshot.
 ///
-/// Every type that implements `FileSystem<Inode = u64, Handle = u64> + Send + Sync` is a
-/// `DynFileSystem`, so backends are written once against [`FileSystem`] and used as
-/// `Arc<dyn DynFileSystem>` everywhere: nested inside another backend, or served to a guest.
-/// `Box<dyn DynFileSystem>` and [`SharedFs`] implement [`FileSystem`] themselves, so either
-/// can be handed to `fuse_backend_rs::api::server::Server`.
-pub trait DynFileSystem: FileSystem<Inode = u64, Handle = u64> + Send + Sync {}
+/// Backends are written once against [`FileSystem`], declare themselves with
+/// `impl DynFileSystem for MyFs {}` (overriding the state hooks if they can carry their
+/// guest-visible state), and are used as `Arc<dyn DynFileSystem>` everywhere: nested inside
+/// another backend, or served to a guest. `Box<dyn DynFileSystem>` and [`SharedFs`] implement
+/// [`FileSystem`] themselves, so either can be handed to `fuse_backend_rs::api::server::Server`.
+pub trait DynFileSystem: FileSystem<Inode = u64, Handle = u64> + Send + Sync {
+    /// Writes the guest-visible state of this filesystem (the node ids and handles the guest
+    /// holds and, for in-memory backends, the content) to `out`, as a stream: a backend never
+    /// builds its whole state as one buffer. Called with the device stopped (no request in
+    /// flight).
+    ///
+    /// The default answers `EOPNOTSUPP`: the backend cannot be snapshotted.
+    fn save_state(&self, out: &mut dyn io::Write) -> io::Result<()> {
+        let _ = out;
+        Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP))
+    }
 
-impl<T> DynFileSystem for T where T: FileSystem<Inode = u64, Handle = u64> + Send + Sync + ?Sized {}
+    /// Replaces the guest-visible state of this filesystem with a state that
+    /// [`save_state`](Self::save_state) wrote, read from `input`. Called with the device
+    /// stopped, on a filesystem the guest has not used yet.
+    ///
+    /// All or nothing: a truncated, corrupt or incompatible stream returns an error and leaves
+    /// the filesystem as it was. The default answers `EOPNOTSUPP`.
+    fn load_state(&self, input: &mut dyn io::Read) -> io::Result<()> {
+        let _ = input;
+        Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP))
+    }
+}
+
+impl<T: DynFileSystem> DynFileSystem for Arc<T> {
+    fn save_state(&self, out: &mut dyn io::Write) -> io::Result<()> {
+        (**self).save_state(out)
+    }
+    fn load_state(&self, input: &mut dyn io::Read) -> io::Result<()> {
+        (**self).load_state(input)
+    }
+}
+
+impl DynFileSystem for Box<dyn DynFileSystem> {
+    fn save_state(&self, out: &mut dyn io::Write) -> io::Result<()> {
+        (**self).save_state(out)
+    }
+    fn load_state(&self, input: &mut dyn io::Read) -> io::Result<()> {
+        (**self).load_state(input)
+    }
+}
+
+impl DynFileSystem for SharedFs {
+    fn save_state(&self, out: &mut dyn io::Write) -> io::Result<()> {
+        self.0.save_state(out)
+    }
+    fn load_state(&self, input: &mut dyn io::Read) -> io::Result<()> {
+        self.0.load_state(input)
+    }
+}
 
 /// A cloneable `Arc<dyn DynFileSystem>` that implements [`FileSystem`], so a shared trait
 /// object can be served by `fuse_backend_rs::api::server::Server` (which needs a sized type).

@@ -902,3 +902,6 @@ impl FileSystem for DualFs {
             .setlkw(ctx, ino, fh, owner, lock, flags)
     }
 }
+
+/// Device state: not carried yet (the default hooks answer `EOPNOTSUPP`).
+impl crate::DynFileSystem for DualFs {}

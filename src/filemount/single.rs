@@ -971,3 +971,6 @@ impl FileSystem for SingleFileFs {
         self.inner.setlkw(ctx, ino, handle, owner, lock, flags)
     }
 }
+
+/// Device state: not carried yet (the default hooks answer `EOPNOTSUPP`).
+impl crate::DynFileSystem for SingleFileFs {}

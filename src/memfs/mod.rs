@@ -737,3 +737,6 @@ impl FileSystem for MemFs {
         self.do_lseek(inode, handle, offset, whence)
     }
 }
+
+/// Device state: not carried yet (the default hooks answer `EOPNOTSUPP`).
+impl crate::DynFileSystem for MemFs {}

@@ -309,3 +309,6 @@ impl FileSystem for PassthroughFs {
         m(self.do_lseek(inode, handle, offset, whence))
     }
 }
+
+/// Device state: not carried yet (the default hooks answer `EOPNOTSUPP`).
+impl crate::DynFileSystem for PassthroughFs {}

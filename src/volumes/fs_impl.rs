@@ -1144,3 +1144,6 @@ fn check_access(ctx: &Context, st: &stat64, mask: u32) -> io::Result<()> {
         Err(errno(libc::EACCES))
     }
 }
+
+/// Device state: not carried yet (the default hooks answer `EOPNOTSUPP`).
+impl crate::DynFileSystem for VolumeFs {}

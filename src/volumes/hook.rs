@@ -966,3 +966,6 @@ impl FileSystem for HookFs {
         self.inner.id_remap(ctx)
     }
 }
+
+/// Device state: not carried yet (the default hooks answer `EOPNOTSUPP`).
+impl crate::DynFileSystem for HookFs {}

@@ -396,3 +396,6 @@ impl FileSystem for VirtualFile {
         }
     }
 }
+
+/// Device state: not carried yet (the default hooks answer `EOPNOTSUPP`).
+impl crate::DynFileSystem for VirtualFile {}

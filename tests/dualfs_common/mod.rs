@@ -363,3 +363,5 @@ impl FileSystem for Faulty {
         self.inner.lseek(ctx, i, h, o, w)
     }
 }
+
+impl boxfs::DynFileSystem for Faulty {}

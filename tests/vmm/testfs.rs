@@ -208,3 +208,5 @@ impl FileSystem for TestFs {
         self.inner.releasedir(ctx, inode, flags, handle)
     }
 }
+
+impl boxfs::DynFileSystem for TestFs {}

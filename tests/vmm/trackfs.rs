@@ -313,3 +313,5 @@ impl FileSystem for TrackFs {
         self.inner.releasedir(ctx, inode, flags, handle)
     }
 }
+
+impl boxfs::DynFileSystem for TrackFs {}

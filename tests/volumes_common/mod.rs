@@ -230,3 +230,5 @@ impl FileSystem for Rerooted {
         self.fs.lseek(ctx, self.i(i), h, off, whence)
     }
 }
+
+impl boxfs::DynFileSystem for Rerooted {}
