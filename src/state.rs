@@ -134,7 +134,11 @@ impl StateError {
 
 impl fmt::Display for StateError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "device state rejected ({:?}): {}", self.kind, self.message)
+        write!(
+            f,
+            "device state rejected ({:?}): {}",
+            self.kind, self.message
+        )
     }
 }
 
@@ -167,7 +171,9 @@ impl<'a> StateWriter<'a> {
     /// Writes the header of a stream for backend `kind` (ASCII, at most [`MAX_KIND`] bytes).
     pub fn new(out: &'a mut dyn Write, kind: &str) -> io::Result<Self> {
         if kind.len() > MAX_KIND || !kind.is_ascii() {
-            return Err(invalid(format!("backend kind {kind:?} is not a short ASCII name")));
+            return Err(invalid(format!(
+                "backend kind {kind:?} is not a short ASCII name"
+            )));
         }
         let mut header = Vec::with_capacity(16 + kind.len());
         header.extend_from_slice(&MAGIC);
@@ -757,10 +763,12 @@ mod tests {
         let crc = crc32fast::hash(&bad[..11 + klen]);
         bad[11 + klen..15 + klen].copy_from_slice(&crc.to_le_bytes());
         assert_eq!(kind_of(read_all(&bad)), Some(StateErrorKind::Version));
-        let e = read_all(&bad).err().expect("error");
+        let e = read_all(&bad).expect_err("error");
         assert_eq!(errno_of(&e), libc::EPROTONOSUPPORT);
         let mut input = &sample()[..];
-        let e = StateReader::new(&mut input, "other").err().expect("kind");
+        let Err(e) = StateReader::new(&mut input, "other") else {
+            panic!("a state of another kind was accepted");
+        };
         assert_eq!(
             StateError::of(&e).map(|s| s.kind),
             Some(StateErrorKind::Mismatch)

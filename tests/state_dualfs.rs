@@ -23,12 +23,8 @@ fn overlay(lower: &Path) -> DualFs {
             .build()
             .expect("lower"),
     );
-    let a: Arc<dyn DynFileSystem> = Arc::new(
-        MemFs::builder()
-            .capacity(64 << 20)
-            .build()
-            .expect("upper"),
-    );
+    let a: Arc<dyn DynFileSystem> =
+        Arc::new(MemFs::builder().capacity(64 << 20).build().expect("upper"));
     DualFs::builder()
         .backend_a(a)
         .backend_b(b)
@@ -147,7 +143,11 @@ fn refused_states_leave_a_fresh_overlay_usable_and_unchanged() {
         ("version", &version[..], StateErrorKind::Corrupt),
         ("tables", &corrupt_tables[..], StateErrorKind::Corrupt),
         ("upper", &corrupt_upper[..], StateErrorKind::Corrupt),
-        ("truncated", &state[..state.len() / 2], StateErrorKind::Truncated),
+        (
+            "truncated",
+            &state[..state.len() / 2],
+            StateErrorKind::Truncated,
+        ),
     ] {
         let dst = overlay(lower.path());
         let fresh_dump = dump(&dst);

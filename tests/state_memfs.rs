@@ -1,6 +1,8 @@
 //! MemFs device state: save from a used filesystem, load into a fresh one, and the guest
 //! continues where it was; damaged or oversized states are refused and change nothing.
 
+#![allow(clippy::unnecessary_cast)]
+
 mod state_common;
 
 use std::time::Instant;
@@ -165,7 +167,11 @@ fn refused(state: &[u8], capacity: u64, kind: StateErrorKind) {
     let before = (dump(&dst), dst.usage());
     let r = dst.load_state(&mut &state[..]);
     assert_eq!(state_kind(r), Some(kind));
-    assert_eq!((dump(&dst), dst.usage()), before, "refused load changed the fs");
+    assert_eq!(
+        (dump(&dst), dst.usage()),
+        before,
+        "refused load changed the fs"
+    );
     assert_eq!(read_at(&dst, ino, fh, 0, 8).ok(), Some(b"kept".to_vec()));
     let (n, nfh) = create(&dst, ROOT_ID, "after");
     write_at(&dst, n, nfh, 0, b"usable").expect("still usable");
@@ -191,8 +197,16 @@ fn a_corrupt_byte_is_refused_and_changes_nothing() {
 #[test]
 fn a_truncated_stream_is_refused_and_changes_nothing() {
     let state = sample_state();
-    refused(&state[..state.len() / 2], 64 << 20, StateErrorKind::Truncated);
-    refused(&state[..state.len() - 1], 64 << 20, StateErrorKind::Truncated);
+    refused(
+        &state[..state.len() / 2],
+        64 << 20,
+        StateErrorKind::Truncated,
+    );
+    refused(
+        &state[..state.len() - 1],
+        64 << 20,
+        StateErrorKind::Truncated,
+    );
 }
 
 #[test]

@@ -903,4 +903,3 @@ impl FileSystem for DualFs {
             .setlkw(ctx, ino, fh, owner, lock, flags)
     }
 }
-

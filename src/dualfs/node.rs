@@ -128,7 +128,12 @@ impl Shared {
 
     /// Every copy-up origin (A inode, guest id) and the next large id (for a state snapshot).
     pub fn origins_snapshot(&self) -> (Vec<(u64, u64)>, u64) {
-        let mut v: Vec<_> = self.origins.lock().iter().map(|(a, id)| (*a, *id)).collect();
+        let mut v: Vec<_> = self
+            .origins
+            .lock()
+            .iter()
+            .map(|(a, id)| (*a, *id))
+            .collect();
         v.sort_unstable();
         (v, self.next_big.load(Ordering::Relaxed))
     }

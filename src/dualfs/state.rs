@@ -112,8 +112,12 @@ impl DualFs {
             e.clear().u64(a).u64(id);
             w.record(T_ORIGIN, e.as_slice())?;
         }
-        let mut links: Vec<(u64, u64)> =
-            self.hardlinks.lock().iter().map(|(b, a)| (*b, *a)).collect();
+        let mut links: Vec<(u64, u64)> = self
+            .hardlinks
+            .lock()
+            .iter()
+            .map(|(b, a)| (*b, *a))
+            .collect();
         links.sort_unstable();
         for (b, a) in links {
             e.clear().u64(b).u64(a);
@@ -173,7 +177,9 @@ impl DualFs {
         for i in sorted {
             let (n, held) = &order[i];
             let parent = n.parent_and_name();
-            let parent_ref = parent.as_ref().and_then(|(p, _)| refs.get(&ptr(p)).copied());
+            let parent_ref = parent
+                .as_ref()
+                .and_then(|(p, _)| refs.get(&ptr(p)).copied());
             refs.insert(ptr(n), refs.len() as u64);
             let l = n.layers();
             e.clear()
