@@ -237,6 +237,7 @@ impl<'a> StateWriter<'a> {
         NestedWriter {
             outer: self,
             buf: Vec::with_capacity(CHUNK),
+            written: 0,
         }
     }
 
@@ -265,9 +266,15 @@ impl<'a> StateWriter<'a> {
 pub struct NestedWriter<'w, 'a> {
     outer: &'w mut StateWriter<'a>,
     buf: Vec<u8>,
+    written: u64,
 }
 
 impl NestedWriter<'_, '_> {
+    /// Bytes of the nested stream written so far (0: the nested filesystem wrote nothing).
+    pub fn bytes(&self) -> u64 {
+        self.written
+    }
+
     fn emit(&mut self) -> io::Result<()> {
         if !self.buf.is_empty() {
             let buf = std::mem::take(&mut self.buf);
@@ -290,6 +297,7 @@ impl Write for NestedWriter<'_, '_> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         let n = data.len().min(CHUNK - self.buf.len());
         self.buf.extend_from_slice(&data[..n]);
+        self.written += n as u64;
         if self.buf.len() == CHUNK {
             self.emit()?;
         }
@@ -326,8 +334,6 @@ pub struct StateReader<'a> {
     version: u16,
     buf: Vec<u8>,
     ended: bool,
-    /// A record read ahead by [`StateReader::peek_tag`].
-    peeked: Option<u16>,
 }
 
 fn read_full(input: &mut dyn Read, buf: &mut [u8], what: &str) -> io::Result<()> {
@@ -393,7 +399,6 @@ impl<'a> StateReader<'a> {
             version,
             buf: Vec::new(),
             ended: false,
-            peeked: None,
         })
     }
 
@@ -404,9 +409,6 @@ impl<'a> StateReader<'a> {
 
     /// Reads the next record into the buffer; returns its tag.
     fn advance(&mut self) -> io::Result<u16> {
-        if let Some(tag) = self.peeked.take() {
-            return Ok(tag);
-        }
         if self.ended {
             return Err(StateError::io(
                 StateErrorKind::Corrupt,
@@ -519,26 +521,17 @@ pub struct NestedReader<'r, 'a> {
 }
 
 impl NestedReader<'_, '_> {
-    /// Checks that the nested stream was read to its [`NESTED_END`] record (nothing of it
-    /// left unread).
-    pub fn finish(mut self) -> io::Result<()> {
-        let mut rest = [0u8; 1];
-        match self.read(&mut rest)? {
-            0 => Ok(()),
-            _ => Err(StateError::io(
-                StateErrorKind::Corrupt,
-                "nested state has trailing bytes",
-            )),
-        }
+    /// Whether the nested stream is empty (the nested filesystem carried no state). Reads
+    /// ahead one record; what it read is still delivered by `read`.
+    pub fn is_empty(&mut self) -> io::Result<bool> {
+        self.fill()?;
+        Ok(self.pos == self.len)
     }
-}
 
-impl Read for NestedReader<'_, '_> {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        while self.pos == self.len {
-            if self.done || out.is_empty() {
-                return Ok(0);
-            }
+    /// Makes the next chunk current if the current one is used up; at the end, leaves
+    /// `pos == len` with `done` set.
+    fn fill(&mut self) -> io::Result<()> {
+        while self.pos == self.len && !self.done {
             match self.outer.advance()? {
                 NESTED_CHUNK => {
                     self.pos = 0;
@@ -556,6 +549,32 @@ impl Read for NestedReader<'_, '_> {
                     ))
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Checks that the nested stream was read to its [`NESTED_END`] record (nothing of it
+    /// left unread).
+    pub fn finish(mut self) -> io::Result<()> {
+        let mut rest = [0u8; 1];
+        match self.read(&mut rest)? {
+            0 => Ok(()),
+            _ => Err(StateError::io(
+                StateErrorKind::Corrupt,
+                "nested state has trailing bytes",
+            )),
+        }
+    }
+}
+
+impl Read for NestedReader<'_, '_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if out.is_empty() {
+            return Ok(0);
+        }
+        self.fill()?;
+        if self.pos == self.len {
+            return Ok(0);
         }
         let n = out.len().min(self.len - self.pos);
         out[..n].copy_from_slice(&self.outer.buf[self.pos..self.pos + n]);
