@@ -490,6 +490,10 @@ impl<'a> StateReader<'a> {
 
     /// Reads the end record, which must come next.
     pub fn expect_end(&mut self) -> io::Result<()> {
+        if self.ended {
+            // Already read and verified by a final nested section.
+            return Ok(());
+        }
         match self.next_record()? {
             None => Ok(()),
             Some(r) => Err(StateError::io(
@@ -508,6 +512,22 @@ impl<'a> StateReader<'a> {
             pos: 0,
             len: 0,
             done: false,
+            then_end: false,
+        }
+    }
+
+    /// A reader for the nested stream that ends this stream: the next record after it must
+    /// be the end record, and the reader verifies it (count and stream checksum) as soon as
+    /// the nested stream's last byte has been read, before handing that byte out. A nested
+    /// filesystem's `load_state`, which reads its own end record last and only then commits,
+    /// therefore fails (and changes nothing) if anything after it is missing or damaged.
+    pub fn nested_final(&mut self) -> NestedReader<'_, 'a> {
+        NestedReader {
+            outer: self,
+            pos: 0,
+            len: 0,
+            done: false,
+            then_end: true,
         }
     }
 }
@@ -518,6 +538,8 @@ pub struct NestedReader<'r, 'a> {
     pos: usize,
     len: usize,
     done: bool,
+    /// The outer stream's end record follows (see [`StateReader::nested_final`]).
+    then_end: bool,
 }
 
 impl NestedReader<'_, '_> {
@@ -541,6 +563,12 @@ impl NestedReader<'_, '_> {
                     self.done = true;
                     self.pos = 0;
                     self.len = 0;
+                    if self.then_end && self.outer.advance()? != END {
+                        return Err(StateError::io(
+                            StateErrorKind::Corrupt,
+                            "records after the last nested state",
+                        ));
+                    }
                 }
                 tag => {
                     return Err(StateError::io(
@@ -579,6 +607,11 @@ impl Read for NestedReader<'_, '_> {
         let n = out.len().min(self.len - self.pos);
         out[..n].copy_from_slice(&self.outer.buf[self.pos..self.pos + n]);
         self.pos += n;
+        if self.then_end && self.pos == self.len {
+            // Verify what follows before the last bytes are handed out (see
+            // `StateReader::nested_final`).
+            self.fill()?;
+        }
         Ok(n)
     }
 }
@@ -838,6 +871,48 @@ mod tests {
         assert_eq!(got, inner_data);
         assert_eq!(r.expect_record("after").map(|x| x.tag).ok(), Some(2));
         r.expect_end().expect("end");
+    }
+
+    #[test]
+    fn a_final_nested_section_verifies_the_end_before_its_last_byte() {
+        let mut out = Vec::new();
+        let mut w = StateWriter::new(&mut out, "outer").expect("header");
+        {
+            let mut n = w.nested();
+            let mut iw = StateWriter::new(&mut n, "inner").expect("inner header");
+            iw.record(1, b"inner").expect("inner record");
+            iw.finish().expect("inner end");
+            n.finish().expect("nested end");
+        }
+        w.finish().expect("end");
+        let read_inner = |bytes: &[u8]| -> io::Result<()> {
+            let mut input = bytes;
+            let mut r = StateReader::new(&mut input, "outer")?;
+            {
+                let mut n = r.nested_final();
+                let mut ir = StateReader::new(&mut n, "inner")?;
+                while ir.next_record()?.is_some() {}
+            }
+            r.expect_end()
+        };
+        read_inner(&out).expect("intact");
+        // Damage after the nested section: the inner reader fails on its own end record,
+        // before its filesystem would commit.
+        let last = out.len() - 1;
+        let mut bad = out.clone();
+        bad[last] ^= 1;
+        assert_eq!(
+            read_inner(&bad)
+                .err()
+                .and_then(|e| StateError::of(&e).map(|s| s.kind)),
+            Some(StateErrorKind::Corrupt)
+        );
+        assert_eq!(
+            read_inner(&out[..out.len() - 22])
+                .err()
+                .and_then(|e| StateError::of(&e).map(|s| s.kind)),
+            Some(StateErrorKind::Truncated)
+        );
     }
 
     #[test]

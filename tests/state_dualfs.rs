@@ -139,6 +139,10 @@ fn refused_states_leave_a_fresh_overlay_usable_and_unchanged() {
     corrupt_upper[at] ^= 0x20;
     let mut corrupt_tables = state.clone();
     corrupt_tables[40] ^= 0x01;
+    // The very last byte: the end record's stream checksum, read after both layers' states.
+    let mut corrupt_end = state.clone();
+    let last = state.len() - 1;
+    corrupt_end[last] ^= 0x01;
     for (name, bad, kind) in [
         ("version", &version[..], StateErrorKind::Corrupt),
         ("tables", &corrupt_tables[..], StateErrorKind::Corrupt),
@@ -148,6 +152,17 @@ fn refused_states_leave_a_fresh_overlay_usable_and_unchanged() {
             &state[..state.len() / 2],
             StateErrorKind::Truncated,
         ),
+        (
+            "end cut",
+            &state[..state.len() - 1],
+            StateErrorKind::Truncated,
+        ),
+        (
+            "end record cut",
+            &state[..state.len() - 22],
+            StateErrorKind::Truncated,
+        ),
+        ("end corrupt", &corrupt_end[..], StateErrorKind::Corrupt),
     ] {
         let dst = overlay(lower.path());
         let fresh_dump = dump(&dst);

@@ -9,12 +9,14 @@
 //! its content, a PassthroughFs lower its held inodes).
 //!
 //! Loading parses and checks DualFs's own tables aside, loads B, then A (each layer's load
-//! is all-or-nothing by itself), checks the end of the stream, and only then installs the
-//! tables. A stream refused before the layers (wrong version or kind, a damaged table)
-//! changes nothing. One refused inside a layer section leaves DualFs's tables untouched and
-//! ends the session of a layer already loaded (`destroy`: its restored lookups and handles
-//! are dropped); a layer that carries content (a MemFs) keeps the content it loaded, so a
-//! device whose load failed must not be served (the vhost device keeps it stopped).
+//! is all-or-nothing by itself; A's section is read with [`StateReader::nested_final`], so the
+//! stream's end record is verified before A commits), and only then installs the tables.
+//! A stream refused in the header, in DualFs's tables, in B's section, or anywhere from A's
+//! section to the end (a truncation included) leaves DualFs and both layers as they were,
+//! except that a B already loaded has its session ended (`destroy`: its restored lookups and
+//! handles are dropped, which returns a PassthroughFs lower to its fresh state). Only a B that
+//! carries content (a MemFs lower) keeps the content it loaded when A's section is refused;
+//! a device whose load failed is not served (the vhost device keeps it stopped).
 //!
 //! [`DynFileSystem::save_state`]: crate::DynFileSystem::save_state
 
@@ -266,7 +268,7 @@ impl DualFs {
             res?;
         }
         {
-            let mut nested = r.nested();
+            let mut nested = r.nested_final();
             let res = self
                 .shared
                 .a

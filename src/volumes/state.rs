@@ -13,10 +13,12 @@
 //! an empty section; on load it keeps the destination's own backend as attached.
 //!
 //! Loading checks the table first, then loads each volume's state in table order (each
-//! all-or-nothing by itself), then the end of the stream, and only then installs the id
-//! maps and rebuilds the mount table over the restored backends. If a volume's section is
-//! refused after earlier volumes were loaded, their sessions are ended (`destroy`), as
-//! DualFs does for its layers; the device must not be served then.
+//! all-or-nothing by itself; the last section is read with
+//! [`StateReader::nested_final`](crate::state::StateReader::nested_final), so the stream's end
+//! is verified before the last volume commits), and only then installs the id maps and
+//! rebuilds the mount table over the restored backends. If a volume's section is refused
+//! after earlier volumes were loaded, their sessions are ended (`destroy`), as DualFs does
+//! for its layers; the device must not be served then.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -205,8 +207,13 @@ impl VolumeFs {
                 v.fs.destroy();
             }
         };
-        for v in &vols {
-            let mut nested = r.nested();
+        for (i, v) in vols.iter().enumerate() {
+            // The last section also verifies the stream's end before its volume commits.
+            let mut nested = if i + 1 == vols.len() {
+                r.nested_final()
+            } else {
+                r.nested()
+            };
             let res = match nested.is_empty() {
                 Ok(true) => Ok(false),
                 Ok(false) => v.fs.load_state(&mut nested).map(|()| true),
