@@ -188,7 +188,7 @@ macro_rules! allow {
 }
 
 const COMMON: &[(&str, i64, Args)] = allow![
-    SYS_accept4, SYS_brk, SYS_clock_gettime, SYS_clock_nanosleep,
+    SYS_accept4, SYS_bind, SYS_brk, SYS_clock_gettime, SYS_clock_nanosleep,
     SYS_clone: CloneNoNamespaces, SYS_clone3, SYS_close, SYS_connect, SYS_copy_file_range, SYS_dup, SYS_dup3, SYS_epoll_create1,
     SYS_epoll_ctl, SYS_epoll_pwait, SYS_eventfd2, SYS_exit, SYS_exit_group, SYS_faccessat,
     SYS_faccessat2, SYS_fallocate, SYS_fchmod, SYS_fchmodat, SYS_fcntl, SYS_fdatasync,
@@ -196,7 +196,7 @@ const COMMON: &[(&str, i64, Args)] = allow![
     SYS_fstatfs, SYS_fsync, SYS_ftruncate, SYS_futex, SYS_getdents64, SYS_getegid, SYS_geteuid,
     SYS_getgid, SYS_getpid, SYS_getrandom, SYS_getsockname, SYS_getsockopt, SYS_gettid,
     SYS_getuid, SYS_getxattr, SYS_ioctl: IoctlRequests, SYS_lgetxattr, SYS_linkat,
-    SYS_listxattr, SYS_llistxattr, SYS_lseek, SYS_lsetxattr, SYS_madvise, SYS_mkdirat,
+    SYS_listen, SYS_listxattr, SYS_llistxattr, SYS_lseek, SYS_lsetxattr, SYS_madvise, SYS_mkdirat,
     SYS_mknodat: MknodRegularOrFifo, SYS_mmap, SYS_name_to_handle_at, SYS_mprotect, SYS_mremap, SYS_munmap,
     SYS_nanosleep, SYS_newfstatat, SYS_openat, SYS_openat2, SYS_pipe2, SYS_ppoll,
     SYS_prctl: PrctlOptions, SYS_pread64, SYS_preadv, SYS_preadv2, SYS_prlimit64, SYS_pwrite64,

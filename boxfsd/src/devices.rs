@@ -1,0 +1,540 @@
+//! Fleet mode: one boxfsd serving many virtio-fs devices, each with its own vhost-user socket,
+//! backend, tag, limits and counters.
+//!
+//! Devices come from `--device id=..,socket=..,shared-dir=..|memfs-size=..|lower=..,upper=..`
+//! (repeatable), `--config FILE` (JSON or TOML, `{"devices": [...]}` / `[[devices]]`), and
+//! the API (`PUT /devices`, `GET /devices[/{id}]`, `DELETE /devices/{id}`; see `api`).
+
+use std::collections::BTreeMap;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use boxfs::vhost::{BoundSocket, DeviceHandle, Dispatch, FsDevice, RequestMetrics};
+use boxfs::DynFileSystem;
+use serde::{Deserialize, Serialize};
+
+/// Largest device id, in bytes.
+const MAX_ID: usize = 64;
+
+/// A device's own limits (in place of the command line's `--quota`, `--max-inodes`,
+/// `--max-handles`, `--memfs-max-inodes`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DeviceLimits {
+    /// Bytes of regular files and symlink targets (`"10G"`; host directories).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<String>,
+    /// Most inodes (held by the guest for a host directory; in the filesystem for MemFs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_inodes: Option<u64>,
+    /// Most files and directories open at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_handles: Option<u64>,
+}
+
+/// One device's configuration: a `--device`, an entry of `--config`, a `PUT /devices` body.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DeviceSpec {
+    /// Unique name: 1 to 64 of `A-Z a-z 0-9 . _ -`.
+    pub id: String,
+    /// vhost-user socket path the device's VMM connects to.
+    pub socket: PathBuf,
+    /// Backend: a host directory (PassthroughFs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_dir: Option<PathBuf>,
+    /// Backend: an in-memory filesystem of this capacity (`"512M"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memfs_size: Option<String>,
+    /// Backend: an overlay's read-only lower host directory (with `upper`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lower: Option<PathBuf>,
+    /// The overlay's writable upper: a host directory or `memfs:SIZE`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upper: Option<String>,
+    /// Tag in the config space (default: the VMM's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// Serve the host directory read-only.
+    #[serde(default)]
+    pub readonly: bool,
+    /// The device's own limits.
+    #[serde(default)]
+    pub limits: DeviceLimits,
+}
+
+/// What kind of backend a spec asks for.
+pub(crate) enum BackendKind<'a> {
+    /// A host directory.
+    Dir(&'a Path),
+    /// A MemFs of this many bytes.
+    Memfs(u64),
+    /// An overlay (lower, upper spec).
+    Overlay(&'a Path, &'a str),
+}
+
+impl DeviceSpec {
+    /// Checks the fields that do not need the host: the id, the tag, exactly one backend.
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        let id_ok = !self.id.is_empty()
+            && self.id.len() <= MAX_ID
+            && self
+                .id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if !id_ok {
+            return Err(format!(
+                "device id `{}`: 1 to {MAX_ID} of A-Z a-z 0-9 . _ -",
+                self.id
+            ));
+        }
+        if self.socket.as_os_str().is_empty() {
+            return Err(format!("device {}: `socket` is required", self.id));
+        }
+        if let Some(tag) = &self.tag {
+            if tag.is_empty() || tag.len() > boxfs::vhost::MAX_TAG_LEN || tag.contains('\0') {
+                return Err(format!(
+                    "device {}: tag must be 1 to {} bytes without NUL",
+                    self.id,
+                    boxfs::vhost::MAX_TAG_LEN
+                ));
+            }
+        }
+        if self.lower.is_some() != self.upper.is_some() {
+            return Err(format!(
+                "device {}: an overlay needs both `lower` and `upper`",
+                self.id
+            ));
+        }
+        self.backend().map(|_| ())
+    }
+
+    /// The backend the spec names (exactly one of them).
+    pub(crate) fn backend(&self) -> Result<BackendKind<'_>, String> {
+        let n = usize::from(self.shared_dir.is_some())
+            + usize::from(self.memfs_size.is_some())
+            + usize::from(self.lower.is_some());
+        if n != 1 {
+            return Err(format!(
+                "device {}: give exactly one backend: `shared_dir`, `memfs_size` or \
+                 `lower`+`upper`",
+                self.id
+            ));
+        }
+        if let Some(d) = &self.shared_dir {
+            return Ok(BackendKind::Dir(d));
+        }
+        if let Some(s) = &self.memfs_size {
+            let size: boxfs::Size = s
+                .parse()
+                .map_err(|e| format!("device {}: memfs_size `{s}`: {e}", self.id))?;
+            return Ok(BackendKind::Memfs(size.bytes()));
+        }
+        match (&self.lower, &self.upper) {
+            (Some(l), Some(u)) => Ok(BackendKind::Overlay(l, u)),
+            _ => Err(format!("device {}: no backend", self.id)),
+        }
+    }
+
+    /// Whether building the backend opens host paths (impossible once sandboxed).
+    fn needs_host(&self) -> bool {
+        self.shared_dir.is_some()
+            || self.lower.is_some()
+            || self
+                .upper
+                .as_deref()
+                .is_some_and(|u| !u.starts_with("memfs:"))
+    }
+}
+
+/// Parses a `--device id=..,socket=..,shared-dir=..` (keys with `-` or `_`; `readonly` or
+/// `ro` alone; limits as `quota=`, `max-inodes=`, `max-handles=`).
+pub(crate) fn parse_device(s: &str) -> Result<DeviceSpec, String> {
+    let mut spec = DeviceSpec {
+        id: String::new(),
+        socket: PathBuf::new(),
+        shared_dir: None,
+        memfs_size: None,
+        lower: None,
+        upper: None,
+        tag: None,
+        readonly: false,
+        limits: DeviceLimits::default(),
+    };
+    for field in s.split(',').filter(|f| !f.is_empty()) {
+        let (k, v) = field.split_once('=').unwrap_or((field, ""));
+        let k = k.replace('-', "_");
+        let num = |v: &str| {
+            v.parse::<u64>()
+                .map_err(|_| format!("--device: {k}=`{v}`: not a number"))
+        };
+        match k.as_str() {
+            "id" => spec.id = v.into(),
+            "socket" | "socket_path" => spec.socket = v.into(),
+            "shared_dir" => spec.shared_dir = Some(v.into()),
+            "memfs_size" => spec.memfs_size = Some(v.into()),
+            "lower" => spec.lower = Some(v.into()),
+            "upper" => spec.upper = Some(v.into()),
+            "tag" => spec.tag = Some(v.into()),
+            "readonly" | "ro" if v.is_empty() || v == "true" => spec.readonly = true,
+            "quota" => spec.limits.quota = Some(v.into()),
+            "max_inodes" => spec.limits.max_inodes = Some(num(v)?),
+            "max_handles" => spec.limits.max_handles = Some(num(v)?),
+            _ => return Err(format!("--device: unknown field `{field}`")),
+        }
+    }
+    spec.validate()?;
+    Ok(spec)
+}
+
+/// The file of `--config`: `{"devices": [...]}` in JSON, or `[[devices]]` tables in TOML.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    #[serde(default)]
+    devices: Vec<DeviceSpec>,
+}
+
+/// Reads the devices of a `--config` file (TOML if it ends in `.toml`, JSON otherwise).
+pub(crate) fn read_config(path: &Path) -> Result<Vec<DeviceSpec>, String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("--config {}: {e}", path.display()))?;
+    let file: ConfigFile = if path.extension().is_some_and(|e| e == "toml") {
+        toml::from_str(&text).map_err(|e| format!("--config {}: {e}", path.display()))?
+    } else {
+        serde_json::from_str(&text).map_err(|e| format!("--config {}: {e}", path.display()))?
+    };
+    for d in &file.devices {
+        d.validate()?;
+    }
+    Ok(file.devices)
+}
+
+/// A backend's usage now, for the metrics and `GET /devices`.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub(crate) struct Usage {
+    /// Inodes the guest holds (host directory) or the filesystem has (MemFs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inodes: Option<u64>,
+    /// Files and directories open.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub open_handles: Option<u64>,
+    /// Bytes a MemFs holds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memfs_bytes: Option<u64>,
+    /// Bytes charged against the quota.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quota_bytes: Option<u64>,
+}
+
+/// Reads a backend's usage.
+pub(crate) type UsageFn = Box<dyn Fn() -> Usage + Send + Sync>;
+
+/// A built backend and how to read its usage.
+pub(crate) struct Built {
+    pub fs: Arc<dyn DynFileSystem>,
+    pub usage: UsageFn,
+}
+
+/// Builds a device's backend (the daemon's command-line options applied).
+pub(crate) type BuildFn = Box<dyn Fn(&DeviceSpec) -> Result<Built, String> + Send + Sync>;
+
+/// Device options that come from the command line.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Defaults {
+    pub request_queues: usize,
+    pub thread_pool_size: usize,
+    pub dispatch: Dispatch,
+    pub poll: std::time::Duration,
+}
+
+/// One running device.
+pub(crate) struct Device {
+    pub spec: DeviceSpec,
+    pub handle: DeviceHandle,
+    pub metrics: Arc<RequestMetrics>,
+    pub usage: UsageFn,
+}
+
+/// A device whose backend and socket are ready, not yet served.
+pub(crate) struct Prepared {
+    spec: DeviceSpec,
+    built: Built,
+    socket: BoundSocket,
+}
+
+/// The devices of the process.
+pub(crate) struct Registry {
+    devices: Mutex<BTreeMap<String, Arc<Device>>>,
+    build: BuildFn,
+    defaults: Defaults,
+    /// The daemon confined itself: host paths cannot be opened any more.
+    sandboxed: AtomicBool,
+    /// `--socket-dir`, held open so sockets can be bound in it once sandboxed.
+    socket_dir: Option<(PathBuf, OwnedFd)>,
+}
+
+/// An API or start-up error: an HTTP status and a message.
+#[derive(Debug)]
+pub(crate) struct Failure(pub u16, pub String);
+
+impl Registry {
+    /// An empty registry; `socket_dir` is `--socket-dir`.
+    pub(crate) fn new(
+        build: BuildFn,
+        defaults: Defaults,
+        socket_dir: Option<&Path>,
+    ) -> Result<Registry, String> {
+        let socket_dir = match socket_dir {
+            Some(d) => {
+                use std::os::unix::fs::OpenOptionsExt;
+                let fd = std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+                    .open(d)
+                    .map_err(|e| format!("--socket-dir {}: {e}", d.display()))?;
+                Some((d.to_owned(), OwnedFd::from(fd)))
+            }
+            None => None,
+        };
+        Ok(Registry {
+            devices: Mutex::new(BTreeMap::new()),
+            build,
+            defaults,
+            sandboxed: AtomicBool::new(false),
+            socket_dir,
+        })
+    }
+
+    /// From now on host paths cannot be opened (the daemon entered its sandbox).
+    pub(crate) fn set_sandboxed(&self) {
+        self.sandboxed.store(true, Ordering::Release);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<Device>>> {
+        self.devices.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The path to bind a device's socket at: its own, or (sandboxed) its name in the
+    /// `--socket-dir` reached through the directory descriptor.
+    fn bind_path(&self, spec: &DeviceSpec) -> Result<PathBuf, Failure> {
+        if !self.sandboxed.load(Ordering::Acquire) {
+            return Ok(spec.socket.clone());
+        }
+        let Some((dir, fd)) = &self.socket_dir else {
+            return Err(Failure(
+                403,
+                "the sandboxed daemon cannot reach host paths: give boxfsd --socket-dir DIR \
+                 and put the sockets of API-added devices in it (or run with --sandbox none)"
+                    .into(),
+            ));
+        };
+        match (spec.socket.parent(), spec.socket.file_name()) {
+            (Some(parent), Some(name)) if parent == dir => {
+                Ok(Path::new(&format!("/proc/self/fd/{}", fd.as_raw_fd())).join(name))
+            }
+            _ => Err(Failure(
+                403,
+                format!(
+                    "the sandboxed daemon creates device sockets only in --socket-dir {}",
+                    dir.display()
+                ),
+            )),
+        }
+    }
+
+    /// Creates and starts a device.
+    pub(crate) fn add(&self, spec: DeviceSpec) -> Result<Arc<Device>, Failure> {
+        let p = self.prepare(spec)?;
+        self.start(p)
+    }
+
+    /// Checks a device and opens what it needs on the host (its backend, its socket), starting
+    /// no thread: this part runs before the daemon sandboxes itself.
+    pub(crate) fn prepare(&self, spec: DeviceSpec) -> Result<Prepared, Failure> {
+        spec.validate().map_err(|e| Failure(400, e))?;
+        self.check_free(&self.lock(), &spec)?;
+        if spec.needs_host() && self.sandboxed.load(Ordering::Acquire) {
+            return Err(Failure(
+                403,
+                format!(
+                    "device {}: the sandboxed daemon cannot open host directories; devices \
+                     on host directories are given at start (--device, --config) or need \
+                     boxfsd --sandbox none (memfs devices work in the sandbox)",
+                    spec.id
+                ),
+            ));
+        }
+        let bind_at = self.bind_path(&spec)?;
+        let built = (self.build)(&spec).map_err(|e| Failure(422, e))?;
+        let socket = BoundSocket::bind(&bind_at)
+            .map_err(|e| Failure(422, format!("socket {}: {e}", spec.socket.display())))?;
+        Ok(Prepared {
+            spec,
+            built,
+            socket,
+        })
+    }
+
+    fn check_free(
+        &self,
+        devices: &BTreeMap<String, Arc<Device>>,
+        spec: &DeviceSpec,
+    ) -> Result<(), Failure> {
+        if devices.contains_key(&spec.id) {
+            return Err(Failure(409, format!("device {} exists", spec.id)));
+        }
+        if let Some(other) = devices.values().find(|d| d.spec.socket == spec.socket) {
+            return Err(Failure(
+                409,
+                format!(
+                    "socket {} is device {}'s",
+                    spec.socket.display(),
+                    other.spec.id
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Starts serving a prepared device.
+    pub(crate) fn start(&self, p: Prepared) -> Result<Arc<Device>, Failure> {
+        let Prepared {
+            spec,
+            built,
+            socket,
+        } = p;
+        let mut devices = self.lock();
+        self.check_free(&devices, &spec)?;
+        let metrics = Arc::new(RequestMetrics::new());
+        let d = self.defaults;
+        let mut builder = FsDevice::builder(built.fs)
+            .request_queues(d.request_queues)
+            .thread_pool_size(d.thread_pool_size)
+            .dispatch(d.dispatch)
+            .poll(d.poll)
+            .keep_serving(true)
+            .metrics(Arc::clone(&metrics));
+        if let Some(tag) = &spec.tag {
+            builder = builder.tag(tag.clone());
+        }
+        let device = builder
+            .build()
+            .map_err(|e| Failure(422, format!("device {}: {e}", spec.id)))?;
+        let handle = device
+            .serve_bound(socket)
+            .map_err(|e| Failure(500, format!("device {}: {e}", spec.id)))?;
+        tracing::info!("device {} serving on {}", spec.id, spec.socket.display());
+        let dev = Arc::new(Device {
+            spec,
+            handle,
+            metrics,
+            usage: built.usage,
+        });
+        devices.insert(dev.spec.id.clone(), Arc::clone(&dev));
+        Ok(dev)
+    }
+
+    /// Stops and removes a device: its VMM is disconnected, its backend released, its socket
+    /// file removed.
+    pub(crate) fn remove(&self, id: &str) -> Result<(), Failure> {
+        let dev = self
+            .lock()
+            .remove(id)
+            .ok_or_else(|| Failure(404, format!("no device {id}")))?;
+        if let Err(e) = dev.handle.stop() {
+            tracing::warn!("device {id} ended with an error: {e}");
+        }
+        tracing::info!("device {id} removed");
+        Ok(())
+    }
+
+    /// Stops every device (the daemon exits).
+    pub(crate) fn stop_all(&self) {
+        let all: Vec<Arc<Device>> = std::mem::take(&mut *self.lock()).into_values().collect();
+        for d in &all {
+            d.handle.request_stop();
+        }
+        for d in all {
+            let _ = d.handle.stop();
+        }
+    }
+
+    /// The devices, by id.
+    pub(crate) fn list(&self) -> Vec<Arc<Device>> {
+        self.lock().values().cloned().collect()
+    }
+
+    /// One device.
+    pub(crate) fn get(&self, id: &str) -> Option<Arc<Device>> {
+        self.lock().get(id).cloned()
+    }
+}
+
+/// A device as `GET /devices` shows it: the configuration, state and counters.
+#[derive(Serialize)]
+struct View<'a> {
+    #[serde(flatten)]
+    spec: &'a DeviceSpec,
+    running: bool,
+    requests: u64,
+    error_replies: u64,
+    dropped: u64,
+    connections: u64,
+    bytes_read: u64,
+    bytes_written: u64,
+    usage: Usage,
+}
+
+fn view(d: &Device) -> serde_json::Value {
+    let s = d.handle.stats();
+    let v = View {
+        spec: &d.spec,
+        running: !d.handle.is_finished(),
+        requests: s.requests,
+        error_replies: s.error_replies,
+        dropped: s.dropped,
+        connections: s.connections,
+        bytes_read: d.metrics.bytes_read(),
+        bytes_written: d.metrics.bytes_written(),
+        usage: (d.usage)(),
+    };
+    serde_json::to_value(v).unwrap_or_default()
+}
+
+impl Registry {
+    /// Serves `/devices` and `/devices/{id}`: `(status, JSON body)`.
+    pub(crate) fn route(
+        &self,
+        method: &tiny_http::Method,
+        path: &str,
+        body: &[u8],
+    ) -> Result<(u16, String), Failure> {
+        use tiny_http::Method;
+        let id = path
+            .strip_prefix("/devices")
+            .map(|rest| rest.trim_start_matches('/'))
+            .unwrap_or_default();
+        match (method, id) {
+            (Method::Get, "") => {
+                let all: Vec<serde_json::Value> = self.list().iter().map(|d| view(d)).collect();
+                Ok((200, serde_json::Value::Array(all).to_string()))
+            }
+            (Method::Put, "") | (Method::Post, "") => {
+                let spec: DeviceSpec =
+                    serde_json::from_slice(body).map_err(|e| Failure(400, format!("body: {e}")))?;
+                let d = self.add(spec)?;
+                Ok((201, view(&d).to_string()))
+            }
+            (_, "") => Err(Failure(405, "use GET or PUT".into())),
+            (Method::Get, id) => self
+                .get(id)
+                .map(|d| (200, view(&d).to_string()))
+                .ok_or_else(|| Failure(404, format!("no device {id}"))),
+            (Method::Delete, id) => self.remove(id).map(|()| (204, String::new())),
+            _ => Err(Failure(405, "use GET or DELETE".into())),
+        }
+    }
+}
