@@ -203,8 +203,9 @@ const COMMON: &[(&str, i64, Args)] = allow![
     SYS_pwritev, SYS_pwritev2, SYS_read, SYS_readlinkat, SYS_readv, SYS_recvfrom, SYS_recvmsg,
     SYS_removexattr, SYS_renameat2, SYS_restart_syscall, SYS_rseq, SYS_rt_sigaction,
     SYS_rt_sigprocmask, SYS_rt_sigreturn, SYS_sched_getaffinity, SYS_sched_yield, SYS_sendmsg,
-    SYS_sendfile, SYS_sendto, SYS_set_robust_list, SYS_setxattr, SYS_shutdown, SYS_sigaltstack, SYS_socket: UnixSocket,
+    SYS_sendfile, SYS_sendto, SYS_set_robust_list, SYS_setsockopt, SYS_setxattr, SYS_shutdown, SYS_sigaltstack, SYS_socket: UnixSocket,
     SYS_socketpair, SYS_splice, SYS_statfs, SYS_statx, SYS_symlinkat, SYS_sync_file_range, SYS_tgkill,
+    SYS_timerfd_create, SYS_timerfd_settime,
     SYS_truncate, SYS_unlinkat, SYS_utimensat, SYS_write, SYS_writev,
 ];
 

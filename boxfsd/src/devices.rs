@@ -11,7 +11,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use boxfs::vhost::{BoundSocket, DeviceHandle, Dispatch, FsDevice, RequestMetrics};
+use boxfs::vhost::{
+    BoundSocket, DeviceHandle, DeviceStats, Dispatch, Fleet, FleetDeviceHandle, FleetDeviceOptions,
+    FsDevice, RequestMetrics,
+};
 use boxfs::DynFileSystem;
 use serde::{Deserialize, Serialize};
 
@@ -63,6 +66,9 @@ pub(crate) struct DeviceSpec {
     /// The device's own limits.
     #[serde(default)]
     pub limits: DeviceLimits,
+    /// Most requests per second (a token bucket; fleet event loops only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ops_per_sec: Option<u64>,
 }
 
 /// What kind of backend a spec asks for.
@@ -162,6 +168,7 @@ pub(crate) fn parse_device(s: &str) -> Result<DeviceSpec, String> {
         tag: None,
         readonly: false,
         limits: DeviceLimits::default(),
+        ops_per_sec: None,
     };
     for field in s.split(',').filter(|f| !f.is_empty()) {
         let (k, v) = field.split_once('=').unwrap_or((field, ""));
@@ -182,6 +189,7 @@ pub(crate) fn parse_device(s: &str) -> Result<DeviceSpec, String> {
             "quota" => spec.limits.quota = Some(v.into()),
             "max_inodes" => spec.limits.max_inodes = Some(num(v)?),
             "max_handles" => spec.limits.max_handles = Some(num(v)?),
+            "ops_per_sec" => spec.ops_per_sec = Some(num(v)?.max(1)),
             _ => return Err(format!("--device: unknown field `{field}`")),
         }
     }
@@ -250,10 +258,51 @@ pub(crate) struct Defaults {
     pub poll: std::time::Duration,
 }
 
+/// How a device is served: its own threads, or the fleet's event loops.
+pub(crate) enum Handle {
+    /// `FsDevice::serve`: an accept thread and vring threads of its own.
+    Own(DeviceHandle),
+    /// One device of the fleet.
+    Fleet(FleetDeviceHandle),
+}
+
+impl Handle {
+    pub(crate) fn stats(&self) -> DeviceStats {
+        match self {
+            Handle::Own(h) => h.stats(),
+            Handle::Fleet(h) => h.stats(),
+        }
+    }
+
+    pub(crate) fn is_finished(&self) -> bool {
+        match self {
+            Handle::Own(h) => h.is_finished(),
+            Handle::Fleet(h) => h.is_finished(),
+        }
+    }
+
+    fn request_stop(&self) {
+        match self {
+            Handle::Own(h) => h.request_stop(),
+            Handle::Fleet(h) => h.stop(),
+        }
+    }
+
+    fn stop(&self) -> Result<(), String> {
+        match self {
+            Handle::Own(h) => h.stop().map_err(|e| e.to_string()),
+            Handle::Fleet(h) => {
+                h.stop();
+                Ok(())
+            }
+        }
+    }
+}
+
 /// One running device.
 pub(crate) struct Device {
     pub spec: DeviceSpec,
-    pub handle: DeviceHandle,
+    pub handle: Handle,
     pub metrics: Arc<RequestMetrics>,
     pub usage: UsageFn,
 }
@@ -274,6 +323,8 @@ pub(crate) struct Registry {
     sandboxed: AtomicBool,
     /// `--socket-dir`, held open so sockets can be bound in it once sandboxed.
     socket_dir: Option<(PathBuf, OwnedFd)>,
+    /// The event loops serving the devices (unless each has threads of its own).
+    fleet: std::sync::OnceLock<Fleet>,
 }
 
 /// An API or start-up error: an HTTP status and a message.
@@ -305,7 +356,13 @@ impl Registry {
             defaults,
             sandboxed: AtomicBool::new(false),
             socket_dir,
+            fleet: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Serves the devices started from now on with `fleet`'s event loops.
+    pub(crate) fn use_fleet(&self, fleet: Fleet) {
+        let _ = self.fleet.set(fleet);
     }
 
     /// From now on host paths cannot be opened (the daemon entered its sandbox).
@@ -410,9 +467,14 @@ impl Registry {
         self.check_free(&devices, &spec)?;
         let metrics = Arc::new(RequestMetrics::new());
         let d = self.defaults;
+        let fleet = self.fleet.get();
         let mut builder = FsDevice::builder(built.fs)
             .request_queues(d.request_queues)
-            .thread_pool_size(d.thread_pool_size)
+            .thread_pool_size(if fleet.is_some() {
+                0
+            } else {
+                d.thread_pool_size
+            })
             .dispatch(d.dispatch)
             .poll(d.poll)
             .keep_serving(true)
@@ -423,9 +485,17 @@ impl Registry {
         let device = builder
             .build()
             .map_err(|e| Failure(422, format!("device {}: {e}", spec.id)))?;
-        let handle = device
-            .serve_bound(socket)
-            .map_err(|e| Failure(500, format!("device {}: {e}", spec.id)))?;
+        let handle = match fleet {
+            Some(fleet) => {
+                let mut o = FleetDeviceOptions::new();
+                if let Some(n) = spec.ops_per_sec {
+                    o = o.ops_per_sec(n);
+                }
+                fleet.add(device, socket, o).map(Handle::Fleet)
+            }
+            None => device.serve_bound(socket).map(Handle::Own),
+        }
+        .map_err(|e| Failure(500, format!("device {}: {e}", spec.id)))?;
         tracing::info!("device {} serving on {}", spec.id, spec.socket.display());
         let dev = Arc::new(Device {
             spec,
@@ -486,6 +556,8 @@ struct View<'a> {
     bytes_read: u64,
     bytes_written: u64,
     usage: Usage,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tokens_granted: Option<u64>,
 }
 
 fn view(d: &Device) -> serde_json::Value {
@@ -500,6 +572,10 @@ fn view(d: &Device) -> serde_json::Value {
         bytes_read: d.metrics.bytes_read(),
         bytes_written: d.metrics.bytes_written(),
         usage: (d.usage)(),
+        tokens_granted: match &d.handle {
+            Handle::Fleet(h) => h.tokens_granted(),
+            Handle::Own(_) => None,
+        },
     };
     serde_json::to_value(v).unwrap_or_default()
 }

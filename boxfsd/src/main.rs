@@ -301,6 +301,12 @@ mod linux {
         #[arg(long, requires = "api_socket", conflicts_with_all = FLEET_CONFLICTS)]
         fleet: bool,
 
+        /// Fleet mode: event-loop threads serving every device's sockets and queues (default:
+        /// one per core); `0` gives each device threads of its own instead. The fleet's
+        /// --thread-pool-size workers serve the slow requests of every device.
+        #[arg(long, value_name = "N")]
+        fleet_threads: Option<usize>,
+
         /// Fleet mode: directory where devices added at runtime may have their sockets once
         /// the daemon is sandboxed (it is held open; other paths are unreachable then).
         #[arg(long, value_name = "DIR")]
@@ -1074,6 +1080,17 @@ mod linux {
             tracing::info!("sandboxed: private mount namespace with only /proc, no_new_privs");
         }
         boxfs::sandbox::install_seccomp(args.seccomp).map_err(|e| format!("--seccomp: {e}"))?;
+        let loops = args
+            .fleet_threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        if loops > 0 {
+            let fleet = boxfs::vhost::Fleet::builder()
+                .threads(loops)
+                .pool_size(args.thread_pool_size)
+                .build()
+                .map_err(|e| format!("fleet: {e}"))?;
+            registry.use_fleet(fleet);
+        }
         for p in prepared {
             registry.start(p).map_err(|devices::Failure(_, e)| e)?;
         }

@@ -66,6 +66,7 @@
 
 mod backend;
 mod conn;
+pub mod fleet;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
@@ -93,6 +94,7 @@ use self::backend::{Counters, DeviceCore, FsBackend, TAG_LEN};
 use self::pool::Pool;
 use crate::{DynFileSystem, Error, Result, SharedFs};
 
+pub use self::fleet::{Fleet, FleetBuilder, FleetDeviceHandle, FleetDeviceOptions};
 pub use self::metrics::{Latency, RequestMetrics, LATENCY_BUCKETS_US};
 
 /// Longest tag the virtio-fs config space holds, in bytes of UTF-8.
