@@ -429,6 +429,10 @@ impl Inner {
             drop(c);
             dev.core.session.end();
             tracing::info!("VMM disconnected");
+            if !dev.stopped.load(Ordering::Acquire) {
+                // The next VMM, if one waits in the backlog.
+                self.rearm(dev.listener.as_raw_fd(), token(dev.key, KIND_LISTENER));
+            }
         }
     }
 }
@@ -488,66 +492,68 @@ fn event_loop(inner: &Weak<Inner>) {
     }
 }
 
+/// Accepts the device's VMM. One connection at a time: the listener stays disarmed while a
+/// VMM is attached, so the next one waits in the backlog (as with a single device) and is
+/// accepted when the current one leaves.
 fn accept(fleet: &Inner, dev: &Arc<Dev>) {
     let tok = token(dev.key, KIND_LISTENER);
-    loop {
+    let mut conn = dev.conn.lock();
+    if conn.is_some() || dev.stopped.load(Ordering::Acquire) {
+        return;
+    }
+    let stream = loop {
         match dev.listener.accept() {
             Ok((stream, _)) => {
-                let mut conn = dev.conn.lock();
-                if conn.is_some() || dev.stopped.load(Ordering::Acquire) {
-                    tracing::warn!("a second VMM connected to a device in use; closing it");
-                    continue;
-                }
-                if stream.set_nonblocking(false).is_err()
-                    || stream.set_read_timeout(Some(MESSAGE_TIMEOUT)).is_err()
+                if stream.set_nonblocking(false).is_ok()
+                    && stream.set_read_timeout(Some(MESSAGE_TIMEOUT)).is_ok()
                 {
-                    continue;
+                    break stream;
                 }
-                let nq = 1 + dev.core.request_queues;
-                let ctx = Arc::new(ConnCtx {
-                    vrings: (0..nq)
-                        .filter_map(|_| {
-                            Some(Vring {
-                                queue: Mutex::new(Queue::new(dev.core.queue_size as u16).ok()?),
-                                kick: Mutex::new(None),
-                                call: Mutex::new(None),
-                                enabled: AtomicBool::new(false),
-                            })
-                        })
-                        .collect(),
-                    mem: RwLock::new(None),
-                    event_idx: AtomicBool::new(false),
-                });
-                let handler = ConnHandler {
-                    dev: Arc::downgrade(dev),
-                    ctx: Arc::clone(&ctx),
-                    mappings: Vec::new(),
-                    features: 0,
-                    protocol: 0,
-                    negotiated: false,
-                };
-                let h = BackendReqHandler::from_stream(
-                    stream,
-                    Arc::new(std::sync::Mutex::new(handler)),
-                );
-                if fleet
-                    .register(h.as_raw_fd(), token(dev.key, KIND_FRONTEND))
-                    .is_err()
-                {
-                    continue;
-                }
-                *dev.ctx.write() = Some(ctx);
-                *conn = Some(h);
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => {
-                tracing::warn!("accepting a VMM connection: {e}");
-                break;
+                if e.kind() != std::io::ErrorKind::WouldBlock {
+                    tracing::warn!("accepting a VMM connection: {e}");
+                }
+                fleet.rearm(dev.listener.as_raw_fd(), tok);
+                return;
             }
         }
+    };
+    let nq = 1 + dev.core.request_queues;
+    let Ok(size) = u16::try_from(dev.core.queue_size) else {
+        return;
+    };
+    let ctx = Arc::new(ConnCtx {
+        vrings: (0..nq)
+            .filter_map(|_| {
+                Some(Vring {
+                    queue: Mutex::new(Queue::new(size).ok()?),
+                    kick: Mutex::new(None),
+                    call: Mutex::new(None),
+                    enabled: AtomicBool::new(false),
+                })
+            })
+            .collect(),
+        mem: RwLock::new(None),
+        event_idx: AtomicBool::new(false),
+    });
+    let handler = ConnHandler {
+        dev: Arc::downgrade(dev),
+        ctx: Arc::clone(&ctx),
+        mappings: Vec::new(),
+        features: 0,
+        protocol: 0,
+        negotiated: false,
+    };
+    let h = BackendReqHandler::from_stream(stream, Arc::new(std::sync::Mutex::new(handler)));
+    if let Err(e) = fleet.register(h.as_raw_fd(), token(dev.key, KIND_FRONTEND)) {
+        tracing::warn!("registering a VMM connection: {e}");
+        fleet.rearm(dev.listener.as_raw_fd(), tok);
+        return;
     }
-    fleet.rearm(dev.listener.as_raw_fd(), tok);
+    *dev.ctx.write() = Some(ctx);
+    *conn = Some(h);
 }
 
 fn frontend(fleet: &Inner, dev: &Dev) {
