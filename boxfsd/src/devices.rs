@@ -518,6 +518,8 @@ impl Registry {
             tracing::warn!("device {id} ended with an error: {e}");
         }
         tracing::info!("device {id} removed");
+        drop(dev);
+        trim_heap();
         Ok(())
     }
 
@@ -540,6 +542,16 @@ impl Registry {
     /// One device.
     pub(crate) fn get(&self, id: &str) -> Option<Arc<Device>> {
         self.lock().get(id).cloned()
+    }
+}
+
+/// Hands the heap memory freed by a removed device back to the system (glibc keeps it
+/// otherwise, and a fleet that added and removed many devices would keep its peak RSS).
+fn trim_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free heap memory; it has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
