@@ -168,17 +168,22 @@ fn tag_of(c: &FuseClient) -> Option<String> {
 
 #[test]
 fn two_devices_in_one_process_are_independent() {
+    // The fleet's event loops (the default), and threads of each device's own.
+    two_devices(&[]);
+    two_devices(&["--fleet-threads", "0"]);
+}
+
+fn two_devices(extra: &[&str]) {
     let dir = tempfile::tempdir().expect("tempdir");
     let share = dir.path().join("share");
     std::fs::create_dir(&share).expect("mkdir");
     std::fs::write(share.join("host.txt"), b"from the host").expect("write");
     let (a, b) = (dir.path().join("a.sock"), dir.path().join("b.sock"));
-    let mut d = Daemon::spawn(&[
-        "--device",
-        &format!("id=a,socket={},memfs-size=8M,tag=scratch", s(&a)),
-        "--device",
-        &format!("id=b,socket={},shared-dir={},tag=share", s(&b), s(&share)),
-    ]);
+    let da = format!("id=a,socket={},memfs-size=8M,tag=scratch", s(&a));
+    let db = format!("id=b,socket={},shared-dir={},tag=share", s(&b), s(&share));
+    let mut args = vec!["--device", &da, "--device", &db];
+    args.extend_from_slice(extra);
+    let mut d = Daemon::spawn(&args);
     d.wait_for(&a);
     d.wait_for(&b);
     let mut ca = FuseClient::connect(&a).expect("connect a");
@@ -350,16 +355,23 @@ fn settle(what: &str, want: usize, f: impl Fn() -> usize) -> usize {
 
 #[test]
 fn add_remove_cycles_leak_no_descriptor_or_thread() {
+    cycles(&[]);
+    cycles(&["--fleet-threads", "0"]);
+}
+
+fn cycles(extra: &[&str]) {
     let dir = tempfile::tempdir().expect("tempdir");
     let api = dir.path().join("api.sock");
     let sock = dir.path().join("cycle.sock");
-    let mut d = Daemon::spawn(&[
+    let mut args = vec![
         "--fleet",
         "--api-socket",
         s(&api),
         "--socket-dir",
         s(dir.path()),
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let mut d = Daemon::spawn(&args);
     d.wait_for(&api);
     let cycle = |i: usize| {
         let body = serde_json::json!({"id": format!("vm{i}"), "socket": sock,
@@ -388,7 +400,7 @@ fn add_remove_cycles_leak_no_descriptor_or_thread() {
     let fds = settle("fds", fds0, || d.fds());
     let threads = settle("threads", threads0, || d.threads());
     eprintln!(
-        "fleet: 100 add/remove cycles: fds {fds0} -> {fds}, threads {threads0} -> {threads}, \
+        "fleet {extra:?}: 100 add/remove cycles: fds {fds0} -> {fds}, threads {threads0} -> {threads}, \
          RSS {rss0} -> {} KiB",
         d.rss_kib()
     );
@@ -439,6 +451,9 @@ fn metrics_count_the_requests() {
     write_file(&mut c, "f", &[7u8; 100]);
     let (status, text) = http(&api, "GET", "/metrics", "");
     assert_eq!(status, 200);
+    if std::env::var_os("FLEET_PRINT_METRICS").is_some() {
+        eprintln!("{text}");
+    }
     let m = parse_metrics(&text);
     let get = |k: &str| {
         m.get(k)
