@@ -224,10 +224,17 @@ struct Limiter {
 
 impl Limiter {
     fn new(rate: u64) -> std::io::Result<Limiter> {
+        let timer = TimerFd::new()?;
+        // Non-blocking: a timer re-armed between its event and the read must not block the
+        // event loop until the new expiry.
+        // SAFETY: F_SETFL on a descriptor this function owns; no memory is passed.
+        if unsafe { libc::fcntl(timer.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
         Ok(Limiter {
             rate,
             state: Mutex::new((rate as f64, Instant::now())),
-            timer: Mutex::new(TimerFd::new()?),
+            timer: Mutex::new(timer),
             granted: AtomicU64::new(0),
         })
     }
