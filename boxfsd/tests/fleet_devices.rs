@@ -277,7 +277,7 @@ fn api_adds_lists_and_removes_devices() {
     assert_eq!(http(&api, "GET", "/devices", ""), (200, "[]".into()));
     let body = serde_json::json!({
         "id": "vm1", "socket": sock, "memfs_size": "8M", "tag": "root",
-        "limits": {"max_handles": 8}
+        "limits": {"max_handles": 8}, "ops_per_sec": 100000
     })
     .to_string();
     let (status, created) = http(&api, "PUT", "/devices", &body);
@@ -315,6 +315,11 @@ fn api_adds_lists_and_removes_devices() {
         "{v}"
     );
     assert_eq!(v["limits"]["max_handles"], 8);
+    // Rate-limited (timer and all, under the sandbox's seccomp filter): every request took
+    // a token.
+    assert_eq!(v["ops_per_sec"], 100000);
+    assert_eq!(v["tokens_granted"], v["requests"]);
+    assert!(v["requests"].as_u64().is_some_and(|n| n >= 5), "{v}");
     let (_, all) = http(&api, "GET", "/devices", "");
     let all: serde_json::Value = serde_json::from_str(&all).expect("json");
     assert_eq!(all.as_array().map(Vec::len), Some(1));

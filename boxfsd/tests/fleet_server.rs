@@ -146,6 +146,13 @@ fn a_misbehaving_vmm_affects_no_other_device() {
     let mut ca = client(&a);
     ca.getattr(ROOT_ID).expect("a serves again");
     assert_eq!(ha.stats().connections, 3);
+    // Memory tables that change under load: A's VMM sends its table again between requests
+    // while B is busy.
+    for _ in 0..50 {
+        ca.vmm.resend_mem_table().expect("SET_MEM_TABLE");
+        ca.getattr(ROOT_ID).expect("a serves across table updates");
+        cb.getattr(ROOT_ID).expect("b unaffected");
+    }
 }
 
 /// Keeps `depth` GETATTRs in flight on `vmm` until `stop`; returns how many completions it
