@@ -54,6 +54,10 @@ pub(crate) struct DeviceSpec {
     /// Backend: an overlay's read-only lower host directory (with `upper`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lower: Option<PathBuf>,
+    /// Backend: a table of volumes, each `GUEST_PATH=KIND:SPEC[,OPTION...]` as `--volume`
+    /// takes them (`["/=memfs:64M", "/work=dir:/srv/w"]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volumes: Option<Vec<String>>,
     /// The overlay's writable upper: a host directory or `memfs:SIZE`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upper: Option<String>,
@@ -79,6 +83,8 @@ pub(crate) enum BackendKind<'a> {
     Memfs(u64),
     /// An overlay (lower, upper spec).
     Overlay(&'a Path, &'a str),
+    /// A table of volumes (`--volume` specs).
+    Volumes(&'a [String]),
 }
 
 impl DeviceSpec {
@@ -121,13 +127,17 @@ impl DeviceSpec {
     pub(crate) fn backend(&self) -> Result<BackendKind<'_>, String> {
         let n = usize::from(self.shared_dir.is_some())
             + usize::from(self.memfs_size.is_some())
-            + usize::from(self.lower.is_some());
+            + usize::from(self.lower.is_some())
+            + usize::from(self.volumes.is_some());
         if n != 1 {
             return Err(format!(
-                "device {}: give exactly one backend: `shared_dir`, `memfs_size` or \
-                 `lower`+`upper`",
+                "device {}: give exactly one backend: `shared_dir`, `memfs_size`, \
+                 `lower`+`upper` or `volumes`",
                 self.id
             ));
+        }
+        if let Some(v) = &self.volumes {
+            return Ok(BackendKind::Volumes(v));
         }
         if let Some(d) = &self.shared_dir {
             return Ok(BackendKind::Dir(d));
@@ -152,6 +162,11 @@ impl DeviceSpec {
                 .upper
                 .as_deref()
                 .is_some_and(|u| !u.starts_with("memfs:"))
+            || self.volumes.iter().flatten().any(|v| {
+                // Only memfs volumes are made without opening a host path.
+                v.split_once('=')
+                    .is_none_or(|(_, spec)| !spec.starts_with("memfs:"))
+            })
     }
 }
 
@@ -165,6 +180,7 @@ pub(crate) fn parse_device(s: &str) -> Result<DeviceSpec, String> {
         memfs_size: None,
         lower: None,
         upper: None,
+        volumes: None,
         tag: None,
         readonly: false,
         limits: DeviceLimits::default(),

@@ -747,10 +747,19 @@ mod linux {
 
     /// `--volume`s (and the shorthands as the root): one VolumeFs.
     fn build_table(args: &Args) -> Result<Table, String> {
-        let runtime_dir = args.runtime_dir.clone().unwrap_or_else(default_runtime_dir);
-        let root_spec = args.volume.iter().find(|v| v.path == "/");
         let shorthand =
             args.shared_dir.is_some() || args.memfs_size.is_some() || args.lower.is_some();
+        build_table_of(args, &args.volume, shorthand)
+    }
+
+    /// A VolumeFs of `volumes`; `shorthand`: the root is the command line's backend.
+    fn build_table_of(
+        args: &Args,
+        volumes: &[spec::VolumeSpec],
+        shorthand: bool,
+    ) -> Result<Table, String> {
+        let runtime_dir = args.runtime_dir.clone().unwrap_or_else(default_runtime_dir);
+        let root_spec = volumes.iter().find(|v| v.path == "/");
         let (root, host_root): (Arc<dyn DynFileSystem>, bool) = match root_spec {
             Some(_) if shorthand => {
                 return Err(
@@ -780,16 +789,15 @@ mod linux {
             ),
         };
         let mut seen = std::collections::HashSet::new();
-        for v in &args.volume {
+        for v in volumes {
             if !seen.insert(v.path.as_str()) {
                 return Err(format!("--volume {}: given twice", v.path));
             }
         }
-        let paths: Vec<&str> = args.volume.iter().map(|v| v.path.as_str()).collect();
+        let paths: Vec<&str> = volumes.iter().map(|v| v.path.as_str()).collect();
         make_parents(&*root, &paths, &|p| paths.contains(&p), host_root)?;
         let vfs = Arc::new(VolumeFs::new(root.clone()));
-        let mut vols: Vec<&spec::VolumeSpec> =
-            args.volume.iter().filter(|v| v.path != "/").collect();
+        let mut vols: Vec<&spec::VolumeSpec> = volumes.iter().filter(|v| v.path != "/").collect();
         // Parents before the volumes mounted inside them.
         vols.sort_by_key(|v| v.path.matches('/').count());
         let mut files = Vec::new();
@@ -977,6 +985,28 @@ mod linux {
                             open_handles: Some(u.open_handles),
                             memfs_bytes: Some(u.bytes_used),
                             quota_bytes: None,
+                        }
+                    }),
+                }
+            }
+            BackendKind::Volumes(list) => {
+                let specs = list
+                    .iter()
+                    .map(|v| spec::parse_volume(v))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| at(format!("volumes: {e}")))?;
+                let table = build_table_of(args, &specs, false).map_err(at)?;
+                let vfs = Arc::clone(&table.vfs);
+                devices::Built {
+                    fs: vfs,
+                    // The table (its staged file volumes) lives as long as the device.
+                    usage: Box::new(move || {
+                        let _ = &table;
+                        Usage {
+                            open_handles: Some(
+                                table.vfs.volumes().iter().map(|v| v.open_handles).sum(),
+                            ),
+                            ..Usage::default()
                         }
                     }),
                 }

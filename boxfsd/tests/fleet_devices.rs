@@ -324,6 +324,25 @@ fn api_adds_lists_and_removes_devices() {
     let all: serde_json::Value = serde_json::from_str(&all).expect("json");
     assert_eq!(all.as_array().map(Vec::len), Some(1));
 
+    // A device serving a table of volumes (memfs ones can be made in the sandbox).
+    let vsock = dir.path().join("vols.sock");
+    let vols = serde_json::json!({"id": "vols", "socket": vsock,
+        "volumes": ["/tmp=memfs:1M", "/var/cache=memfs:2M,mode=0700"]})
+    .to_string();
+    let (status, msg) = http(&api, "PUT", "/devices", &vols);
+    assert_eq!(status, 201, "{msg}");
+    let hostvol = serde_json::json!({"id": "hv", "socket": dir.path().join("hv.sock"),
+        "volumes": [format!("/w=dir:{}", s(dir.path()))]})
+    .to_string();
+    assert_eq!(http(&api, "PUT", "/devices", &hostvol).0, 403);
+    let mut cv = FuseClient::connect(&vsock).expect("connect vols");
+    cv.lookup(ROOT_ID, "tmp").expect("volume /tmp");
+    let var = cv.lookup(ROOT_ID, "var").expect("parent of /var/cache");
+    let cache = cv.lookup(var.nodeid, "cache").expect("volume /var/cache");
+    assert_eq!(cache.attr.mode & 0o7777, 0o700);
+    assert_eq!(http(&api, "DELETE", "/devices/vols", "").0, 204);
+    drop(cv);
+
     assert_eq!(http(&api, "DELETE", "/devices/vm1", "").0, 204);
     assert!(!sock.exists(), "socket removed");
     // The VMM was disconnected.
