@@ -250,8 +250,11 @@ impl Limiter {
         let n = (s.0.floor() as usize).min(want);
         s.0 -= n as f64;
         self.granted.fetch_add(n as u64, Ordering::Relaxed);
+        // Out of tokens, wake up for a small batch rather than for each token (at most ~500
+        // wake-ups per second).
+        let batch = (self.rate / 500).clamp(1, want.max(1) as u64) as f64;
         let wait = if n == 0 {
-            Duration::from_secs_f64(((1.0 - s.0) / self.rate as f64).max(1e-6))
+            Duration::from_secs_f64(((batch - s.0) / self.rate as f64).max(1e-6))
         } else {
             Duration::ZERO
         };
