@@ -642,3 +642,57 @@ impl Registry {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_specs_parse() {
+        let d = parse_device(
+            "id=vm-1,socket=/run/a.sock,shared-dir=/srv/a,tag=root,readonly,quota=1G,\
+             max-inodes=10,max_handles=5,ops-per-sec=100",
+        )
+        .expect("valid");
+        assert_eq!(d.id, "vm-1");
+        assert_eq!(d.socket, PathBuf::from("/run/a.sock"));
+        assert_eq!(d.shared_dir, Some(PathBuf::from("/srv/a")));
+        assert!(d.readonly);
+        assert_eq!(d.limits.quota.as_deref(), Some("1G"));
+        assert_eq!(
+            (d.limits.max_inodes, d.limits.max_handles),
+            (Some(10), Some(5))
+        );
+        assert_eq!(d.ops_per_sec, Some(100));
+        assert!(matches!(d.backend(), Ok(BackendKind::Dir(_))));
+        let m = parse_device("id=m,socket=s,memfs-size=2M").expect("memfs");
+        assert!(matches!(m.backend(), Ok(BackendKind::Memfs(n)) if n == 2 << 20));
+        for bad in [
+            "id=a,socket=s",                                                         // no backend
+            "id=a,socket=s,memfs-size=1M,shared-dir=/x",                             // two backends
+            "id=a b,socket=s,memfs-size=1M",                                         // bad id
+            "id=,socket=s,memfs-size=1M",                                            // empty id
+            "id=a,memfs-size=1M",                                                    // no socket
+            "id=a,socket=s,memfs-size=lots",                                         // bad size
+            "id=a,socket=s,lower=/l", // overlay without upper
+            "id=a,socket=s,memfs-size=1M,colour=blue", // unknown field
+            "id=a,socket=s,memfs-size=1M,max-inodes=x", // not a number
+            "id=a,socket=s,memfs-size=1M,tag=0123456789012345678901234567890123456", // tag > 36
+        ] {
+            assert!(parse_device(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn sandboxed_specs_that_need_host_paths() {
+        let spec = |json: &str| -> DeviceSpec { serde_json::from_str(json).expect("json") };
+        assert!(!spec(r#"{"id":"a","socket":"s","memfs_size":"1M"}"#).needs_host());
+        assert!(spec(r#"{"id":"a","socket":"s","shared_dir":"/x"}"#).needs_host());
+        assert!(!spec(r#"{"id":"a","socket":"s","volumes":["/t=memfs:1M"]}"#).needs_host());
+        assert!(
+            spec(r#"{"id":"a","socket":"s","volumes":["/t=memfs:1M","/w=dir:/x"]}"#).needs_host()
+        );
+        // An overlay's lower layer is always a host directory.
+        assert!(spec(r#"{"id":"a","socket":"s","lower":"/l","upper":"memfs:1M"}"#).needs_host());
+    }
+}
