@@ -73,6 +73,9 @@ pub(crate) struct DeviceSpec {
     /// Most requests per second (a token bucket; fleet event loops only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ops_per_sec: Option<u64>,
+    /// Most data bytes read and written per second (`"10M"`; fleet event loops only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_per_sec: Option<String>,
 }
 
 /// What kind of backend a spec asks for.
@@ -114,6 +117,7 @@ impl DeviceSpec {
                 ));
             }
         }
+        self.bytes_rate()?;
         if self.lower.is_some() != self.upper.is_some() {
             return Err(format!(
                 "device {}: an overlay needs both `lower` and `upper`",
@@ -154,6 +158,18 @@ impl DeviceSpec {
         }
     }
 
+    /// The byte rate limit, parsed.
+    pub(crate) fn bytes_rate(&self) -> Result<Option<u64>, String> {
+        self.bytes_per_sec
+            .as_deref()
+            .map(|b| {
+                b.parse::<boxfs::Size>()
+                    .map(boxfs::Size::bytes)
+                    .map_err(|e| format!("device {}: bytes_per_sec `{b}`: {e}", self.id))
+            })
+            .transpose()
+    }
+
     /// Whether building the backend opens host paths (impossible once sandboxed).
     fn needs_host(&self) -> bool {
         self.shared_dir.is_some()
@@ -185,6 +201,7 @@ pub(crate) fn parse_device(s: &str) -> Result<DeviceSpec, String> {
         readonly: false,
         limits: DeviceLimits::default(),
         ops_per_sec: None,
+        bytes_per_sec: None,
     };
     for field in s.split(',').filter(|f| !f.is_empty()) {
         let (k, v) = field.split_once('=').unwrap_or((field, ""));
@@ -206,6 +223,7 @@ pub(crate) fn parse_device(s: &str) -> Result<DeviceSpec, String> {
             "max_inodes" => spec.limits.max_inodes = Some(num(v)?),
             "max_handles" => spec.limits.max_handles = Some(num(v)?),
             "ops_per_sec" => spec.ops_per_sec = Some(num(v)?.max(1)),
+            "bytes_per_sec" => spec.bytes_per_sec = Some(v.into()),
             _ => return Err(format!("--device: unknown field `{field}`")),
         }
     }
@@ -507,6 +525,9 @@ impl Registry {
                 if let Some(n) = spec.ops_per_sec {
                     o = o.ops_per_sec(n);
                 }
+                if let Ok(Some(n)) = spec.bytes_rate() {
+                    o = o.bytes_per_sec(n);
+                }
                 fleet.add(device, socket, o).map(Handle::Fleet)
             }
             None => device.serve_bound(socket).map(Handle::Own),
@@ -586,6 +607,8 @@ struct View<'a> {
     usage: Usage,
     #[serde(skip_serializing_if = "Option::is_none")]
     tokens_granted: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bytes_granted: Option<u64>,
 }
 
 fn view(d: &Device) -> serde_json::Value {
@@ -602,6 +625,10 @@ fn view(d: &Device) -> serde_json::Value {
         usage: (d.usage)(),
         tokens_granted: match &d.handle {
             Handle::Fleet(h) => h.tokens_granted(),
+            Handle::Own(_) => None,
+        },
+        bytes_granted: match &d.handle {
+            Handle::Fleet(h) => h.bytes_granted(),
             Handle::Own(_) => None,
         },
     };
@@ -651,7 +678,7 @@ mod tests {
     fn device_specs_parse() {
         let d = parse_device(
             "id=vm-1,socket=/run/a.sock,shared-dir=/srv/a,tag=root,readonly,quota=1G,\
-             max-inodes=10,max_handles=5,ops-per-sec=100",
+             max-inodes=10,max_handles=5,ops-per-sec=100,bytes-per-sec=10M",
         )
         .expect("valid");
         assert_eq!(d.id, "vm-1");
@@ -664,6 +691,7 @@ mod tests {
             (Some(10), Some(5))
         );
         assert_eq!(d.ops_per_sec, Some(100));
+        assert_eq!(d.bytes_rate(), Ok(Some(10 << 20)));
         assert!(matches!(d.backend(), Ok(BackendKind::Dir(_))));
         let m = parse_device("id=m,socket=s,memfs-size=2M").expect("memfs");
         assert!(matches!(m.backend(), Ok(BackendKind::Memfs(n)) if n == 2 << 20));
@@ -677,6 +705,7 @@ mod tests {
             "id=a,socket=s,lower=/l", // overlay without upper
             "id=a,socket=s,memfs-size=1M,colour=blue", // unknown field
             "id=a,socket=s,memfs-size=1M,max-inodes=x", // not a number
+            "id=a,socket=s,memfs-size=1M,bytes-per-sec=fast", // not a size
             "id=a,socket=s,memfs-size=1M,tag=0123456789012345678901234567890123456", // tag > 36
         ] {
             assert!(parse_device(bad).is_err(), "{bad}");

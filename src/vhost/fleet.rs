@@ -94,6 +94,9 @@ pub struct FleetDeviceOptions {
     /// Most requests per second the device serves (a token bucket holding one second's
     /// worth); `None`: no limit.
     pub ops_per_sec: Option<u64>,
+    /// Most data bytes per second (READ and WRITE sizes; a token bucket holding one second's
+    /// worth, a request may take it into debt); `None`: no limit.
+    pub bytes_per_sec: Option<u64>,
 }
 
 impl FleetDeviceOptions {
@@ -105,6 +108,12 @@ impl FleetDeviceOptions {
     /// Limits the device to `n` requests per second (at least 1).
     pub fn ops_per_sec(mut self, n: u64) -> Self {
         self.ops_per_sec = Some(n.max(1));
+        self
+    }
+
+    /// Limits the device to `n` data bytes (read and written) per second (at least 1).
+    pub fn bytes_per_sec(mut self, n: u64) -> Self {
+        self.bytes_per_sec = Some(n.max(1));
         self
     }
 }
@@ -213,17 +222,52 @@ struct Vring {
     enabled: AtomicBool,
 }
 
-/// A token bucket of requests.
-struct Limiter {
+/// A token bucket: `rate` tokens a second, holding at most one second's worth.
+struct Bucket {
     rate: u64,
-    state: Mutex<(f64, Instant)>,
+    level: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    fn new(rate: u64) -> Mutex<Bucket> {
+        Mutex::new(Bucket {
+            rate,
+            level: rate as f64,
+            last: Instant::now(),
+        })
+    }
+
+    fn refill(&mut self) {
+        let now = Instant::now();
+        let rate = self.rate as f64;
+        self.level = (self.level + now.duration_since(self.last).as_secs_f64() * rate).min(rate);
+        self.last = now;
+    }
+
+    /// How long until the bucket holds `tokens` (a small batch, so the device wakes up
+    /// at most ~500 times a second).
+    fn wait_for(&self, tokens: f64) -> Duration {
+        Duration::from_secs_f64(((tokens - self.level) / self.rate as f64).max(1e-6))
+    }
+}
+
+/// A device's rate limits: requests per second and data bytes per second.
+struct Limiter {
+    ops: Option<Mutex<Bucket>>,
+    bytes: Option<Mutex<Bucket>>,
     timer: Mutex<TimerFd>,
-    /// Tokens handed out so far (for tests and metrics).
+    /// Request tokens handed out so far.
     granted: AtomicU64,
+    /// Byte tokens handed out so far (READ and WRITE sizes).
+    bytes_granted: AtomicU64,
 }
 
 impl Limiter {
-    fn new(rate: u64) -> std::io::Result<Limiter> {
+    fn new(ops: Option<u64>, bytes: Option<u64>) -> std::io::Result<Option<Limiter>> {
+        if ops.is_none() && bytes.is_none() {
+            return Ok(None);
+        }
         let timer = TimerFd::new()?;
         // Non-blocking: a timer re-armed between its event and the read must not block the
         // event loop until the new expiry.
@@ -231,34 +275,83 @@ impl Limiter {
         if unsafe { libc::fcntl(timer.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) } < 0 {
             return Err(std::io::Error::last_os_error());
         }
-        Ok(Limiter {
-            rate,
-            state: Mutex::new((rate as f64, Instant::now())),
+        Ok(Some(Limiter {
+            ops: ops.map(|r| Bucket::new(r.max(1))),
+            bytes: bytes.map(|r| Bucket::new(r.max(1))),
             timer: Mutex::new(timer),
             granted: AtomicU64::new(0),
-        })
+            bytes_granted: AtomicU64::new(0),
+        }))
     }
 
-    /// Takes up to `want` tokens; returns how many were taken and, when none, how long until
-    /// the next one.
+    /// Takes up to `want` request tokens; returns how many were taken and, when none, how
+    /// long until the next few.
     fn take(&self, want: usize) -> (usize, Duration) {
-        let mut s = self.state.lock();
-        let now = Instant::now();
-        let burst = self.rate as f64;
-        s.0 = (s.0 + now.duration_since(s.1).as_secs_f64() * self.rate as f64).min(burst);
-        s.1 = now;
-        let n = (s.0.floor() as usize).min(want);
-        s.0 -= n as f64;
+        let Some(ops) = &self.ops else {
+            return (want, Duration::ZERO);
+        };
+        let mut b = ops.lock();
+        b.refill();
+        let n = (b.level.floor() as usize).min(want);
+        b.level -= n as f64;
         self.granted.fetch_add(n as u64, Ordering::Relaxed);
-        // Out of tokens, wake up for a small batch rather than for each token (at most ~500
-        // wake-ups per second).
-        let batch = (self.rate / 500).clamp(1, want.max(1) as u64) as f64;
+        let batch = (b.rate / 500).clamp(1, want.max(1) as u64) as f64;
         let wait = if n == 0 {
-            Duration::from_secs_f64(((batch - s.0) / self.rate as f64).max(1e-6))
+            b.wait_for(batch)
         } else {
             Duration::ZERO
         };
         (n, wait)
+    }
+
+    /// Returns request tokens taken for requests that were not there.
+    fn give_back(&self, n: usize) {
+        if let (Some(ops), true) = (&self.ops, n > 0) {
+            ops.lock().level += n as f64;
+            self.granted.fetch_sub(n as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// `None` if the byte bucket (if any) is positive: the next request may go (its size is
+    /// charged afterwards, possibly into debt); otherwise how long until it is.
+    fn bytes_wait(&self) -> Option<Duration> {
+        let mut b = self.bytes.as_ref()?.lock();
+        b.refill();
+        if b.level > 0.0 {
+            return None;
+        }
+        let batch = (b.rate / 500).max(1) as f64;
+        Some(b.wait_for(batch))
+    }
+
+    fn charge_bytes(&self, n: u64) {
+        if let (Some(bytes), true) = (&self.bytes, n > 0) {
+            bytes.lock().level -= n as f64;
+            self.bytes_granted.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Data bytes a READ or WRITE request moves (the `size` of its `ReadIn`/`WriteIn`, both at
+/// offset 16 after the 40-byte header); 0 for anything else or what cannot be read.
+fn data_bytes(chain: &Chain, mem: &Mem) -> u64 {
+    use vm_memory::{Address, Bytes};
+    let Some(first) = chain.clone().readable().next() else {
+        return 0;
+    };
+    if first.len() < 60 {
+        return 0;
+    }
+    let read = |off: u64| {
+        first
+            .addr()
+            .checked_add(off)
+            .and_then(|at| mem.read_obj::<u32>(at).ok())
+            .map(u32::from_le)
+    };
+    match read(4) {
+        Some(15 | 16) => read(56).map_or(0, u64::from),
+        _ => 0,
     }
 }
 
@@ -294,12 +387,8 @@ impl Fleet {
         listener
             .set_nonblocking(true)
             .map_err(|e| Error::io("configuring the listening socket", e))?;
-        let limiter = match options.ops_per_sec {
-            Some(rate) => {
-                Some(Limiter::new(rate).map_err(|e| Error::io("creating a rate-limit timer", e))?)
-            }
-            None => None,
-        };
+        let limiter = Limiter::new(options.ops_per_sec, options.bytes_per_sec)
+            .map_err(|e| Error::io("creating a rate-limit timer", e))?;
         let key = self.inner.next_key.fetch_add(1, Ordering::Relaxed);
         let dev = Arc::new(Dev {
             key,
@@ -385,12 +474,18 @@ impl FleetDeviceHandle {
     }
 
     /// Rate-limit tokens granted so far (requests admitted under the limit); `None` without
-    /// a limit.
+    /// a request limit.
     pub fn tokens_granted(&self) -> Option<u64> {
-        self.dev
-            .limiter
-            .as_ref()
-            .map(|l| l.granted.load(Ordering::Relaxed))
+        let l = self.dev.limiter.as_ref()?;
+        l.ops.as_ref()?;
+        Some(l.granted.load(Ordering::Relaxed))
+    }
+
+    /// Data bytes admitted under the byte limit so far; `None` without a byte limit.
+    pub fn bytes_granted(&self) -> Option<u64> {
+        let l = self.dev.limiter.as_ref()?;
+        l.bytes.as_ref()?;
+        Some(l.bytes_granted.load(Ordering::Relaxed))
     }
 }
 
@@ -641,6 +736,8 @@ fn process_queue(fleet: &Inner, dev: &Arc<Dev>, ctx: &Arc<ConnCtx>, q: usize) ->
                 room = n;
             }
         }
+        let limiter = dev.limiter.as_ref().filter(|_| q != 0);
+        let mut bytes_blocked = None;
         let chains: Vec<Chain> = {
             let mut queue = v.queue.lock();
             if !queue.ready() {
@@ -649,16 +746,28 @@ fn process_queue(fleet: &Inner, dev: &Arc<Dev>, ctx: &Arc<ConnCtx>, q: usize) ->
             if event_idx && queue.disable_notification(&*mem).is_err() {
                 return false;
             }
-            std::iter::from_fn(|| queue.pop_descriptor_chain(Arc::clone(&mem)))
-                .take(room)
-                .collect()
+            let mut chains = Vec::new();
+            while chains.len() < room {
+                if let Some(wait) = limiter.and_then(Limiter::bytes_wait) {
+                    bytes_blocked = Some(wait);
+                    break;
+                }
+                let Some(chain) = queue.pop_descriptor_chain(Arc::clone(&mem)) else {
+                    break;
+                };
+                if let Some(l) = limiter {
+                    l.charge_bytes(data_bytes(&chain, &mem));
+                }
+                chains.push(chain);
+            }
+            chains
         };
-        if let (Some(l), true) = (&dev.limiter, q != 0) {
-            // Give back the tokens of requests that were not there.
-            let unused = room - chains.len();
-            if unused > 0 {
-                l.state.lock().0 += unused as f64;
-                l.granted.fetch_sub(unused as u64, Ordering::Relaxed);
+        if let Some(l) = limiter {
+            // Give back the request tokens of requests that were not there.
+            l.give_back(room - chains.len());
+            if let (Some(wait), true) = (bytes_blocked, chains.is_empty()) {
+                let _ = l.timer.lock().reset(wait, None);
+                return false;
             }
         }
         let got = chains.len();
