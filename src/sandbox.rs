@@ -188,7 +188,7 @@ macro_rules! allow {
 }
 
 const COMMON: &[(&str, i64, Args)] = allow![
-    SYS_accept4, SYS_brk, SYS_clock_gettime, SYS_clock_nanosleep,
+    SYS_accept4, SYS_bind, SYS_brk, SYS_clock_gettime, SYS_clock_nanosleep,
     SYS_clone: CloneNoNamespaces, SYS_clone3, SYS_close, SYS_connect, SYS_copy_file_range, SYS_dup, SYS_dup3, SYS_epoll_create1,
     SYS_epoll_ctl, SYS_epoll_pwait, SYS_eventfd2, SYS_exit, SYS_exit_group, SYS_faccessat,
     SYS_faccessat2, SYS_fallocate, SYS_fchmod, SYS_fchmodat, SYS_fcntl, SYS_fdatasync,
@@ -196,15 +196,16 @@ const COMMON: &[(&str, i64, Args)] = allow![
     SYS_fstatfs, SYS_fsync, SYS_ftruncate, SYS_futex, SYS_getdents64, SYS_getegid, SYS_geteuid,
     SYS_getgid, SYS_getpid, SYS_getrandom, SYS_getsockname, SYS_getsockopt, SYS_gettid,
     SYS_getuid, SYS_getxattr, SYS_ioctl: IoctlRequests, SYS_lgetxattr, SYS_linkat,
-    SYS_listxattr, SYS_llistxattr, SYS_lseek, SYS_lsetxattr, SYS_madvise, SYS_mkdirat,
+    SYS_listen, SYS_listxattr, SYS_llistxattr, SYS_lseek, SYS_lsetxattr, SYS_madvise, SYS_mkdirat,
     SYS_mknodat: MknodRegularOrFifo, SYS_mmap, SYS_name_to_handle_at, SYS_mprotect, SYS_mremap, SYS_munmap,
     SYS_nanosleep, SYS_newfstatat, SYS_openat, SYS_openat2, SYS_pipe2, SYS_ppoll,
     SYS_prctl: PrctlOptions, SYS_pread64, SYS_preadv, SYS_preadv2, SYS_prlimit64, SYS_pwrite64,
     SYS_pwritev, SYS_pwritev2, SYS_read, SYS_readlinkat, SYS_readv, SYS_recvfrom, SYS_recvmsg,
     SYS_removexattr, SYS_renameat2, SYS_restart_syscall, SYS_rseq, SYS_rt_sigaction,
     SYS_rt_sigprocmask, SYS_rt_sigreturn, SYS_sched_getaffinity, SYS_sched_yield, SYS_sendmsg,
-    SYS_sendfile, SYS_sendto, SYS_set_robust_list, SYS_setxattr, SYS_shutdown, SYS_sigaltstack, SYS_socket: UnixSocket,
+    SYS_sendfile, SYS_sendto, SYS_set_robust_list, SYS_setsockopt, SYS_setxattr, SYS_shutdown, SYS_sigaltstack, SYS_socket: UnixSocket,
     SYS_socketpair, SYS_splice, SYS_statfs, SYS_statx, SYS_symlinkat, SYS_sync_file_range, SYS_tgkill,
+    SYS_timerfd_create, SYS_timerfd_settime,
     SYS_truncate, SYS_unlinkat, SYS_utimensat, SYS_write, SYS_writev,
 ];
 

@@ -8,6 +8,10 @@
 //! * `DELETE /volumes?path=/data[&force=true]`: detach; `204 No Content`, `409 Conflict` while
 //!   the guest has files open in the volume (unless forced).
 //!
+//! * Fleet mode (`devices`): `PUT /devices` (a [`DeviceSpec`](crate::devices::DeviceSpec) body;
+//!   `201 Created`), `GET /devices`, `GET /devices/{id}` (configuration, state, counters),
+//!   `DELETE /devices/{id}` (`204`); `GET /metrics` (Prometheus text, see `metrics`).
+//!
 //! Errors are an HTTP status with `{"error": "..."}`.
 
 use std::collections::BTreeMap;
@@ -22,6 +26,8 @@ use boxfs::DynFileSystem;
 use serde::{Deserialize, Serialize};
 use tiny_http::{Header, Method, Response, Server};
 
+use crate::devices::{Failure, Registry};
+use crate::metrics;
 use crate::spec::{self, Kind, VolumeSpec};
 
 /// Largest request body accepted (a `virtual` volume's `content` included).
@@ -184,49 +190,18 @@ impl Api {
 
     /// Serves requests on `listener` on a thread of its own, until the process ends.
     pub(crate) fn serve(self, listener: UnixListener) -> Result<(), String> {
-        let server =
-            Server::from_listener(listener, None).map_err(|e| format!("--api-socket: {e}"))?;
-        std::thread::Builder::new()
-            .name("boxfsd-api".into())
-            .spawn(move || {
-                for req in server.incoming_requests() {
-                    self.handle(req);
-                }
-            })
-            .map_err(|e| format!("--api-socket: cannot start its thread: {e}"))?;
-        Ok(())
+        serve(listener, Some(self), None)
     }
 
-    fn handle(&self, mut req: tiny_http::Request) {
-        let url = req.url().to_owned();
-        let (path, query) = url.split_once('?').unwrap_or((&url, ""));
-        let res = match (req.method(), path) {
+    /// Serves `/volumes`.
+    fn route(&self, method: &Method, path: &str, query: &str, body: &[u8]) -> Reply {
+        match (method, path) {
             (Method::Get, "/volumes") => Ok((200, self.rows(None))),
             (Method::Put, "/volumes") => {
-                let mut body = Vec::new();
-                match req.as_reader().take(MAX_BODY + 1).read_to_end(&mut body) {
-                    Ok(n) if n as u64 > MAX_BODY => Err(Error(413, "body too large".into())),
-                    Ok(_) => self.attach(&body).map(|path| (201, self.rows(Some(&path)))),
-                    Err(e) => Err(Error(400, format!("reading the body: {e}"))),
-                }
+                self.attach(body).map(|path| (201, self.rows(Some(&path))))
             }
             (Method::Delete, "/volumes") => self.detach(query).map(|()| (204, String::new())),
-            (_, "/volumes") => Err(Error(405, "use GET, PUT or DELETE".into())),
-            _ => Err(Error(404, format!("no such endpoint: {path}"))),
-        };
-        let (status, body) = match res {
-            Ok(r) => r,
-            Err(Error(status, msg)) => {
-                tracing::info!("api: {} {url}: {status} {msg}", req.method());
-                (status, serde_json::json!({ "error": msg }).to_string())
-            }
-        };
-        let mut resp = Response::from_string(body).with_status_code(status);
-        if let Ok(h) = Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..]) {
-            resp = resp.with_header(h);
-        }
-        if let Err(e) = req.respond(resp) {
-            tracing::debug!("api: cannot answer: {e}");
+            _ => Err(Error(405, "use GET, PUT or DELETE".into())),
         }
     }
 
@@ -439,6 +414,74 @@ impl Api {
         // Drops a file volume's staging directory.
         entries.remove(&path);
         Ok(())
+    }
+}
+
+type Reply = Result<(u16, String), Error>;
+
+impl From<Failure> for Error {
+    fn from(f: Failure) -> Error {
+        Error(f.0, f.1)
+    }
+}
+
+/// Serves the API on `listener` on a thread of its own, until the process ends: `/volumes`
+/// when the device serves a volume table, `/devices` and `/metrics` in fleet mode.
+pub(crate) fn serve(
+    listener: UnixListener,
+    volumes: Option<Api>,
+    fleet: Option<Arc<Registry>>,
+) -> Result<(), String> {
+    let server = Server::from_listener(listener, None).map_err(|e| format!("--api-socket: {e}"))?;
+    std::thread::Builder::new()
+        .name("boxfsd-api".into())
+        .spawn(move || {
+            for req in server.incoming_requests() {
+                handle(volumes.as_ref(), fleet.as_ref(), req);
+            }
+        })
+        .map_err(|e| format!("--api-socket: cannot start its thread: {e}"))?;
+    Ok(())
+}
+
+fn handle(volumes: Option<&Api>, fleet: Option<&Arc<Registry>>, mut req: tiny_http::Request) {
+    let url = req.url().to_owned();
+    let (path, query) = url.split_once('?').unwrap_or((&url, ""));
+    let method = req.method().clone();
+    let mut body = Vec::new();
+    let mut content_type = "application/json";
+    let res = match req.as_reader().take(MAX_BODY + 1).read_to_end(&mut body) {
+        Ok(n) if n as u64 > MAX_BODY => Err(Error(413, "body too large".into())),
+        Err(e) => Err(Error(400, format!("reading the body: {e}"))),
+        Ok(_) => match (volumes, fleet, path) {
+            (Some(api), _, "/volumes") => api.route(&method, path, query, &body),
+            (_, Some(reg), "/metrics") if method == Method::Get => {
+                content_type = metrics::CONTENT_TYPE;
+                metrics::render(reg)
+                    .map(|m| (200, m))
+                    .map_err(|e| Error(500, e))
+            }
+            (_, Some(_), "/metrics") => Err(Error(405, "use GET".into())),
+            (_, Some(reg), p) if p == "/devices" || p.starts_with("/devices/") => {
+                reg.route(&method, p, &body).map_err(Error::from)
+            }
+            _ => Err(Error(404, format!("no such endpoint: {path}"))),
+        },
+    };
+    let (status, body) = match res {
+        Ok(r) => r,
+        Err(Error(status, msg)) => {
+            tracing::info!("api: {method} {url}: {status} {msg}");
+            content_type = "application/json";
+            (status, serde_json::json!({ "error": msg }).to_string())
+        }
+    };
+    let mut resp = Response::from_string(body).with_status_code(status);
+    if let Ok(h) = Header::from_bytes(&b"Content-Type"[..], content_type.as_bytes()) {
+        resp = resp.with_header(h);
+    }
+    if let Err(e) = req.respond(resp) {
+        tracing::debug!("api: cannot answer: {e}");
     }
 }
 

@@ -31,6 +31,10 @@
 #[cfg(target_os = "linux")]
 mod api;
 #[cfg(target_os = "linux")]
+mod devices;
+#[cfg(target_os = "linux")]
+mod metrics;
+#[cfg(target_os = "linux")]
 mod plan;
 #[cfg(target_os = "linux")]
 mod spec;
@@ -57,7 +61,7 @@ mod linux {
 
     use std::ffi::CString;
 
-    use crate::{api, plan, spec};
+    use crate::{api, devices, plan, spec};
 
     use boxfs::filemount::{default_runtime_dir, FileMount, FileMountOptions, FileMounts};
     use boxfs::memfs::MemFs;
@@ -277,6 +281,37 @@ mod linux {
         #[arg(long)]
         print_capabilities: bool,
 
+        /// Fleet mode: one device of many (repeatable), `id=ID,socket=PATH,` and one backend,
+        /// `shared-dir=DIR`, `memfs-size=SIZE` or `lower=DIR,upper=DIR|memfs:SIZE`; options
+        /// `tag=TAG`, `readonly`, `quota=SIZE`, `max-inodes=N`, `max-handles=N`. Each device
+        /// has its own socket, backend, limits and counters; --api-socket adds and removes
+        /// devices at runtime and serves `GET /metrics`.
+        #[arg(long, value_name = "SPEC", value_parser = devices::parse_device,
+              conflicts_with_all = FLEET_CONFLICTS)]
+        device: Vec<devices::DeviceSpec>,
+
+        /// Fleet mode: the devices of a file, JSON `{"devices": [{"id": .., "socket": ..,
+        /// "shared_dir": ..}, ...]}` or TOML (`.toml`) `[[devices]]` tables, with the fields
+        /// of `PUT /devices`.
+        #[arg(long, value_name = "FILE", conflicts_with_all = FLEET_CONFLICTS)]
+        config: Option<PathBuf>,
+
+        /// Fleet mode with no device at start: devices are added with `PUT /devices` on the
+        /// --api-socket.
+        #[arg(long, requires = "api_socket", conflicts_with_all = FLEET_CONFLICTS)]
+        fleet: bool,
+
+        /// Fleet mode: event-loop threads serving every device's sockets and queues (default:
+        /// one per core); `0` gives each device threads of its own instead. The fleet's
+        /// --thread-pool-size workers serve the slow requests of every device.
+        #[arg(long, value_name = "N")]
+        fleet_threads: Option<usize>,
+
+        /// Fleet mode: directory where devices added at runtime may have their sockets once
+        /// the daemon is sandboxed (it is held open; other paths are unreachable then).
+        #[arg(long, value_name = "DIR")]
+        socket_dir: Option<PathBuf>,
+
         /// Accepted for virtiofsd compatibility (extended attributes are always on).
         #[arg(long, hide = true)]
         xattr: bool,
@@ -289,6 +324,22 @@ mod linux {
         #[arg(long, hide = true, value_name = "MODE")]
         inode_file_handles: Option<String>,
     }
+
+    /// Single-device options that fleet mode replaces with per-device ones.
+    const FLEET_CONFLICTS: [&str; 12] = [
+        "socket_path",
+        "fd",
+        "shared_dir",
+        "shared_file",
+        "memfs_size",
+        "lower",
+        "upper",
+        "volume",
+        "plan",
+        "tag",
+        "keep_serving",
+        "readonly",
+    ];
 
     fn parse_dispatch(s: &str) -> Result<Dispatch, String> {
         match s {
@@ -696,10 +747,19 @@ mod linux {
 
     /// `--volume`s (and the shorthands as the root): one VolumeFs.
     fn build_table(args: &Args) -> Result<Table, String> {
-        let runtime_dir = args.runtime_dir.clone().unwrap_or_else(default_runtime_dir);
-        let root_spec = args.volume.iter().find(|v| v.path == "/");
         let shorthand =
             args.shared_dir.is_some() || args.memfs_size.is_some() || args.lower.is_some();
+        build_table_of(args, &args.volume, shorthand)
+    }
+
+    /// A VolumeFs of `volumes`; `shorthand`: the root is the command line's backend.
+    fn build_table_of(
+        args: &Args,
+        volumes: &[spec::VolumeSpec],
+        shorthand: bool,
+    ) -> Result<Table, String> {
+        let runtime_dir = args.runtime_dir.clone().unwrap_or_else(default_runtime_dir);
+        let root_spec = volumes.iter().find(|v| v.path == "/");
         let (root, host_root): (Arc<dyn DynFileSystem>, bool) = match root_spec {
             Some(_) if shorthand => {
                 return Err(
@@ -729,16 +789,15 @@ mod linux {
             ),
         };
         let mut seen = std::collections::HashSet::new();
-        for v in &args.volume {
+        for v in volumes {
             if !seen.insert(v.path.as_str()) {
                 return Err(format!("--volume {}: given twice", v.path));
             }
         }
-        let paths: Vec<&str> = args.volume.iter().map(|v| v.path.as_str()).collect();
+        let paths: Vec<&str> = volumes.iter().map(|v| v.path.as_str()).collect();
         make_parents(&*root, &paths, &|p| paths.contains(&p), host_root)?;
         let vfs = Arc::new(VolumeFs::new(root.clone()));
-        let mut vols: Vec<&spec::VolumeSpec> =
-            args.volume.iter().filter(|v| v.path != "/").collect();
+        let mut vols: Vec<&spec::VolumeSpec> = volumes.iter().filter(|v| v.path != "/").collect();
         // Parents before the volumes mounted inside them.
         vols.sort_by_key(|v| v.path.matches('/').count());
         let mut files = Vec::new();
@@ -883,6 +942,194 @@ mod linux {
         Ok((handle, file_share, table))
     }
 
+    /// Builds a fleet device's backend with the command line's options.
+    fn build_device(args: &Args, d: &devices::DeviceSpec) -> Result<devices::Built, String> {
+        use devices::{BackendKind, Usage};
+        let limits = spec::Limits {
+            quota: d
+                .limits
+                .quota
+                .as_deref()
+                .map(str::parse)
+                .transpose()
+                .map_err(|e| format!("device {}: quota: {e}", d.id))?,
+            max_inodes: d.limits.max_inodes.filter(|n| *n > 0),
+            max_handles: d.limits.max_handles.filter(|n| *n > 0),
+        };
+        let at = |e: String| format!("device {}: {e}", d.id);
+        Ok(match d.backend()? {
+            BackendKind::Dir(dir) => {
+                let fs = Arc::new(
+                    passthrough(args, dir, "shared directory", d.readonly, &limits).map_err(at)?,
+                );
+                let probe = Arc::clone(&fs);
+                devices::Built {
+                    fs,
+                    usage: Box::new(move || Usage {
+                        inodes: Some(probe.inode_count() as u64),
+                        open_handles: Some(probe.open_handles() as u64),
+                        memfs_bytes: None,
+                        quota_bytes: probe.quota_used(),
+                    }),
+                }
+            }
+            BackendKind::Memfs(size) => {
+                let fs = Arc::new(memfs(args, size, &limits).map_err(at)?);
+                let probe = Arc::clone(&fs);
+                devices::Built {
+                    fs,
+                    usage: Box::new(move || {
+                        let u = probe.usage();
+                        Usage {
+                            inodes: Some(u.inodes_used),
+                            open_handles: Some(u.open_handles),
+                            memfs_bytes: Some(u.bytes_used),
+                            quota_bytes: None,
+                        }
+                    }),
+                }
+            }
+            BackendKind::Volumes(list) => {
+                let specs = list
+                    .iter()
+                    .map(|v| spec::parse_volume(v))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| at(format!("volumes: {e}")))?;
+                let table = build_table_of(args, &specs, false).map_err(at)?;
+                let vfs = Arc::clone(&table.vfs);
+                devices::Built {
+                    fs: vfs,
+                    // The table (its staged file volumes) lives as long as the device.
+                    usage: Box::new(move || {
+                        let _ = &table;
+                        Usage {
+                            open_handles: Some(
+                                table.vfs.volumes().iter().map(|v| v.open_handles).sum(),
+                            ),
+                            ..Usage::default()
+                        }
+                    }),
+                }
+            }
+            BackendKind::Overlay(lower, upper) => {
+                let upper = spec::parse_upper(upper).map_err(|e| at(format!("upper: {e}")))?;
+                devices::Built {
+                    fs: build_overlay(args, lower, &upper, &limits).map_err(at)?,
+                    usage: Box::new(Usage::default),
+                }
+            }
+        })
+    }
+
+    /// Fleet mode: the devices of --device, --config and the API, until a signal.
+    fn run_fleet(args: &Arc<Args>) -> i32 {
+        if let Err(e) = init_logging(&args.log_level) {
+            eprintln!("boxfsd: error: --log-level: {e}");
+            return 1;
+        }
+        let signals = signal_hook::iterator::Signals::new([
+            signal_hook::consts::SIGTERM,
+            signal_hook::consts::SIGINT,
+            signal_hook::consts::SIGHUP,
+        ]);
+        let registry = match start_fleet(args) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("boxfsd: error: {e}");
+                return 1;
+            }
+        };
+        tracing::info!("fleet: serving {} devices", registry.list().len());
+        match signals {
+            Ok(mut signals) => {
+                if let Some(sig) = signals.forever().next() {
+                    tracing::info!("signal {sig}: shutting down");
+                }
+            }
+            Err(e) => {
+                eprintln!("boxfsd: error: cannot install signal handlers: {e}");
+                registry.stop_all();
+                return 1;
+            }
+        }
+        registry.stop_all();
+        if let Some(path) = &args.api_socket {
+            use std::os::unix::ffi::OsStrExt;
+            if let Ok(c) = CString::new(path.as_os_str().as_bytes()) {
+                // SAFETY: `c` is a valid C string; unlinkat only reads it.
+                unsafe { libc::unlinkat(libc::AT_FDCWD, c.as_ptr(), 0) };
+            }
+        }
+        tracing::info!("exiting");
+        0
+    }
+
+    fn start_fleet(args: &Arc<Args>) -> Result<Arc<devices::Registry>, String> {
+        let sandbox = match args.sandbox.as_str() {
+            "none" => false,
+            "namespace" => true,
+            other => return Err(format!("--sandbox {other}: use none or namespace")),
+        };
+        raise_nofile(args.rlimit_nofile);
+        let mut specs = args.device.clone();
+        if let Some(file) = &args.config {
+            specs.extend(devices::read_config(file)?);
+        }
+        let a = Arc::clone(args);
+        let build: devices::BuildFn = Box::new(move |d| build_device(&a, d));
+        let defaults = devices::Defaults {
+            request_queues: args.request_queues,
+            thread_pool_size: args.thread_pool_size,
+            dispatch: args.dispatch,
+            poll: std::time::Duration::from_micros(args.poll_us),
+        };
+        let registry = Arc::new(devices::Registry::new(
+            build,
+            defaults,
+            args.socket_dir.as_deref(),
+        )?);
+        // Backends and sockets are opened before the sandbox; the devices' threads start
+        // after it and the seccomp filter (which binds only the threads started later).
+        let mut prepared = Vec::with_capacity(specs.len());
+        for d in specs {
+            prepared.push(registry.prepare(d).map_err(|devices::Failure(_, e)| e)?);
+        }
+        let api_listener = match &args.api_socket {
+            Some(path) => Some(api::bind(path)?),
+            None => None,
+        };
+        if sandbox {
+            boxfs::sandbox::enter_namespace().map_err(|e| match e {
+                boxfs::Error::Unsupported(why) => format!(
+                    "--sandbox namespace (the default): {why}. Run with --sandbox none to \
+                     serve unconfined"
+                ),
+                e => format!("--sandbox namespace: {e}"),
+            })?;
+            registry.set_sandboxed();
+            tracing::info!("sandboxed: private mount namespace with only /proc, no_new_privs");
+        }
+        boxfs::sandbox::install_seccomp(args.seccomp).map_err(|e| format!("--seccomp: {e}"))?;
+        let loops = args
+            .fleet_threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        if loops > 0 {
+            let fleet = boxfs::vhost::Fleet::builder()
+                .threads(loops)
+                .pool_size(args.thread_pool_size)
+                .build()
+                .map_err(|e| format!("fleet: {e}"))?;
+            registry.use_fleet(fleet);
+        }
+        for p in prepared {
+            registry.start(p).map_err(|devices::Failure(_, e)| e)?;
+        }
+        if let Some(listener) = api_listener {
+            api::serve(listener, None, Some(Arc::clone(&registry)))?;
+        }
+        Ok(registry)
+    }
+
     pub(crate) fn main() -> i32 {
         let args = Arc::new(Args::parse());
         if args.print_capabilities {
@@ -890,6 +1137,9 @@ mod linux {
                 "{{\n  \"type\": \"fs\",\n  \"features\": [\n    \"separate-options\"\n  ]\n}}"
             );
             return 0;
+        }
+        if !args.device.is_empty() || args.config.is_some() || args.fleet {
+            return run_fleet(&args);
         }
         let table = !args.volume.is_empty() || args.api_socket.is_some();
         let missing = if args.shared_dir.is_none()

@@ -55,6 +55,8 @@ pub(crate) struct DeviceCore {
     /// Number of workers in the pool (0 without a pool).
     pub(crate) pool_size: usize,
     pub(crate) counters: Counters,
+    /// Per-request metrics, when the owner asked for them.
+    pub(crate) metrics: Option<Arc<super::RequestMetrics>>,
     pub(crate) tag: Option<String>,
     /// How long a vring thread keeps polling its queue after it ran dry (zero: sleep at
     /// once).
@@ -250,7 +252,14 @@ impl FsBackend {
 
 fn serve_one(core: &DeviceCore, vring: &Vring, mem: &Mem, chain: Chain, event_idx: bool) {
     let head = chain.head_index();
+    let probe = core
+        .metrics
+        .as_ref()
+        .map(|_| super::metrics::Probe::start(&chain, mem));
     let outcome = request::process(&core.server, &core.session, mem, chain);
+    if let (Some(m), Some(p)) = (&core.metrics, probe) {
+        p.finish(m, mem, outcome);
+    }
     core.counters.requests.fetch_add(1, Ordering::Relaxed);
     match outcome {
         Outcome::Served { .. } => {}

@@ -66,9 +66,11 @@
 
 mod backend;
 mod conn;
+pub mod fleet;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+mod metrics;
 mod pool;
 mod request;
 mod session;
@@ -91,6 +93,9 @@ use vmm_sys_util::eventfd::{EventFd, EFD_CLOEXEC, EFD_NONBLOCK};
 use self::backend::{Counters, DeviceCore, FsBackend, TAG_LEN};
 use self::pool::Pool;
 use crate::{DynFileSystem, Error, Result, SharedFs};
+
+pub use self::fleet::{Fleet, FleetBuilder, FleetDeviceHandle, FleetDeviceOptions};
+pub use self::metrics::{Latency, RequestMetrics, LATENCY_BUCKETS_US};
 
 /// Longest tag the virtio-fs config space holds, in bytes of UTF-8.
 pub const MAX_TAG_LEN: usize = TAG_LEN;
@@ -141,6 +146,7 @@ pub struct FsDeviceBuilder {
     dispatch: Dispatch,
     keep_serving: bool,
     poll: std::time::Duration,
+    metrics: Option<Arc<RequestMetrics>>,
 }
 
 impl FsDevice {
@@ -155,6 +161,7 @@ impl FsDevice {
             dispatch: Dispatch::default(),
             keep_serving: false,
             poll: DEFAULT_POLL,
+            metrics: None,
         }
     }
 
@@ -276,6 +283,13 @@ impl FsDeviceBuilder {
         self
     }
 
+    /// Counts every request (opcode, errno, bytes, latency) in `metrics`: a few relaxed
+    /// atomic additions and two clock reads per request.
+    pub fn metrics(mut self, metrics: Arc<RequestMetrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
     /// Checks the configuration and starts the worker pool.
     pub fn build(self) -> Result<FsDevice> {
         if let Some(tag) = &self.tag {
@@ -324,6 +338,7 @@ impl FsDeviceBuilder {
                 pooled: Default::default(),
                 pool_size,
                 counters: Counters::default(),
+                metrics: self.metrics,
                 tag: self.tag,
                 poll: self.poll,
                 request_queues: self.request_queues,
