@@ -42,6 +42,19 @@ pub(crate) struct Counters {
     pub(crate) dropped: AtomicU64,
     pub(crate) connections: AtomicU64,
     pub(crate) offloaded: AtomicU64,
+    /// Requests served per virtqueue (index 0: the hiprio queue), so a multi-queue setup can
+    /// show which queues the guest used.
+    pub(crate) per_queue: Box<[AtomicU64]>,
+}
+
+impl Counters {
+    /// Counters for a device with `queues` virtqueues (hiprio included).
+    pub(crate) fn new(queues: usize) -> Counters {
+        Counters {
+            per_queue: (0..queues).map(|_| AtomicU64::new(0)).collect(),
+            ..Counters::default()
+        }
+    }
 }
 
 /// What every connection of a device shares.
@@ -164,10 +177,10 @@ impl FsBackend {
                     // request queues, the guest's FORGETs are processed as they come. They
                     // are cheap (a removed inode's last close is paid by the request that
                     // removed it).
-                    serve_one(&self.core, vring, &mem, chain, event_idx);
+                    serve_one(&self.core, 0, vring, &mem, chain, event_idx);
                     continue;
                 }
-                self.dispatch(vring, &mem, chain, event_idx, busy);
+                self.dispatch(queue, vring, &mem, chain, event_idx, busy);
             }
             if !event_idx {
                 return;
@@ -214,7 +227,15 @@ impl FsBackend {
         false
     }
 
-    fn dispatch(&self, vring: &Vring, mem: &Arc<Mem>, chain: Chain, event_idx: bool, busy: bool) {
+    fn dispatch(
+        &self,
+        queue: usize,
+        vring: &Vring,
+        mem: &Arc<Mem>,
+        chain: Chain,
+        event_idx: bool,
+        busy: bool,
+    ) {
         let offload = match self.core.dispatch {
             Dispatch::VringThread => false,
             Dispatch::Pool => true,
@@ -235,7 +256,7 @@ impl FsBackend {
                 self.core.pooled.fetch_add(1, Ordering::AcqRel);
                 self.core.counters.offloaded.fetch_add(1, Ordering::Relaxed);
                 let job = Box::new(move || {
-                    serve_one(&core, &vring, &mem, chain, event_idx);
+                    serve_one(&core, queue, &vring, &mem, chain, event_idx);
                     core.pooled.fetch_sub(1, Ordering::AcqRel);
                 });
                 if let Err(job) = pool.submit(job) {
@@ -243,15 +264,25 @@ impl FsBackend {
                     job();
                 }
             }
-            _ => serve_one(&self.core, vring, mem, chain, event_idx),
+            _ => serve_one(&self.core, queue, vring, mem, chain, event_idx),
         }
     }
 }
 
-fn serve_one(core: &DeviceCore, vring: &Vring, mem: &Mem, chain: Chain, event_idx: bool) {
+fn serve_one(
+    core: &DeviceCore,
+    queue: usize,
+    vring: &Vring,
+    mem: &Mem,
+    chain: Chain,
+    event_idx: bool,
+) {
     let head = chain.head_index();
     let outcome = request::process(&core.server, &core.session, mem, chain);
     core.counters.requests.fetch_add(1, Ordering::Relaxed);
+    if let Some(n) = core.counters.per_queue.get(queue) {
+        n.fetch_add(1, Ordering::Relaxed);
+    }
     match outcome {
         Outcome::Served { .. } => {}
         Outcome::ErrorReply { errno, .. } => {

@@ -323,7 +323,7 @@ impl FsDeviceBuilder {
                 dispatch,
                 pooled: Default::default(),
                 pool_size,
-                counters: Counters::default(),
+                counters: Counters::new(1 + self.request_queues),
                 tag: self.tag,
                 poll: self.poll,
                 request_queues: self.request_queues,
@@ -487,6 +487,19 @@ impl DeviceHandle {
             connections: c.connections.load(Ordering::Relaxed),
             offloaded: c.offloaded.load(Ordering::Relaxed),
         }
+    }
+
+    /// Requests served so far on each virtqueue, indexed by queue: `[0]` is the hiprio queue
+    /// (FORGET, BATCH_FORGET, INTERRUPT), `[1..]` the request queues. A guest with several
+    /// vCPUs spreads its requests over the request queues (Linux 6.11 and later map queues to
+    /// CPUs), and this shows which ones it used.
+    pub fn queue_requests(&self) -> Vec<u64> {
+        self.core
+            .counters
+            .per_queue
+            .iter()
+            .map(|n| n.load(Ordering::Relaxed))
+            .collect()
     }
 
     /// The socket file this device bound, if it was started with [`FsDevice::serve`].

@@ -802,6 +802,13 @@ impl Vmm {
         }
     }
 
+    /// The call eventfd of queue `q` (the device signals completions on it), for callers
+    /// that wait for completions themselves, e.g. one thread per queue sharing this VMM
+    /// behind a lock that they release while they sleep.
+    pub fn call_fd(&self, q: usize) -> std::os::fd::RawFd {
+        self.queues[q].call.as_raw_fd()
+    }
+
     /// Requests submitted on `q` and not yet completed.
     pub fn in_flight(&self, q: usize) -> usize {
         self.queues[q].inflight.len()
