@@ -16,9 +16,13 @@
 //! (default 3), `BOXFS_BENCH_DEPTH` (operations in flight, a comma-separated list, default
 //! `1,8`: every workload runs at each, one table row per depth), `BOXFS_BENCH_CACHE`
 //! (`--cache` of both daemons, default `auto`), `VIRTIOFSD` (path; default from `PATH`, the row
-//! is skipped when there is none), `BOXFS_BENCH_ONLY` (comma-separated workload names),
+//! is skipped when there is none or it is `none`), `BOXFS_BENCH_ONLY` (comma-separated workload names),
 //! `BOXFS_BENCH_BOXFSD_ARGS` (extra `boxfsd` flags, e.g. `--dispatch none`),
 //! `BOXFS_BENCH_BOXFSD` (another `boxfsd` binary, or a wrapper script that profiles it),
+//! `BOXFS_BENCH_BASELINE` (a second `boxfsd` binary, e.g. a build before a change: adds a
+//! `base-passthrough` target, alternated with the others in every round),
+//! `BOXFS_BENCH_TARGETS` (comma-separated target names to keep, e.g.
+//! `boxfs-passthrough,base-passthrough`),
 //! `BOXFS_BENCH_QUEUES` (request-queue counts, comma-separated, default `1`: with `1,2` the
 //! boxfsd targets offer 2 request queues (`--request-queues 2`) and every boxfs row also runs
 //! on 2 queues, one load-generator thread per queue, each keeping `depth` operations in flight
@@ -801,7 +805,14 @@ fn connect(program: &Path, args: &[String], sock: &Path, queues: usize) -> (Chil
     (child, client)
 }
 
-fn boxfsd(name: &'static str, memfs: bool, s: Sizes, cache: &str, queues: usize) -> Target {
+fn boxfsd(
+    name: &'static str,
+    memfs: bool,
+    s: Sizes,
+    cache: &str,
+    queues: usize,
+    program: Option<PathBuf>,
+) -> Target {
     let dir = tempfile::tempdir().expect("tempdir");
     let sock = dir.path().join("boxfsd.sock");
     let mut args: Vec<String> = vec![
@@ -824,8 +835,8 @@ fn boxfsd(name: &'static str, memfs: bool, s: Sizes, cache: &str, queues: usize)
         host_dataset(&share, s);
         args.extend(["--shared-dir".into(), share.display().to_string()]);
     }
-    let program = std::env::var_os("BOXFS_BENCH_BOXFSD")
-        .map(PathBuf::from)
+    let program = program
+        .or_else(|| std::env::var_os("BOXFS_BENCH_BOXFSD").map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_boxfsd")));
     let (child, mut client) = connect(&program, &args, &sock, queues);
     if memfs {
@@ -1024,6 +1035,10 @@ fn env_u64(name: &str, default: u64) -> u64 {
 
 fn find_virtiofsd() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("VIRTIOFSD") {
+        // `VIRTIOFSD=none` (or empty): boxfs rows only, e.g. to profile boxfsd.
+        if p.is_empty() || p == "none" {
+            return None;
+        }
         return Some(PathBuf::from(p));
     }
     let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
@@ -1266,9 +1281,21 @@ fn main() {
 
     eprintln!("preparing datasets ...");
     let mut targets = vec![
-        boxfsd("boxfs-passthrough", false, sizes, &cache, max_queues),
-        boxfsd("boxfs-memfs", true, sizes, &cache, max_queues),
+        boxfsd("boxfs-passthrough", false, sizes, &cache, max_queues, None),
+        boxfsd("boxfs-memfs", true, sizes, &cache, max_queues, None),
     ];
+    if let Some(base) = std::env::var_os("BOXFS_BENCH_BASELINE").filter(|b| !b.is_empty()) {
+        // Another boxfsd build serving the same dataset, alternated with the others: a
+        // before/after comparison of a change within one run.
+        targets.push(boxfsd(
+            "base-passthrough",
+            false,
+            sizes,
+            &cache,
+            max_queues,
+            Some(PathBuf::from(base)),
+        ));
+    }
     if bench {
         match find_virtiofsd() {
             Some(p) => targets.push(virtiofsd(&p, sizes, &cache)),
@@ -1276,6 +1303,10 @@ fn main() {
                 "virtiofsd not found (set VIRTIOFSD or run scripts/bench.sh): row skipped"
             ),
         }
+    }
+    if let Ok(keep) = std::env::var("BOXFS_BENCH_TARGETS") {
+        let keep: Vec<&str> = keep.split(',').map(str::trim).collect();
+        targets.retain(|t| keep.contains(&t.name));
     }
     let host = Host::new(sizes);
     let payload = vec![0xa5u8; MIB as usize];
@@ -1296,7 +1327,7 @@ fn main() {
                 for &depth in &depths {
                     for i in 0..n {
                         let t = &mut targets[(i + round as usize + kind) % n];
-                        if nq > 1 && !t.name.starts_with("boxfs") {
+                        if nq > 1 && t.name == "virtiofsd" {
                             // virtiofsd offers a single request queue.
                             continue;
                         }
@@ -1419,7 +1450,7 @@ fn main() {
             } else {
                 "-".into()
             };
-            let vs = match (t.starts_with("boxfs"), vfsd) {
+            let vs = match (t != "virtiofsd" && t != "host", vfsd) {
                 (true, Some(v)) if v > 0.0 => format!("{:.2}", rate / v),
                 _ => "-".into(),
             };
