@@ -244,7 +244,17 @@ impl FsBackend {
         let offload = match self.core.dispatch {
             Dispatch::VringThread => false,
             Dispatch::Pool => true,
-            Dispatch::SlowToPool => request::may_block(&chain, mem),
+            Dispatch::SlowToPool => {
+                // Bulk data (READ/WRITE of 64 KiB or more) while several requests are in
+                // flight goes to a free worker too: the vring thread keeps popping and the
+                // copies run in parallel (seqread/seqwrite 1 MiB at 8 in flight served one
+                // after the other on the vring thread lost to virtiofsd on a 2-core host).
+                let pooled = self.core.pooled.load(Ordering::Acquire);
+                request::may_block(&chain, mem)
+                    || ((busy || pooled > 0)
+                        && pooled < self.core.pool_size
+                        && request::is_bulk(&chain, mem))
+            }
             Dispatch::Adaptive => {
                 // Parallelise only while a worker is free: if every worker is stuck (blocking
                 // locks), keep serving here so the request that unblocks them gets through.
