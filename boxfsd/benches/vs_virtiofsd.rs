@@ -23,6 +23,11 @@
 //! `base-passthrough` target, alternated with the others in every round),
 //! `BOXFS_BENCH_TARGETS` (comma-separated target names to keep, e.g.
 //! `boxfs-passthrough,base-passthrough`),
+//!
+//! Besides `boxfs-passthrough` and `boxfs-memfs`, a `boxfs-volume` target serves the same
+//! host directory as a `dir` volume of a VolumeFs (`--volume /vol=dir:...`, the dataset
+//! under `/vol`); a closing summary gives the mount table's cost against serving the
+//! directory plainly (issue 16: at most 5 % on lookup+getattr and 4 KiB reads).
 //! `BOXFS_BENCH_QUEUES` (request-queue counts, comma-separated, default `1`: with `1,2` the
 //! boxfsd targets offer 2 request queues (`--request-queues 2`) and every boxfs row also runs
 //! on 2 queues, one load-generator thread per queue, each keeping `depth` operations in flight
@@ -173,15 +178,16 @@ struct Nodes {
     scratch: u64,
 }
 
-fn nodes(c: &mut FuseClient) -> Nodes {
-    let small = c.lookup(ROOT, "small").expect("small").nodeid;
-    let cached = c.lookup(ROOT, "cached").expect("cached").nodeid;
-    let big = c.lookup(ROOT, "big").expect("big").nodeid;
+/// The dataset's nodes under the directory `top` (the root, or a volume's mount point).
+fn nodes(c: &mut FuseClient, top: u64) -> Nodes {
+    let small = c.lookup(top, "small").expect("small").nodeid;
+    let cached = c.lookup(top, "cached").expect("cached").nodeid;
+    let big = c.lookup(top, "big").expect("big").nodeid;
     let big_fh = c.open(big, libc::O_RDONLY as u32).expect("open big").fh;
-    let wbig = c.lookup(ROOT, "wbig").expect("wbig").nodeid;
+    let wbig = c.lookup(top, "wbig").expect("wbig").nodeid;
     let wbig_fh = c.open(wbig, libc::O_RDWR as u32).expect("open wbig").fh;
-    let d10k = c.lookup(ROOT, "d10k").expect("d10k").nodeid;
-    let scratch = c.lookup(ROOT, "scratch").expect("scratch").nodeid;
+    let d10k = c.lookup(top, "d10k").expect("d10k").nodeid;
+    let scratch = c.lookup(top, "scratch").expect("scratch").nodeid;
     Nodes {
         small,
         cached,
@@ -805,9 +811,21 @@ fn connect(program: &Path, args: &[String], sock: &Path, queues: usize) -> (Chil
     (child, client)
 }
 
+/// Where a boxfsd target's dataset lives.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Serve {
+    /// A host directory (`--shared-dir`, PassthroughFs).
+    Dir,
+    /// An in-memory filesystem (`--memfs-size`), filled through FUSE.
+    Mem,
+    /// The same host directory as a `dir` volume of a VolumeFs (`--volume /vol=dir:...`):
+    /// the mount table's cost against `Dir`.
+    Volume,
+}
+
 fn boxfsd(
     name: &'static str,
-    memfs: bool,
+    serve: Serve,
     s: Sizes,
     cache: &str,
     queues: usize,
@@ -828,21 +846,30 @@ fn boxfsd(
     if let Ok(extra) = std::env::var("BOXFS_BENCH_BOXFSD_ARGS") {
         args.extend(extra.split_whitespace().map(String::from));
     }
-    if memfs {
-        args.extend(["--memfs-size".into(), "2G".into()]);
-    } else {
-        let share = dir.path().join("share");
-        host_dataset(&share, s);
-        args.extend(["--shared-dir".into(), share.display().to_string()]);
+    match serve {
+        Serve::Mem => args.extend(["--memfs-size".into(), "2G".into()]),
+        Serve::Dir | Serve::Volume => {
+            let share = dir.path().join("share");
+            host_dataset(&share, s);
+            if serve == Serve::Volume {
+                args.extend(["--volume".into(), format!("/vol=dir:{}", share.display())]);
+            } else {
+                args.extend(["--shared-dir".into(), share.display().to_string()]);
+            }
+        }
     }
     let program = program
         .or_else(|| std::env::var_os("BOXFS_BENCH_BOXFSD").map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_boxfsd")));
     let (child, mut client) = connect(&program, &args, &sock, queues);
-    if memfs {
+    if serve == Serve::Mem {
         fuse_dataset(&mut client, s);
     }
-    let nodes = nodes(&mut client);
+    let top = match serve {
+        Serve::Volume => client.lookup(ROOT, "vol").expect("volume /vol").nodeid,
+        _ => ROOT,
+    };
+    let nodes = nodes(&mut client, top);
     Target {
         name,
         child,
@@ -870,7 +897,7 @@ fn virtiofsd(program: &Path, s: Sizes, cache: &str) -> Target {
         "error".into(),
     ];
     let (child, mut client) = connect(program, &args, &sock, 1);
-    let nodes = nodes(&mut client);
+    let nodes = nodes(&mut client, ROOT);
     Target {
         name: "virtiofsd",
         child,
@@ -1281,15 +1308,30 @@ fn main() {
 
     eprintln!("preparing datasets ...");
     let mut targets = vec![
-        boxfsd("boxfs-passthrough", false, sizes, &cache, max_queues, None),
-        boxfsd("boxfs-memfs", true, sizes, &cache, max_queues, None),
+        boxfsd(
+            "boxfs-passthrough",
+            Serve::Dir,
+            sizes,
+            &cache,
+            max_queues,
+            None,
+        ),
+        boxfsd("boxfs-memfs", Serve::Mem, sizes, &cache, max_queues, None),
+        boxfsd(
+            "boxfs-volume",
+            Serve::Volume,
+            sizes,
+            &cache,
+            max_queues,
+            None,
+        ),
     ];
     if let Some(base) = std::env::var_os("BOXFS_BENCH_BASELINE").filter(|b| !b.is_empty()) {
         // Another boxfsd build serving the same dataset, alternated with the others: a
         // before/after comparison of a change within one run.
         targets.push(boxfsd(
             "base-passthrough",
-            false,
+            Serve::Dir,
             sizes,
             &cache,
             max_queues,
@@ -1491,6 +1533,49 @@ fn main() {
                 vs,
                 vh
             );
+        }
+    }
+    // The mount table's cost: the same directory through a VolumeFs volume against served
+    // plainly, per workload and depth (issue 16's target: at most 5 % on lookup+getattr and
+    // 4 KiB reads).
+    let mut overhead: Vec<String> = Vec::new();
+    for (kind, wname) in WORKLOADS.iter().enumerate() {
+        for &depth in &depths {
+            let key = |t: &str| (kind, t.to_string(), depth, 1);
+            let (Some(v), Some(p)) = (
+                results.get(&key("boxfs-volume")).map(Agg::rate),
+                results.get(&key("boxfs-passthrough")).map(Agg::rate),
+            ) else {
+                continue;
+            };
+            if v > 0.0 && p > 0.0 {
+                let v50 = results.get_mut(&key("boxfs-volume")).map(|a| a.pct(0.5));
+                let p50 = results
+                    .get_mut(&key("boxfs-passthrough"))
+                    .map(|a| a.pct(0.5));
+                let lat = match (v50, p50) {
+                    (Some(v50), Some(p50)) if !p50.is_zero() => format!(
+                        "p50 {:.1} vs {:.1} µs ({:+.1} %)",
+                        v50.as_secs_f64() * 1e6,
+                        p50.as_secs_f64() * 1e6,
+                        (v50.as_secs_f64() / p50.as_secs_f64() - 1.0) * 100.0
+                    ),
+                    _ => String::new(),
+                };
+                overhead.push(format!(
+                    "{wname:<22} depth {depth}: volume {v:.0} vs plain {p:.0} ops/s \
+                     ({:+.1} % throughput), {lat}",
+                    (v / p - 1.0) * 100.0
+                ));
+            }
+        }
+    }
+    if !overhead.is_empty() {
+        println!(
+            "\nmount-table overhead (boxfs-volume against boxfs-passthrough, same directory):"
+        );
+        for line in overhead {
+            println!("{line}");
         }
     }
     if !scaling.is_empty() {
