@@ -1068,7 +1068,7 @@ fn run_e2e_queues(backend: Backend, queues: usize) {
                 Some(_) => {
                     for cpu in 0..queues {
                         let name = format!("mq_job_cpu{cpu}");
-                        if !report.passed.iter().any(|p| *p == name) {
+                        if !report.passed.contains(&name) {
                             problems.push(format!("multiqueue check {name} did not pass"));
                         }
                     }
