@@ -19,6 +19,12 @@
 //! 4. assert every scenario check printed `PASS`, pjdfstest's summary says `0 failed`, the file the
 //!    guest wrote is on the host, and the daemon exited cleanly leaving no socket behind.
 //!
+//! `guest_e2e_passthrough_two_queues` runs PassthroughFs with two request queues
+//! (`boxfsd --request-queues 2`, QEMU 10's `num-request-queues=2`) in a guest with two vCPUs:
+//! the scenario and pjdfstest, then `scripts/guest/guest/multiqueue.sh` (a job pinned to each
+//! vCPU); boxfsd's per-queue request counters, logged at exit, must show both request queues
+//! served at least as many requests as each job created files.
+//!
 //! `guest_e2e_volumes` serves one device with five volumes (`/` overlay, `/work` dir, `/tmp`
 //! memfs, `/etc/app.conf` file, `/init.krun` virtual) from an unprivileged, sandboxed daemon and runs
 //! `scripts/guest/guest/volumes.sh`: distinct `st_dev`, `/init.krun` runs, `mv` across volumes, an
