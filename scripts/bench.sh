@@ -5,6 +5,12 @@
 #                                    packages libcap-ng-dev libseccomp-dev), builds boxfsd and
 #                                    the load generator (release), runs every workload
 #   BOXFS_BENCH_SECS=5 BOXFS_BENCH_ROUNDS=5 BOXFS_BENCH_DEPTH=16 scripts/bench.sh
+#   BOXFS_BENCH_ONLY=getattr BOXFS_BENCH_DEPTH=8 BOXFS_BENCH_QUEUES=1,2 scripts/bench.sh
+#                                    request-queue scaling (boxfsd --request-queues 2, one
+#                                    load-generator thread per queue)
+#   BOXFS_BENCH_BASELINE=/path/to/old/boxfsd scripts/bench.sh
+#                                    a before/after comparison alternated in the same run
+# Every knob is described at the top of boxfsd/benches/vs_virtiofsd.rs.
 #
 # Run it on an otherwise idle machine: every daemon shares the same cores as the load generator.
 set -euo pipefail

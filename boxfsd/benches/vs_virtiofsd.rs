@@ -16,9 +16,22 @@
 //! (default 3), `BOXFS_BENCH_DEPTH` (operations in flight, a comma-separated list, default
 //! `1,8`: every workload runs at each, one table row per depth), `BOXFS_BENCH_CACHE`
 //! (`--cache` of both daemons, default `auto`), `VIRTIOFSD` (path; default from `PATH`, the row
-//! is skipped when there is none), `BOXFS_BENCH_ONLY` (comma-separated workload names),
+//! is skipped when there is none or it is `none`), `BOXFS_BENCH_ONLY` (comma-separated workload names),
 //! `BOXFS_BENCH_BOXFSD_ARGS` (extra `boxfsd` flags, e.g. `--dispatch none`),
-//! `BOXFS_BENCH_BOXFSD` (another `boxfsd` binary, or a wrapper script that profiles it).
+//! `BOXFS_BENCH_BOXFSD` (another `boxfsd` binary, or a wrapper script that profiles it),
+//! `BOXFS_BENCH_BASELINE` (a second `boxfsd` binary, e.g. a build before a change: adds a
+//! `base-passthrough` target, alternated with the others in every round),
+//! `BOXFS_BENCH_TARGETS` (comma-separated target names to keep, e.g.
+//! `boxfs-passthrough,base-passthrough`),
+//!
+//! Besides `boxfs-passthrough` and `boxfs-memfs`, a `boxfs-volume` target serves the same
+//! host directory as a `dir` volume of a VolumeFs (`--volume /vol=dir:...`, the dataset
+//! under `/vol`); a closing summary gives the mount table's cost against serving the
+//! directory plainly (issue 16: at most 5 % on lookup+getattr and 4 KiB reads).
+//! `BOXFS_BENCH_QUEUES` (request-queue counts, comma-separated, default `1`: with `1,2` the
+//! boxfsd targets offer 2 request queues (`--request-queues 2`) and every boxfs row also runs
+//! on 2 queues, one load-generator thread per queue, each keeping `depth` operations in flight
+//! on its own queue; virtiofsd offers one request queue and runs on 1 only).
 //!
 //! Without `--bench` (as `cargo test --all-targets` runs it) it is a smoke test: a small dataset,
 //! a few operations of every workload against both boxfsd backends, every reply checked.
@@ -165,15 +178,16 @@ struct Nodes {
     scratch: u64,
 }
 
-fn nodes(c: &mut FuseClient) -> Nodes {
-    let small = c.lookup(ROOT, "small").expect("small").nodeid;
-    let cached = c.lookup(ROOT, "cached").expect("cached").nodeid;
-    let big = c.lookup(ROOT, "big").expect("big").nodeid;
+/// The dataset's nodes under the directory `top` (the root, or a volume's mount point).
+fn nodes(c: &mut FuseClient, top: u64) -> Nodes {
+    let small = c.lookup(top, "small").expect("small").nodeid;
+    let cached = c.lookup(top, "cached").expect("cached").nodeid;
+    let big = c.lookup(top, "big").expect("big").nodeid;
     let big_fh = c.open(big, libc::O_RDONLY as u32).expect("open big").fh;
-    let wbig = c.lookup(ROOT, "wbig").expect("wbig").nodeid;
+    let wbig = c.lookup(top, "wbig").expect("wbig").nodeid;
     let wbig_fh = c.open(wbig, libc::O_RDWR as u32).expect("open wbig").fh;
-    let d10k = c.lookup(ROOT, "d10k").expect("d10k").nodeid;
-    let scratch = c.lookup(ROOT, "scratch").expect("scratch").nodeid;
+    let d10k = c.lookup(top, "d10k").expect("d10k").nodeid;
+    let scratch = c.lookup(top, "scratch").expect("scratch").nodeid;
     Nodes {
         small,
         cached,
@@ -187,7 +201,7 @@ fn nodes(c: &mut FuseClient) -> Nodes {
 }
 
 /// The workloads, in table order.
-const WORKLOADS: [&str; 8] = [
+const WORKLOADS: [&str; 9] = [
     "lookup+getattr",
     "open/read4k/close",
     "seqread 1MiB",
@@ -196,6 +210,7 @@ const WORKLOADS: [&str; 8] = [
     "readdirplus 10k",
     "mkdir+rmdir",
     "null",
+    "getattr",
 ];
 
 /// The "null" workload: one request that crosses the virtqueue like any other and does no
@@ -204,6 +219,8 @@ const WORKLOADS: [&str; 8] = [
 /// (virtqueue round trip, FUSE header parsing, reply) that every other row includes.
 const NULL: usize = 7;
 const NULL_OPCODE: u32 = 7;
+/// GETATTR of one file the daemon already holds (the pure metadata round trip).
+const GETATTR: usize = 8;
 
 /// Per-slot progress of one multi-request operation.
 #[derive(Clone, Default)]
@@ -218,6 +235,8 @@ struct Slot {
 /// A workload as a per-slot state machine over FUSE requests.
 struct Machine<'a> {
     kind: usize,
+    /// Which load-generator thread runs this machine (names it creates are unique per lane).
+    lane: usize,
     n: Nodes,
     s: Sizes,
     counter: u64,
@@ -226,7 +245,21 @@ struct Machine<'a> {
     slots: Vec<Slot>,
 }
 
-impl Machine<'_> {
+impl<'a> Machine<'a> {
+    /// A fresh machine of the same workload for load-generator thread `lane`.
+    fn fork(&self, lane: usize) -> Machine<'a> {
+        Machine {
+            kind: self.kind,
+            lane,
+            n: self.n,
+            s: self.s,
+            counter: 0,
+            rng: self.rng ^ (lane as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            payload: self.payload,
+            slots: Vec::new(),
+        }
+    }
+
     fn rand(&mut self) -> u64 {
         // xorshift64: deterministic and cheap.
         self.rng ^= self.rng << 13;
@@ -281,7 +314,7 @@ impl Machine<'_> {
                 ]
             }
             4 => {
-                let name = format!("c{slot}_{k}");
+                let name = format!("c{}_{slot}_{k}", self.lane);
                 let ci = CreateIn {
                     flags: libc::O_RDWR as u32,
                     mode: 0o644 | libc::S_IFREG,
@@ -305,8 +338,15 @@ impl Machine<'_> {
                 ]
             }
             NULL => vec![Seg::R(request(NULL_OPCODE, u, ROOT, &[])), Seg::W(64)],
+            GETATTR => {
+                let g = GetattrIn::default();
+                vec![
+                    Seg::R(request(op::GETATTR, u, self.n.cached, &[g.as_slice()])),
+                    Seg::W(256),
+                ]
+            }
             _ => {
-                let name = format!("m{slot}_{k}");
+                let name = format!("m{}_{slot}_{k}", self.lane);
                 let m = MkdirIn {
                     mode: 0o755,
                     umask: 0,
@@ -473,9 +513,166 @@ struct Run {
     lat: Vec<Duration>,
 }
 
-/// Drives `kind` through `c` with `depth` operations in flight, for `dur` or `max_ops`.
-fn drive(c: &mut FuseClient, m: &mut Machine, depth: usize, dur: Duration, max_ops: u64) -> Run {
-    let q = c.queue;
+/// How a load-generator thread reaches the device: the client itself (one thread), or a
+/// client shared by one thread per request queue.
+trait Port {
+    fn unique(&mut self) -> u64;
+    fn submit(&mut self, q: usize, segs: &[Seg]) -> u16;
+    /// Waits (up to 60 s) for completions on `q` and appends every one reaped to `out`.
+    fn completions(&mut self, q: usize, out: &mut Vec<vmm::Completion>);
+    /// FORGET on the hiprio queue, waiting for the chain to come back.
+    fn forget(&mut self, node: u64);
+}
+
+impl Port for FuseClient {
+    fn unique(&mut self) -> u64 {
+        self.next_unique()
+    }
+    fn submit(&mut self, q: usize, segs: &[Seg]) -> u16 {
+        self.vmm.submit(q, segs)
+    }
+    fn completions(&mut self, q: usize, out: &mut Vec<vmm::Completion>) {
+        out.push(
+            self.vmm
+                .wait_any(q, Duration::from_secs(60))
+                .expect("the daemon did not answer within 60 s"),
+        );
+        while let Some(more) = self.vmm.wait_any(q, Duration::ZERO) {
+            out.push(more);
+        }
+    }
+    fn forget(&mut self, node: u64) {
+        send_forget(self, node);
+    }
+}
+
+/// A client shared by several threads, each driving its own request queue. The lock is held
+/// only to submit and reap (microseconds); each thread sleeps on its own queue's call eventfd
+/// with the lock released.
+struct Shared<'a>(&'a std::sync::Mutex<&'a mut FuseClient>);
+
+impl<'a> Shared<'a> {
+    fn lock(&self) -> std::sync::MutexGuard<'a, &'a mut FuseClient> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sleeps until `fd` (a call eventfd) fires or `ms` passes, and consumes the event.
+    fn sleep_on(fd: std::os::fd::RawFd, ms: i32) {
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: `pfd` is a valid pollfd for the duration of the call.
+        unsafe { libc::poll(&mut pfd, 1, ms) };
+        let mut v = 0u64;
+        // SAFETY: reads 8 bytes into `v` from a non-blocking eventfd; failure (EAGAIN) is fine.
+        unsafe { libc::read(fd, (&mut v as *mut u64).cast(), 8) };
+    }
+}
+
+impl Port for Shared<'_> {
+    fn unique(&mut self) -> u64 {
+        self.lock().next_unique()
+    }
+    fn submit(&mut self, q: usize, segs: &[Seg]) -> u16 {
+        self.lock().vmm.submit(q, segs)
+    }
+    fn completions(&mut self, q: usize, out: &mut Vec<vmm::Completion>) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let fd = {
+                let mut c = self.lock();
+                while let Some(more) = c.vmm.wait_any(q, Duration::ZERO) {
+                    out.push(more);
+                }
+                c.vmm.call_fd(q)
+            };
+            if !out.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the daemon did not answer within 60 s"
+            );
+            // Only this thread consumes this queue's call events: no wake-up is lost.
+            Self::sleep_on(fd, 20);
+        }
+    }
+    fn forget(&mut self, node: u64) {
+        let head = {
+            let mut c = self.lock();
+            let u = c.next_unique();
+            let f = ForgetIn { nlookup: 1 };
+            c.vmm
+                .submit(0, &[Seg::R(request(op::FORGET, u, node, &[f.as_slice()]))])
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let fd = {
+                let mut c = self.lock();
+                if c.vmm.wait(0, head, Duration::ZERO).is_some() {
+                    return;
+                }
+                c.vmm.call_fd(0)
+            };
+            assert!(Instant::now() < deadline, "forget not returned");
+            // The hiprio queue's call events are shared by every thread: sleep briefly only.
+            Self::sleep_on(fd, 1);
+        }
+    }
+}
+
+/// Drives `m` on `queues` request queues of `c` at once, one thread per queue, each with
+/// `depth` operations in flight; the runs are merged (operations summed, latencies pooled).
+fn drive_queues(
+    c: &mut FuseClient,
+    m: &Machine,
+    queues: usize,
+    depth: usize,
+    dur: Duration,
+    max_ops: u64,
+) -> Run {
+    if queues == 1 {
+        let q = c.queue;
+        let mut m = m.fork(0);
+        return drive(c, q, &mut m, depth, dur, max_ops);
+    }
+    let shared = std::sync::Mutex::new(c);
+    let runs: Vec<Run> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..queues)
+            .map(|lane| {
+                let mut m = m.fork(lane);
+                let shared = &shared;
+                scope.spawn(move || {
+                    let mut port = Shared(shared);
+                    drive(&mut port, 1 + lane, &mut m, depth, dur, max_ops)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("load-generator thread panicked"))
+            .collect()
+    });
+    let mut all = Run::default();
+    for r in runs {
+        all.ops += r.ops;
+        all.secs = all.secs.max(r.secs);
+        all.lat.extend(r.lat);
+    }
+    all
+}
+
+/// Drives `kind` on queue `q` of `c` with `depth` operations in flight, for `dur` or `max_ops`.
+fn drive<P: Port>(
+    c: &mut P,
+    q: usize,
+    m: &mut Machine,
+    depth: usize,
+    dur: Duration,
+    max_ops: u64,
+) -> Run {
     m.slots = vec![Slot::default(); depth];
     let mut heads: HashMap<u16, usize> = HashMap::new();
     let mut started = vec![Instant::now(); depth];
@@ -486,10 +683,10 @@ fn drive(c: &mut FuseClient, m: &mut Machine, depth: usize, dur: Duration, max_o
         if begun == max_ops {
             break;
         }
-        let u = c.next_unique();
+        let u = c.unique();
         let segs = m.begin(slot, u);
         *t0 = Instant::now();
-        heads.insert(c.vmm.submit(q, &segs), slot);
+        heads.insert(c.submit(q, &segs), slot);
         begun += 1;
     }
     let mut batch = Vec::new();
@@ -497,14 +694,7 @@ fn drive(c: &mut FuseClient, m: &mut Machine, depth: usize, dur: Duration, max_o
         // Claim every completion reaped so far before submitting again: the test VMM recycles
         // a completed chain's descriptors at once, so a new request may get the head of a
         // completion not yet claimed.
-        batch.push(
-            c.vmm
-                .wait_any(q, Duration::from_secs(60))
-                .expect("the daemon did not answer within 60 s"),
-        );
-        while let Some(more) = c.vmm.wait_any(q, Duration::ZERO) {
-            batch.push(more);
-        }
+        c.completions(q, &mut batch);
         let claimed: Vec<(usize, vmm::Completion)> = batch
             .drain(..)
             .map(|comp| {
@@ -523,23 +713,23 @@ fn drive(c: &mut FuseClient, m: &mut Machine, depth: usize, dur: Duration, max_o
                     WORKLOADS[m.kind], m.slots[slot].step, -reply.header.error
                 );
             }
-            let u = c.next_unique();
+            let u = c.unique();
             let mut forget = None;
             match m.step(slot, &reply.body, u, &mut forget) {
                 Some(segs) => {
-                    heads.insert(c.vmm.submit(q, &segs), slot);
+                    heads.insert(c.submit(q, &segs), slot);
                 }
                 None => {
                     if let Some(node) = forget {
-                        send_forget(c, node);
+                        c.forget(node);
                     }
                     run.lat.push(started[slot].elapsed());
                     run.ops += 1;
                     if begun < max_ops && start.elapsed() < dur {
-                        let u = c.next_unique();
+                        let u = c.unique();
                         let segs = m.begin(slot, u);
                         started[slot] = Instant::now();
-                        heads.insert(c.vmm.submit(q, &segs), slot);
+                        heads.insert(c.submit(q, &segs), slot);
                         begun += 1;
                     }
                 }
@@ -588,7 +778,7 @@ impl Drop for Target {
     }
 }
 
-fn connect(program: &Path, args: &[String], sock: &Path) -> (Child, FuseClient) {
+fn connect(program: &Path, args: &[String], sock: &Path, queues: usize) -> (Child, FuseClient) {
     let mut child = Command::new(program)
         .args(args)
         .stdin(Stdio::null())
@@ -611,7 +801,7 @@ fn connect(program: &Path, args: &[String], sock: &Path) -> (Child, FuseClient) 
     let cfg = VmmConfig {
         mem_size: 256 << 20,
         queue_size: 1024,
-        queues: Some(2),
+        queues: Some(1 + queues),
         ..Default::default()
     };
     let vmm = Vmm::connect(sock, cfg).expect("connect the VMM");
@@ -621,7 +811,26 @@ fn connect(program: &Path, args: &[String], sock: &Path) -> (Child, FuseClient) 
     (child, client)
 }
 
-fn boxfsd(name: &'static str, memfs: bool, s: Sizes, cache: &str) -> Target {
+/// Where a boxfsd target's dataset lives.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Serve {
+    /// A host directory (`--shared-dir`, PassthroughFs).
+    Dir,
+    /// An in-memory filesystem (`--memfs-size`), filled through FUSE.
+    Mem,
+    /// The same host directory as a `dir` volume of a VolumeFs (`--volume /vol=dir:...`):
+    /// the mount table's cost against `Dir`.
+    Volume,
+}
+
+fn boxfsd(
+    name: &'static str,
+    serve: Serve,
+    s: Sizes,
+    cache: &str,
+    queues: usize,
+    program: Option<PathBuf>,
+) -> Target {
     let dir = tempfile::tempdir().expect("tempdir");
     let sock = dir.path().join("boxfsd.sock");
     let mut args: Vec<String> = vec![
@@ -631,25 +840,36 @@ fn boxfsd(name: &'static str, memfs: bool, s: Sizes, cache: &str) -> Target {
         cache.into(),
         "--log-level".into(),
         "error".into(),
+        "--request-queues".into(),
+        queues.to_string(),
     ];
     if let Ok(extra) = std::env::var("BOXFS_BENCH_BOXFSD_ARGS") {
         args.extend(extra.split_whitespace().map(String::from));
     }
-    if memfs {
-        args.extend(["--memfs-size".into(), "2G".into()]);
-    } else {
-        let share = dir.path().join("share");
-        host_dataset(&share, s);
-        args.extend(["--shared-dir".into(), share.display().to_string()]);
+    match serve {
+        Serve::Mem => args.extend(["--memfs-size".into(), "2G".into()]),
+        Serve::Dir | Serve::Volume => {
+            let share = dir.path().join("share");
+            host_dataset(&share, s);
+            if serve == Serve::Volume {
+                args.extend(["--volume".into(), format!("/vol=dir:{}", share.display())]);
+            } else {
+                args.extend(["--shared-dir".into(), share.display().to_string()]);
+            }
+        }
     }
-    let program = std::env::var_os("BOXFS_BENCH_BOXFSD")
-        .map(PathBuf::from)
+    let program = program
+        .or_else(|| std::env::var_os("BOXFS_BENCH_BOXFSD").map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_boxfsd")));
-    let (child, mut client) = connect(&program, &args, &sock);
-    if memfs {
+    let (child, mut client) = connect(&program, &args, &sock, queues);
+    if serve == Serve::Mem {
         fuse_dataset(&mut client, s);
     }
-    let nodes = nodes(&mut client);
+    let top = match serve {
+        Serve::Volume => client.lookup(ROOT, "vol").expect("volume /vol").nodeid,
+        _ => ROOT,
+    };
+    let nodes = nodes(&mut client, top);
     Target {
         name,
         child,
@@ -676,8 +896,8 @@ fn virtiofsd(program: &Path, s: Sizes, cache: &str) -> Target {
         "--log-level".into(),
         "error".into(),
     ];
-    let (child, mut client) = connect(program, &args, &sock);
-    let nodes = nodes(&mut client);
+    let (child, mut client) = connect(program, &args, &sock, 1);
+    let nodes = nodes(&mut client, ROOT);
     Target {
         name: "virtiofsd",
         child,
@@ -799,6 +1019,13 @@ impl Host {
                     }
                     assert_eq!(n, self.s.dir_entries);
                 }
+                GETATTR => {
+                    // SAFETY: an all-zero `stat` is a valid value.
+                    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+                    // SAFETY: `st` is a valid out-buffer and `cached` is NUL-terminated.
+                    let r = unsafe { libc::stat(cached.as_ptr(), &mut st) };
+                    assert_eq!(r, 0);
+                }
                 _ => {
                     let name = CString::new(format!("m{k}")).expect("name");
                     // SAFETY: plain mkdirat/unlinkat on a directory fd we own.
@@ -835,6 +1062,10 @@ fn env_u64(name: &str, default: u64) -> u64 {
 
 fn find_virtiofsd() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("VIRTIOFSD") {
+        // `VIRTIOFSD=none` (or empty): boxfs rows only, e.g. to profile boxfsd.
+        if p.is_empty() || p == "none" {
+            return None;
+        }
         return Some(PathBuf::from(p));
     }
     let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
@@ -1064,12 +1295,49 @@ fn main() {
         .ok()
         .map(|v| v.split(',').map(|s| s.trim().to_string()).collect());
     let dur = Duration::from_secs(secs);
+    let mut queue_counts: Vec<usize> = std::env::var("BOXFS_BENCH_QUEUES")
+        .unwrap_or_else(|_| "1".into())
+        .split(',')
+        .filter_map(|d| d.trim().parse::<usize>().ok())
+        .map(|d| d.clamp(1, 16))
+        .collect();
+    if queue_counts.is_empty() {
+        queue_counts.push(1);
+    }
+    let max_queues = queue_counts.iter().copied().max().unwrap_or(1);
 
     eprintln!("preparing datasets ...");
     let mut targets = vec![
-        boxfsd("boxfs-passthrough", false, sizes, &cache),
-        boxfsd("boxfs-memfs", true, sizes, &cache),
+        boxfsd(
+            "boxfs-passthrough",
+            Serve::Dir,
+            sizes,
+            &cache,
+            max_queues,
+            None,
+        ),
+        boxfsd("boxfs-memfs", Serve::Mem, sizes, &cache, max_queues, None),
+        boxfsd(
+            "boxfs-volume",
+            Serve::Volume,
+            sizes,
+            &cache,
+            max_queues,
+            None,
+        ),
     ];
+    if let Some(base) = std::env::var_os("BOXFS_BENCH_BASELINE").filter(|b| !b.is_empty()) {
+        // Another boxfsd build serving the same dataset, alternated with the others: a
+        // before/after comparison of a change within one run.
+        targets.push(boxfsd(
+            "base-passthrough",
+            Serve::Dir,
+            sizes,
+            &cache,
+            max_queues,
+            Some(PathBuf::from(base)),
+        ));
+    }
     if bench {
         match find_virtiofsd() {
             Some(p) => targets.push(virtiofsd(&p, sizes, &cache)),
@@ -1078,12 +1346,16 @@ fn main() {
             ),
         }
     }
+    if let Ok(keep) = std::env::var("BOXFS_BENCH_TARGETS") {
+        let keep: Vec<&str> = keep.split(',').map(str::trim).collect();
+        targets.retain(|t| keep.contains(&t.name));
+    }
     let host = Host::new(sizes);
     let payload = vec![0xa5u8; MIB as usize];
 
     let names: Vec<String> = targets.iter().map(|t| t.name.to_string()).collect();
-    // (workload, target, depth); the host floor runs one operation at a time (depth 0).
-    let mut results: HashMap<(usize, String, usize), Agg> = HashMap::new();
+    // (workload, target, depth, queues); the host floor runs one operation at a time (depth 0).
+    let mut results: HashMap<(usize, String, usize, usize), Agg> = HashMap::new();
     for round in 0..rounds {
         for kind in 0..WORKLOADS.len() {
             if let Some(only) = &only {
@@ -1093,30 +1365,37 @@ fn main() {
             }
             // Alternate the order of targets between rounds to cancel drift.
             let n = targets.len();
-            for &depth in &depths {
-                for i in 0..n {
-                    let t = &mut targets[(i + round as usize + kind) % n];
-                    let mut m = Machine {
-                        kind,
-                        n: t.nodes,
-                        s: sizes,
-                        counter: 0,
-                        rng: 0x2545_f491_4f6c_dd1d,
-                        payload: &payload,
-                        slots: Vec::new(),
-                    };
-                    let r = drive(&mut t.client, &mut m, depth, dur, max_ops);
-                    assert!(r.ops > 0, "{}: no operation completed", t.name);
-                    results
-                        .entry((kind, t.name.to_string(), depth))
-                        .or_default()
-                        .add(r);
+            for &nq in &queue_counts {
+                for &depth in &depths {
+                    for i in 0..n {
+                        let t = &mut targets[(i + round as usize + kind) % n];
+                        if nq > 1 && t.name == "virtiofsd" {
+                            // virtiofsd offers a single request queue.
+                            continue;
+                        }
+                        let m = Machine {
+                            kind,
+                            lane: 0,
+                            n: t.nodes,
+                            s: sizes,
+                            counter: 0,
+                            rng: 0x2545_f491_4f6c_dd1d,
+                            payload: &payload,
+                            slots: Vec::new(),
+                        };
+                        let r = drive_queues(&mut t.client, &m, nq, depth, dur, max_ops);
+                        assert!(r.ops > 0, "{}: no operation completed", t.name);
+                        results
+                            .entry((kind, t.name.to_string(), depth, nq))
+                            .or_default()
+                            .add(r);
+                    }
                 }
             }
             if kind != NULL {
                 let r = host.run(kind, dur, max_ops);
                 results
-                    .entry((kind, "host".to_string(), 0))
+                    .entry((kind, "host".to_string(), 0, 1))
                     .or_default()
                     .add(r);
             }
@@ -1133,7 +1412,9 @@ fn main() {
     }
 
     println!(
-        "\nrounds={rounds} secs/run={secs} depths={depths:?} cache={cache} (virtiofsd: {})",
+        "\nrounds={rounds} secs/run={secs} depths={depths:?} queues={queue_counts:?} cache={cache} \
+         cores={} (virtiofsd: {})",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
         if names.iter().any(|n| n == "virtiofsd") {
             "yes"
         } else {
@@ -1141,10 +1422,11 @@ fn main() {
         }
     );
     println!(
-        "{:<22} {:<18} {:>5} {:>10} {:>9} {:>10} {:>10} {:>10} {:>8} {:>9}",
+        "{:<22} {:<18} {:>5} {:>2} {:>10} {:>9} {:>10} {:>10} {:>10} {:>8} {:>9}",
         "workload",
         "target",
         "depth",
+        "q",
         "ops/s",
         "MB/s",
         "p50 µs",
@@ -1154,28 +1436,47 @@ fn main() {
         "×host p50"
     );
     // The floor of each target at each depth: its "null" row's median.
-    let mut floor: HashMap<(String, usize), Duration> = HashMap::new();
-    for &depth in &depths {
-        for t in &names {
-            if let Some(a) = results.get_mut(&(NULL, t.clone(), depth)) {
-                floor.insert((t.clone(), depth), a.pct(0.5));
+    let mut floor: HashMap<(String, usize, usize), Duration> = HashMap::new();
+    for &nq in &queue_counts {
+        for &depth in &depths {
+            for t in &names {
+                if let Some(a) = results.get_mut(&(NULL, t.clone(), depth, nq)) {
+                    floor.insert((t.clone(), depth, nq), a.pct(0.5));
+                }
             }
         }
     }
+    let mut scaling: Vec<String> = Vec::new();
     for (kind, wname) in WORKLOADS.iter().enumerate() {
         let host_p50 = results
-            .get_mut(&(kind, "host".to_string(), 0))
+            .get_mut(&(kind, "host".to_string(), 0, 1))
             .map(|a| a.pct(0.5));
-        let mut rows: Vec<(String, usize)> = Vec::new();
-        for &depth in &depths {
-            rows.extend(names.iter().map(|t| (t.clone(), depth)));
+        let mut rows: Vec<(String, usize, usize)> = Vec::new();
+        for &nq in &queue_counts {
+            for &depth in &depths {
+                rows.extend(names.iter().map(|t| (t.clone(), depth, nq)));
+            }
         }
-        rows.push(("host".into(), 0));
-        for (t, depth) in rows {
+        rows.push(("host".into(), 0, 1));
+        for (t, depth, nq) in rows {
+            // virtiofsd has one request queue: a multi-queue row is compared with nothing.
             let vfsd = results
-                .get(&(kind, "virtiofsd".to_string(), depth))
+                .get(&(kind, "virtiofsd".to_string(), depth, nq))
                 .map(Agg::rate);
-            let Some(a) = results.get_mut(&(kind, t.clone(), depth)) else {
+            if nq > 1 {
+                let one = results.get(&(kind, t.clone(), depth, 1)).map(Agg::rate);
+                let many = results.get(&(kind, t.clone(), depth, nq)).map(Agg::rate);
+                if let (Some(one), Some(many)) = (one, many) {
+                    if one > 0.0 {
+                        scaling.push(format!(
+                            "{wname:<22} {t:<18} depth {depth} per queue: {nq} queues {many:.0} \
+                             ops/s vs 1 queue {one:.0} ops/s = {:.2}x",
+                            many / one
+                        ));
+                    }
+                }
+            }
+            let Some(a) = results.get_mut(&(kind, t.clone(), depth, nq)) else {
                 continue;
             };
             let rate = a.rate();
@@ -1191,7 +1492,7 @@ fn main() {
             } else {
                 "-".into()
             };
-            let vs = match (t.starts_with("boxfs"), vfsd) {
+            let vs = match (t != "virtiofsd" && t != "host", vfsd) {
                 (true, Some(v)) if v > 0.0 => format!("{:.2}", rate / v),
                 _ => "-".into(),
             };
@@ -1202,7 +1503,7 @@ fn main() {
                 _ => "-".into(),
             };
             // Backend cost: the row's median above the target's own transport floor.
-            let above = match floor.get(&(t.clone(), depth)) {
+            let above = match floor.get(&(t.clone(), depth, nq)) {
                 Some(f) if kind != NULL => {
                     format!("{:.1}", (p50.as_secs_f64() - f.as_secs_f64()) * 1e6)
                 }
@@ -1213,11 +1514,17 @@ fn main() {
             } else {
                 depth.to_string()
             };
+            let shown_q = if depth == 0 {
+                "-".to_string()
+            } else {
+                nq.to_string()
+            };
             println!(
-                "{:<22} {:<18} {:>5} {:>10.0} {:>9} {:>10.1} {:>10.1} {:>10} {:>8} {:>9}",
+                "{:<22} {:<18} {:>5} {:>2} {:>10.0} {:>9} {:>10.1} {:>10.1} {:>10} {:>8} {:>9}",
                 wname,
                 t,
                 shown_depth,
+                shown_q,
                 rate,
                 mbs,
                 p50.as_secs_f64() * 1e6,
@@ -1226,6 +1533,55 @@ fn main() {
                 vs,
                 vh
             );
+        }
+    }
+    // The mount table's cost: the same directory through a VolumeFs volume against served
+    // plainly, per workload and depth (issue 16's target: at most 5 % on lookup+getattr and
+    // 4 KiB reads).
+    let mut overhead: Vec<String> = Vec::new();
+    for (kind, wname) in WORKLOADS.iter().enumerate() {
+        for &depth in &depths {
+            let key = |t: &str| (kind, t.to_string(), depth, 1);
+            let (Some(v), Some(p)) = (
+                results.get(&key("boxfs-volume")).map(Agg::rate),
+                results.get(&key("boxfs-passthrough")).map(Agg::rate),
+            ) else {
+                continue;
+            };
+            if v > 0.0 && p > 0.0 {
+                let v50 = results.get_mut(&key("boxfs-volume")).map(|a| a.pct(0.5));
+                let p50 = results
+                    .get_mut(&key("boxfs-passthrough"))
+                    .map(|a| a.pct(0.5));
+                let lat = match (v50, p50) {
+                    (Some(v50), Some(p50)) if !p50.is_zero() => format!(
+                        "p50 {:.1} vs {:.1} µs ({:+.1} %)",
+                        v50.as_secs_f64() * 1e6,
+                        p50.as_secs_f64() * 1e6,
+                        (v50.as_secs_f64() / p50.as_secs_f64() - 1.0) * 100.0
+                    ),
+                    _ => String::new(),
+                };
+                overhead.push(format!(
+                    "{wname:<22} depth {depth}: volume {v:.0} vs plain {p:.0} ops/s \
+                     ({:+.1} % throughput), {lat}",
+                    (v / p - 1.0) * 100.0
+                ));
+            }
+        }
+    }
+    if !overhead.is_empty() {
+        println!(
+            "\nmount-table overhead (boxfs-volume against boxfs-passthrough, same directory):"
+        );
+        for line in overhead {
+            println!("{line}");
+        }
+    }
+    if !scaling.is_empty() {
+        println!("\nqueue scaling (each queue driven by its own load-generator thread):");
+        for line in scaling {
+            println!("{line}");
         }
     }
 }

@@ -1300,6 +1300,19 @@ mod linux {
         }
 
         let res = handle.wait();
+        // Which virtqueues the guest used (q0 is the hiprio queue): with several request
+        // queues and vCPUs, a guest spreads its requests over them.
+        let per_queue: Vec<String> = handle
+            .queue_requests()
+            .iter()
+            .enumerate()
+            .map(|(i, n)| format!("q{i}={n}"))
+            .collect();
+        tracing::info!(
+            "requests served per queue: {} (total {})",
+            per_queue.join(" "),
+            handle.stats().requests
+        );
         // Removes the file share's (and file volumes') staging directories.
         drop(file_share);
         drop(table);

@@ -19,6 +19,12 @@
 //! 4. assert every scenario check printed `PASS`, pjdfstest's summary says `0 failed`, the file the
 //!    guest wrote is on the host, and the daemon exited cleanly leaving no socket behind.
 //!
+//! `guest_e2e_passthrough_two_queues` runs PassthroughFs with two request queues
+//! (`boxfsd --request-queues 2`, QEMU 10's `num-request-queues=2`) in a guest with two vCPUs:
+//! the scenario and pjdfstest, then `scripts/guest/guest/multiqueue.sh` (a job pinned to each
+//! vCPU); boxfsd's per-queue request counters, logged at exit, must show both request queues
+//! served at least as many requests as each job created files.
+//!
 //! `guest_e2e_volumes` serves one device with five volumes (`/` overlay, `/work` dir, `/tmp`
 //! memfs, `/etc/app.conf` file, `/init.krun` virtual) from an unprivileged, sandboxed daemon and runs
 //! `scripts/guest/guest/volumes.sh`: distinct `st_dev`, `/init.krun` runs, `mv` across volumes, an
@@ -129,6 +135,17 @@ impl Backend {
 #[ignore = "needs QEMU; run by scripts/test.sh"]
 fn guest_e2e_passthrough() {
     run_e2e(Backend::Passthrough);
+}
+
+/// PassthroughFs with two request queues (`boxfsd --request-queues 2`, QEMU's
+/// `num-request-queues=2`) and two vCPUs: the scenario and pjdfstest pass, and
+/// `scripts/guest/guest/multiqueue.sh` runs one job pinned to each vCPU (busybox `taskset`),
+/// checks their results, and the daemon's per-queue counters (logged at exit) prove that both
+/// request queues served the jobs' requests.
+#[test]
+#[ignore = "needs QEMU; run by scripts/test.sh"]
+fn guest_e2e_passthrough_two_queues() {
+    run_e2e_queues(Backend::Passthrough, MQ_QUEUES);
 }
 
 #[test]
@@ -639,9 +656,46 @@ fn tail(text: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// Request queues (and guest vCPUs) of `guest_e2e_passthrough_two_queues`.
+const MQ_QUEUES: usize = 2;
+/// Files each pinned job of `multiqueue.sh` creates: each needs at least one request (its
+/// CREATE) on the queue of its CPU, so every request queue must have served at least this many.
+const MQ_FILES: u64 = 300;
+
+/// The per-queue request counts of boxfsd's exit line
+/// `requests served per queue: q0=N q1=N ... (total N)`, indexed by queue.
+fn queue_counts(daemon_log: &str) -> Option<Vec<u64>> {
+    let line = daemon_log
+        .lines()
+        .map(strip_ansi)
+        .find(|l| l.contains("requests served per queue:"))?;
+    let rest = line.split("requests served per queue:").nth(1)?;
+    let list = rest.split('(').next()?;
+    let mut counts = Vec::new();
+    for (i, item) in list.split_whitespace().enumerate() {
+        let (q, n) = item.split_once('=')?;
+        if q != format!("q{i}") {
+            return None;
+        }
+        counts.push(n.parse().ok()?);
+    }
+    Some(counts)
+}
+
 fn run_e2e(backend: Backend) {
+    run_e2e_queues(backend, 1);
+}
+
+/// One guest run; `queues > 1`: that many request queues and vCPUs, plus `multiqueue.sh`.
+fn run_e2e_queues(backend: Backend, queues: usize) {
     let _guard = GUEST_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let label = backend.name();
+    let label_mq;
+    let label = if queues > 1 {
+        label_mq = format!("{}-{queues}queues", backend.name());
+        label_mq.as_str()
+    } else {
+        backend.name()
+    };
     let initrd = prepare_guest();
 
     let work = tempfile::Builder::new()
@@ -683,9 +737,17 @@ fn run_e2e(backend: Backend) {
     // The overlay's read-only lower layer: host files the guest sees through it, owned by
     // root (the unprivileged daemon only reads them), and checked unchanged afterwards.
     let lower = work.path().join("lower");
-    let Some(spec) = daemon_spec(backend, &socket, &share, &lower, &tag) else {
+    let Some(mut spec) = daemon_spec(backend, &socket, &share, &lower, &tag) else {
         panic!("[{label}] cannot run with BOXFS_E2E_DAEMON: it serves host directories only");
     };
+    if queues > 1 {
+        assert!(
+            spec.is_boxfsd,
+            "[{label}] the multi-queue test needs boxfsd (virtiofsd offers one request queue)"
+        );
+        spec.args
+            .extend(["--request-queues".into(), queues.to_string().into()]);
+    }
 
     // Files created on the host before boot; the guest must see them (through the overlay:
     // in its lower layer).
@@ -789,8 +851,12 @@ fn run_e2e(backend: Backend) {
         );
     }
 
-    let scripts =
-        env_nonempty("BOXFS_E2E_SCRIPTS").unwrap_or_else(|| "scenario,pjdfstest".to_owned());
+    let default_scripts = if queues > 1 {
+        "scenario,pjdfstest,multiqueue"
+    } else {
+        "scenario,pjdfstest"
+    };
+    let scripts = env_nonempty("BOXFS_E2E_SCRIPTS").unwrap_or_else(|| default_scripts.to_owned());
     let timeout = env_nonempty("BOXFS_E2E_TIMEOUT").unwrap_or_else(|| "1200".to_owned());
     let mut run = script_command("run-guest.sh");
     run.arg("--socket")
@@ -816,6 +882,14 @@ fn run_e2e(backend: Backend) {
     }
     if let Some(filter) = env_nonempty("BOXFS_E2E_PJDFSTEST_FILTER") {
         run.arg("--param").arg(format!("pjdfstest_filter={filter}"));
+    }
+    if queues > 1 {
+        run.arg("--smp")
+            .arg(queues.to_string())
+            .arg("--request-queues")
+            .arg(queues.to_string())
+            .arg("--param")
+            .arg(format!("mq_files={MQ_FILES}"));
     }
     let guest_start = Instant::now();
     // Own process group, so QEMU (a grandchild, under `timeout`) can be stopped with it.
@@ -987,6 +1061,46 @@ fn run_e2e(backend: Backend) {
                 problems.push("pjdfstest printed no skipped count".to_owned())
             }
             None => {}
+        }
+    }
+    if queues > 1 {
+        if scripts.split(',').any(|s| s == "multiqueue") {
+            let done = console_text
+                .lines()
+                .map(strip_ansi)
+                .find(|l| l.starts_with("MULTIQUEUE-DONE"));
+            match done {
+                None => problems.push("multiqueue.sh did not finish (no MULTIQUEUE-DONE)".into()),
+                Some(_) => {
+                    for cpu in 0..queues {
+                        let name = format!("mq_job_cpu{cpu}");
+                        if !report.passed.contains(&name) {
+                            problems.push(format!("multiqueue check {name} did not pass"));
+                        }
+                    }
+                }
+            }
+        } else {
+            problems.push("the multi-queue run must include the multiqueue script".into());
+        }
+        match queue_counts(&daemon_text) {
+            Some(counts) if counts.len() == queues + 1 => {
+                say(&format!(
+                    "[{label}] requests per queue (q0 hiprio): {counts:?}"
+                ));
+                for (q, n) in counts.iter().enumerate().skip(1) {
+                    if *n < MQ_FILES {
+                        problems.push(format!(
+                            "request queue {q} served {n} requests, fewer than the {MQ_FILES} \
+                             files its pinned job created: the guest did not use every queue \
+                             ({counts:?})"
+                        ));
+                    }
+                }
+            }
+            other => problems.push(format!(
+                "boxfsd logged no per-queue counts for {queues} request queues: {other:?}"
+            )),
         }
     }
     // A run narrowed by the environment proves less than the test claims: never a pass.
@@ -2006,4 +2120,20 @@ fn walk(root: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+#[test]
+fn queue_counts_parser() {
+    let log = "2026-12-01T07:00:00Z  INFO boxfsd: requests served per queue: q0=12 q1=3400 q2=2900 (total 6312)\n";
+    assert_eq!(queue_counts(log), Some(vec![12, 3400, 2900]));
+    assert_eq!(queue_counts("INFO boxfsd: exiting\n"), None);
+    // Out of order or malformed entries are not counts.
+    assert_eq!(
+        queue_counts("requests served per queue: q1=3 q0=2 (total 5)"),
+        None
+    );
+    assert_eq!(
+        queue_counts("requests served per queue: q0=x (total 5)"),
+        None
+    );
 }

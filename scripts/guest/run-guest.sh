@@ -4,7 +4,8 @@
 #   scripts/guest/run-guest.sh --socket PATH [--tag TAG] [--scripts scenario,pjdfstest]
 #                              [--param KEY=VALUE]... [--extra-share SOCKET,TAG]...
 #                              [--timeout SECONDS] [--log FILE]
-#                              [--initrd FILE] [--kernel FILE] [--mem SIZE] [--smp N] [--quiet]
+#                              [--initrd FILE] [--kernel FILE] [--mem SIZE] [--smp N]
+#                              [--request-queues N] [--quiet]
 #
 #   --socket     the daemon's vhost-user socket (must already exist: the daemon listens, QEMU connects)
 #   --tag        virtio-fs tag (default boxfs); must match the daemon's tag
@@ -17,6 +18,10 @@
 #   --initrd     initramfs; default: built (or taken from the cache) by build-initramfs.sh
 #   --kernel     default: the kernel recorded next to the initramfs
 #   --mem        guest RAM, shared with the daemon through a memfd (default 1024M)
+#   --smp        guest vCPUs (default 1)
+#   --request-queues  request queues of the (first) virtio-fs device: QEMU 10's
+#                `vhost-user-fs-pci,num-request-queues=N` (default: QEMU's, 1). The daemon must offer
+#                at least N (boxfsd --request-queues N); Linux 6.11+ maps them to the vCPUs.
 #   --quiet      do not copy the console to stdout
 #
 # Exit status: 0 when the guest printed its end marker BOXFS-GUEST-DONE, 3 when it did not
@@ -46,6 +51,7 @@ INITRD=""
 KERNEL=""
 MEM=1024M
 SMP=1
+REQUEST_QUEUES=""
 QUIET=0
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -60,12 +66,15 @@ while [ $# -gt 0 ]; do
         --kernel) KERNEL="$2"; shift 2 ;;
         --mem) MEM="$2"; shift 2 ;;
         --smp) SMP="$2"; shift 2 ;;
+        --request-queues) REQUEST_QUEUES="$2"; shift 2 ;;
         --quiet) QUIET=1; shift ;;
-        -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,36p' "$0"; exit 0 ;;
         *) echo "run-guest.sh: unknown argument: $1" >&2; exit 2 ;;
     esac
 done
 [ -n "$SOCK" ] || { echo "run-guest.sh: --socket is required" >&2; exit 2; }
+case "$SMP" in ''|*[!0-9]*) echo "run-guest.sh: --smp wants a number: $SMP" >&2; exit 2 ;; esac
+case "$REQUEST_QUEUES" in *[!0-9]*) echo "run-guest.sh: --request-queues wants a number: $REQUEST_QUEUES" >&2; exit 2 ;; esac
 for p in "${PARAMS[@]}"; do
     case "$p" in *' '*|*'"'*) echo "run-guest.sh: --param values cannot contain spaces or quotes: $p" >&2; exit 2 ;; esac
 done
@@ -88,7 +97,7 @@ CMD=(qemu-system-x86_64
     -accel tcg -cpu max -smp "$SMP" -m "$MEM"
     -object "memory-backend-memfd,id=mem,size=$MEM,share=on" -numa node,memdev=mem
     -chardev "socket,id=c0,path=$SOCK"
-    -device "vhost-user-fs-pci,chardev=c0,tag=$TAG,queue-size=1024"
+    -device "vhost-user-fs-pci,chardev=c0,tag=$TAG,queue-size=1024${REQUEST_QUEUES:+,num-request-queues=$REQUEST_QUEUES}"
     )
 n=1
 for share in "${EXTRA_SHARES[@]}"; do

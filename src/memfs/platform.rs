@@ -5,7 +5,9 @@ use crate::{FsOptions, SetattrValid};
 
 /// Init flags MemFs asks for (intersected with what the kernel offers).
 pub(super) fn wanted_options(writeback: bool) -> FsOptions {
-    let common = FsOptions::ASYNC_READ | FsOptions::BIG_WRITES | FsOptions::ATOMIC_O_TRUNC;
+    // Not ATOMIC_O_TRUNC: the guest truncates with SETATTR after its own checks of the open
+    // (an O_TRUNC open it refuses, ETXTBSY, must leave the file alone).
+    let common = FsOptions::ASYNC_READ | FsOptions::BIG_WRITES;
     #[cfg(target_os = "linux")]
     let common = common
         | FsOptions::DO_READDIRPLUS

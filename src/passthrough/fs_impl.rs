@@ -27,14 +27,16 @@ impl FileSystem for PassthroughFs {
             | FsOptions::BIG_WRITES
             | FsOptions::MAX_PAGES
             | FsOptions::DO_READDIRPLUS
-            | FsOptions::READDIRPLUS_AUTO
-            | FsOptions::ATOMIC_O_TRUNC;
+            | FsOptions::READDIRPLUS_AUTO;
+        // Not ATOMIC_O_TRUNC: with it the guest sends O_TRUNC inside OPEN and the file is
+        // emptied before the guest's own checks of that open (ETXTBSY of a running program);
+        // without it the guest truncates with SETATTR once the open is allowed.
         #[cfg(target_os = "linux")]
         if self.cfg.writeback {
             want |= FsOptions::WRITEBACK_CACHE;
         }
         #[cfg(not(target_os = "linux"))]
-        let want = FsOptions::ASYNC_READ | FsOptions::BIG_WRITES | FsOptions::ATOMIC_O_TRUNC;
+        let want = FsOptions::ASYNC_READ | FsOptions::BIG_WRITES;
         Ok(capable & want)
     }
 

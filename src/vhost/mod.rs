@@ -41,7 +41,8 @@
 //! default, [`Dispatch::SlowToPool`], serves requests on the vring thread except the kinds that
 //! can block for long on the host (FSYNC, FSYNCDIR, SETLKW, FALLOCATE), which go
 //! to a pool of [`DEFAULT_THREAD_POOL_SIZE`] workers: vring-thread speed, and a slow flush
-//! occupies a worker instead of the queue. [`Dispatch::Pool`] (virtiofsd with
+//! occupies a worker instead of the queue. Bulk reads and writes (64 KiB or more) also go to a
+//! free worker while several requests are in flight, so large copies run in parallel. [`Dispatch::Pool`] (virtiofsd with
 //! `--thread-pool-size > 0`), [`Dispatch::Adaptive`] and [`Dispatch::VringThread`] (or a pool
 //! size of 0; virtiofsd's default) are the alternatives; `docs/attach.md` has the measurements.
 //! Whatever the mode, the hiprio queue (FORGET, BATCH_FORGET, INTERRUPT) is served on its own
@@ -118,8 +119,10 @@ pub enum Dispatch {
     /// Every request is handed to the worker pool (virtiofsd with `--thread-pool-size > 0`).
     Pool,
     /// Requests that can block for long on the host (FSYNC, FSYNCDIR, SETLKW, FALLOCATE) go
-    /// to the pool; everything else (FLUSH and RELEASE included) is served on the vring
-    /// thread.
+    /// to the pool, and so do bulk data requests (READ or WRITE of 64 KiB or more) while the
+    /// guest keeps several in flight and a worker is free, so their copies run in parallel;
+    /// everything else (FLUSH and RELEASE included, and a lone bulk request) is served on
+    /// the vring thread.
     #[default]
     SlowToPool,
     /// Like `SlowToPool`, and while the guest keeps several requests in flight (the vring
@@ -337,7 +340,7 @@ impl FsDeviceBuilder {
                 dispatch,
                 pooled: Default::default(),
                 pool_size,
-                counters: Counters::default(),
+                counters: Counters::new(1 + self.request_queues),
                 metrics: self.metrics,
                 tag: self.tag,
                 poll: self.poll,
@@ -502,6 +505,19 @@ impl DeviceHandle {
             connections: c.connections.load(Ordering::Relaxed),
             offloaded: c.offloaded.load(Ordering::Relaxed),
         }
+    }
+
+    /// Requests served so far on each virtqueue, indexed by queue: `[0]` is the hiprio queue
+    /// (FORGET, BATCH_FORGET, INTERRUPT), `[1..]` the request queues. A guest with several
+    /// vCPUs spreads its requests over the request queues (Linux 6.11 and later map queues to
+    /// CPUs), and this shows which ones it used.
+    pub fn queue_requests(&self) -> Vec<u64> {
+        self.core
+            .counters
+            .per_queue
+            .iter()
+            .map(|n| n.load(Ordering::Relaxed))
+            .collect()
     }
 
     /// The socket file this device bound, if it was started with [`FsDevice::serve`].

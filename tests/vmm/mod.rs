@@ -544,6 +544,38 @@ impl Vmm {
 
     /// Submits a well-formed chain; returns its head index.
     pub fn submit(&mut self, q: usize, segs: &[Seg]) -> u16 {
+        let head = self.prepare(q, segs);
+        self.publish(q, head);
+        head
+    }
+
+    /// Submits several well-formed chains at once, as a guest adding a batch does: every
+    /// chain is in the available ring before the index moves (once) and the device is kicked
+    /// (at most once). Returns their head indexes.
+    pub fn submit_many(&mut self, q: usize, reqs: &[Vec<Seg>]) -> Vec<u16> {
+        let heads: Vec<u16> = reqs.iter().map(|segs| self.prepare(q, segs)).collect();
+        let qu = &self.queues[q];
+        let (avail, size, old) = (qu.avail, qu.size, qu.avail_idx);
+        for (i, &head) in heads.iter().enumerate() {
+            let slot = u64::from(old.wrapping_add(i as u16) % size);
+            self.mem
+                .write_obj(head.to_le(), GuestAddress(avail + 4 + 2 * slot))
+                .expect("write avail ring");
+        }
+        let idx = old.wrapping_add(heads.len() as u16);
+        self.queues[q].avail_idx = idx;
+        fence(Ordering::SeqCst);
+        self.mem
+            .write_obj(idx.to_le(), GuestAddress(avail + 2))
+            .expect("write avail idx");
+        fence(Ordering::SeqCst);
+        self.kicks += 1;
+        self.queues[q].kick.write(1).expect("kick");
+        heads
+    }
+
+    /// Lays out a well-formed chain in the descriptor table without publishing it.
+    fn prepare(&mut self, q: usize, segs: &[Seg]) -> u16 {
         let mut bufs = Vec::new();
         let mut writable = Vec::new();
         let mut laid = Vec::new();
@@ -595,7 +627,6 @@ impl Vmm {
                 writable,
             },
         );
-        self.publish(q, head);
         head
     }
 
@@ -800,6 +831,13 @@ impl Vmm {
             }
             self.wait_call(q, deadline - now);
         }
+    }
+
+    /// The call eventfd of queue `q` (the device signals completions on it), for callers
+    /// that wait for completions themselves, e.g. one thread per queue sharing this VMM
+    /// behind a lock that they release while they sleep.
+    pub fn call_fd(&self, q: usize) -> std::os::fd::RawFd {
+        self.queues[q].call.as_raw_fd()
     }
 
     /// Requests submitted on `q` and not yet completed.
