@@ -72,6 +72,7 @@ pub mod fuzzing;
 mod pool;
 mod request;
 mod session;
+mod state;
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -90,6 +91,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_CLOEXEC, EFD_NONBLOCK};
 
 use self::backend::{Counters, DeviceCore, FsBackend, TAG_LEN};
 use self::pool::Pool;
+pub use self::state::StateTransfer;
 use crate::{DynFileSystem, Error, Result, SharedFs};
 
 /// Longest tag the virtio-fs config space holds, in bytes of UTF-8.
@@ -328,6 +330,8 @@ impl FsDeviceBuilder {
                 poll: self.poll,
                 request_queues: self.request_queues,
                 queue_size: usize::from(self.queue_size),
+                inflight: Default::default(),
+                state: Default::default(),
             }),
             keep_serving: self.keep_serving,
         })
@@ -489,6 +493,12 @@ impl DeviceHandle {
         }
     }
 
+    /// The last device-state transfer (snapshot or migration) that succeeded, with its size
+    /// and duration.
+    pub fn last_state_transfer(&self) -> Option<StateTransfer> {
+        self.core.state.last()
+    }
+
     /// The socket file this device bound, if it was started with [`FsDevice::serve`].
     pub fn socket_path(&self) -> Option<&Path> {
         self.socket_path.as_deref()
@@ -541,7 +551,7 @@ fn serve_connection(
 ) -> Result<bool> {
     let backend = FsBackend::new(Arc::clone(&device.core));
     let probe = backend.clone();
-    let mem = GuestMemoryAtomic::new(GuestMemoryMmap::<()>::new());
+    let mem = GuestMemoryAtomic::new(GuestMemoryMmap::<request::Log>::new());
     let mut daemon =
         VhostUserDaemon::new("boxfs-vhost-conn".into(), backend, mem).map_err(|e| {
             Error::io(
