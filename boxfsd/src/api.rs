@@ -212,6 +212,16 @@ impl Api {
             }
             (Method::Delete, "/volumes") => self.detach(query).map(|()| (204, String::new())),
             (_, "/volumes") => Err(Error(405, "use GET, PUT or DELETE".into())),
+            (Method::Put, "/snapshot") => {
+                let mut body = Vec::new();
+                match req.as_reader().take(MAX_BODY + 1).read_to_end(&mut body) {
+                    Ok(n) if n as u64 > MAX_BODY => Err(Error(413, "body too large".into())),
+                    Ok(_) => crate::snapshot::api_put(&body)
+                        .map(|json| (200, json))
+                        .map_err(|(status, msg)| Error(status, msg)),
+                    Err(e) => Err(Error(400, format!("reading the body: {e}"))),
+                }
+            }
             _ => Err(Error(404, format!("no such endpoint: {path}"))),
         };
         let (status, body) = match res {

@@ -91,7 +91,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_CLOEXEC, EFD_NONBLOCK};
 
 use self::backend::{Counters, DeviceCore, FsBackend, TAG_LEN};
 use self::pool::Pool;
-pub use self::state::StateTransfer;
+pub use self::state::{load_snapshot, save_snapshot, StateTransfer};
 use crate::{DynFileSystem, Error, Result, SharedFs};
 
 /// Longest tag the virtio-fs config space holds, in bytes of UTF-8.

@@ -239,12 +239,43 @@ fn load(core: &DeviceCore, file: File, started: Instant) -> io::Result<StateTran
     }
 }
 
-fn write_preamble(w: &mut impl Write) -> io::Result<()> {
+/// Writes `fs`'s state as a device-state stream without a FUSE session (what
+/// `boxfsd --snapshot-file` writes and `--memfs-from` reads): the same versioned, checksummed
+/// format a VMM gets, with "no session" in its header. Returns the bytes written.
+///
+/// The filesystem may be in use meanwhile; what each backend's `save_state` guarantees then
+/// applies (MemFs: each inode is consistent as of the moment it is written). Pause the guest
+/// for a point-in-time snapshot.
+pub fn save_snapshot(fs: &dyn crate::DynFileSystem, out: &mut dyn Write) -> io::Result<u64> {
+    write_preamble(out)?;
+    let mut frames = FrameWriter::new(out);
+    frames.write_all(&encode_header(None))?;
+    fs.save_state(&mut frames)?;
+    frames.finish()
+}
+
+/// Loads a stream [`save_snapshot`] (or a device-state save) wrote into `fs`, a filesystem
+/// no guest uses yet, and ends the saved session if there was one (the filesystem's
+/// `destroy` drops the lookups and handles it carried, keeping the content). All or nothing:
+/// a corrupt, truncated or newer-version stream is an error and the filesystem's
+/// `load_state` leaves it as it was. Returns the bytes read.
+pub fn load_snapshot(fs: &dyn crate::DynFileSystem, input: &mut dyn Read) -> io::Result<u64> {
+    read_preamble(input)?;
+    let mut frames = FrameReader::new(input);
+    let init = decode_header(&mut frames)?;
+    fs.load_state(&mut frames)?;
+    let bytes = frames.finish()?;
+    let _ = init;
+    fs.destroy();
+    Ok(bytes)
+}
+
+fn write_preamble(w: &mut (impl Write + ?Sized)) -> io::Result<()> {
     w.write_all(MAGIC)?;
     w.write_all(&FORMAT_VERSION.to_le_bytes())
 }
 
-fn read_preamble(r: &mut impl Read) -> io::Result<()> {
+fn read_preamble(r: &mut (impl Read + ?Sized)) -> io::Result<()> {
     let mut p = [0u8; 12];
     r.read_exact(&mut p).map_err(truncated)?;
     if &p[..8] != MAGIC {
@@ -271,7 +302,7 @@ fn encode_header(init: Option<InitParams>) -> Vec<u8> {
     h
 }
 
-fn decode_header(r: &mut impl Read) -> io::Result<Option<InitParams>> {
+fn decode_header(r: &mut (impl Read + ?Sized)) -> io::Result<Option<InitParams>> {
     let mut len = [0u8; 4];
     r.read_exact(&mut len).map_err(truncated)?;
     let len = u32::from_le_bytes(len);
