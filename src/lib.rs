@@ -36,6 +36,7 @@ mod error;
 mod fs;
 pub mod name;
 mod size;
+pub mod state;
 pub mod zero_copy;
 
 pub mod dualfs;

@@ -40,6 +40,18 @@ impl Counter {
         }
     }
 
+    /// Adds `n` units without checking the limit: a state being restored is charged as it is
+    /// built (so dropping it on failure returns exactly that), and checked against the limit
+    /// separately.
+    pub(crate) fn add_unchecked(&self, n: u64) {
+        self.used.fetch_add(n, Ordering::AcqRel);
+    }
+
+    /// Sets the count: a restored state's exact charge, once the state it replaced is gone.
+    pub(crate) fn set(&self, n: u64) {
+        self.used.store(n, Ordering::Release);
+    }
+
     pub(crate) fn used(&self) -> u64 {
         self.used.load(Ordering::Acquire)
     }

@@ -64,6 +64,53 @@ impl FileData {
         cost::data(self.small.len() as u64, self.pages.len() as u64)
     }
 
+    /// The small-file buffer (empty once the file has pages), for a state snapshot.
+    pub(crate) fn small_bytes(&self) -> &[u8] {
+        &self.small
+    }
+
+    /// The allocated pages in order (index, bytes), for a state snapshot.
+    pub(crate) fn page_iter(&self) -> impl Iterator<Item = (u64, &[u8])> + '_ {
+        self.pages.iter().map(|(k, p)| (*k, &p[..]))
+    }
+
+    /// Restores a snapshot's size (before its data). `false` if it is not a valid size.
+    pub(crate) fn restore_size(&mut self, size: u64) -> bool {
+        if size > MAX_FILE_SIZE || !self.small.is_empty() || !self.pages.is_empty() {
+            return false;
+        }
+        self.size = size;
+        true
+    }
+
+    /// Restores a snapshot's small buffer. `false` unless it fits the small-file rule
+    /// (no pages, at most [`SMALL_FILE_MAX`] bytes, within the size).
+    pub(crate) fn restore_small(&mut self, bytes: &[u8]) -> bool {
+        let n = bytes.len() as u64;
+        if !self.pages.is_empty() || !self.small.is_empty() || n > SMALL_FILE_MAX || n > self.size
+        {
+            return false;
+        }
+        self.small = bytes.into();
+        true
+    }
+
+    /// Restores one page of a snapshot. `false` if the page is not a full page, is there
+    /// already, lies wholly beyond EOF, or the file has a small buffer.
+    pub(crate) fn restore_page(&mut self, idx: u64, bytes: &[u8]) -> bool {
+        let Ok(page) = <&Page>::try_from(bytes) else {
+            return false;
+        };
+        if !self.small.is_empty()
+            || self.pages.contains_key(&idx)
+            || idx.checked_mul(PAGE).is_none_or(|start| start >= self.size)
+        {
+            return false;
+        }
+        self.pages.insert(idx, Box::new(*page));
+        true
+    }
+
     /// Whether data ending at `end` stays in the small buffer.
     fn stays_small(&self, end: u64) -> bool {
         self.pages.is_empty() && end <= SMALL_FILE_MAX

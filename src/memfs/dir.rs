@@ -168,6 +168,32 @@ impl Dir {
         }
     }
 
+    /// The cookie the next linked name gets (for a state snapshot).
+    pub(crate) fn next_cookie(&self) -> u64 {
+        self.next_cookie
+    }
+
+    /// Restores one entry of a snapshot with its cookie. Entries come in cookie order;
+    /// `false` if the cookie is out of order or the name is taken.
+    pub(crate) fn restore_entry(&mut self, cookie: u64, name: &[u8], ino: u64) -> bool {
+        if cookie < self.next_cookie || ino == 0 || !self.has_room() || self.get(name).is_some()
+        {
+            return false;
+        }
+        self.next_cookie = cookie;
+        self.insert(name, ino);
+        true
+    }
+
+    /// Restores a snapshot's next cookie (after its entries); `false` if it would go back.
+    pub(crate) fn restore_next_cookie(&mut self, next: u64) -> bool {
+        if next < self.next_cookie {
+            return false;
+        }
+        self.next_cookie = next;
+        true
+    }
+
     /// Entries with a cookie greater than `after`, in cookie order.
     pub(crate) fn iter_from(&self, after: u64) -> impl Iterator<Item = (u64, &[u8], u64)> + '_ {
         let from = after.saturating_add(1).max(FIRST_COOKIE);

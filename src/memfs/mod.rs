@@ -59,6 +59,7 @@ mod metadata;
 mod node;
 mod platform;
 mod shards;
+mod state;
 mod xattr_ops;
 
 use std::ffi::CStr;
@@ -738,5 +739,18 @@ impl FileSystem for MemFs {
     }
 }
 
-/// Device state: not carried yet (the default hooks answer `EOPNOTSUPP`).
-impl crate::DynFileSystem for MemFs {}
+/// Device state: the whole content, streamed (see `memfs/state.rs` and [`crate::state`]).
+impl crate::DynFileSystem for MemFs {
+    /// Writes every inode, its data, xattrs and directory entries, every open handle and
+    /// the id counters, page by page (one bounded record buffer, whatever the size).
+    fn save_state(&self, out: &mut dyn io::Write) -> io::Result<()> {
+        self.save_state_impl(out)
+    }
+
+    /// Replaces the whole content with a saved one, all or nothing: a state that is
+    /// corrupt, truncated, of another version or kind, or larger than this MemFs's capacity,
+    /// inode or handle limits is refused and the MemFs stays as it was.
+    fn load_state(&self, input: &mut dyn io::Read) -> io::Result<()> {
+        self.load_state_impl(input)
+    }
+}

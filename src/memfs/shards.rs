@@ -86,6 +86,26 @@ impl<T: Keyed> ShardedMap<T> {
         out
     }
 
+    /// Replaces every value with `values` at once (all shards locked), returning the old ones.
+    pub(crate) fn replace_all(&self, values: Vec<T>) -> Vec<T> {
+        let mut guards: Vec<_> = self.shards.iter().map(|s| s.write()).collect();
+        let mut old = Vec::new();
+        for g in guards.iter_mut() {
+            old.extend(std::mem::take(&mut **g));
+        }
+        for v in values {
+            let key = v.key();
+            let g = &mut guards[(key as usize) % SHARDS];
+            match g.find_mut(hash(key), |x| x.key() == key) {
+                Some(slot) => *slot = v,
+                None => {
+                    g.insert_unique(hash(key), v, |x| hash(x.key()));
+                }
+            }
+        }
+        old
+    }
+
     /// A snapshot of every value.
     pub(crate) fn values(&self) -> Vec<T> {
         let mut out = Vec::new();

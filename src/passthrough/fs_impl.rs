@@ -310,5 +310,20 @@ impl FileSystem for PassthroughFs {
     }
 }
 
-/// Device state: not carried yet (the default hooks answer `EOPNOTSUPP`).
-impl crate::DynFileSystem for PassthroughFs {}
+/// Device state: the node ids, lookup counts and open handles the guest holds, each inode
+/// identified by its path below the share root and its host identity (see
+/// `passthrough/state.rs`). File data stays on the host.
+impl crate::DynFileSystem for PassthroughFs {
+    /// Writes every held inode (node id, lookups, path, host identity) and open handle.
+    fn save_state(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        self.save_state_impl(out)
+    }
+
+    /// Restores a saved state: paths are resolved again confined to the share and verified
+    /// by identity; a missing or changed file answers `ESTALE` for its node id alone. A
+    /// corrupt, truncated or crafted stream (a name leaving the share) fails the load and
+    /// leaves the filesystem as it was.
+    fn load_state(&self, input: &mut dyn std::io::Read) -> std::io::Result<()> {
+        self.load_state_impl(input)
+    }
+}

@@ -68,6 +68,31 @@ impl HandleTable {
         Some(h)
     }
 
+    /// Every handle with its number, and the next number (for a state snapshot).
+    pub fn snapshot(&self) -> (Vec<(u64, Arc<Handle>)>, u64) {
+        let map = self.map.read();
+        let mut v: Vec<_> = map.iter().map(|(k, h)| (*k, h.clone())).collect();
+        v.sort_unstable_by_key(|(k, _)| *k);
+        (v, self.next.load(Ordering::Relaxed))
+    }
+
+    /// Installs restored handles under their numbers; later handles are numbered from
+    /// `next` on. Called on an empty table.
+    pub fn restore(&self, handles: Vec<(u64, Handle)>, next: u64) {
+        let mut map = self.map.write();
+        for (id, h) in handles {
+            h.inode.open_handles.fetch_add(1, Ordering::Relaxed);
+            map.insert(id, Arc::new(h));
+        }
+        let next = self.next.load(Ordering::Relaxed).max(next);
+        self.next.store(next, Ordering::Relaxed);
+    }
+
+    /// Most handles open at once.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
     pub fn len(&self) -> usize {
         self.map.read().len()
     }

@@ -215,6 +215,35 @@ impl InodeStore {
         gone
     }
 
+    /// Every inode the guest holds, the root included (for a state snapshot).
+    pub fn all(&self) -> Vec<Arc<InodeData>> {
+        self.inner.read().by_id.values().cloned().collect()
+    }
+
+    /// The next private node id (for a state snapshot).
+    pub fn next_private(&self) -> u64 {
+        self.next.load(Ordering::Relaxed)
+    }
+
+    /// Installs restored inodes (the root's entry is kept), keeping their node ids. Only
+    /// inodes whose host file was found again (`by_key`) are found by identity; the others
+    /// keep their number and answer `ESTALE`. Called on a table holding only the root.
+    pub fn restore(&self, inodes: Vec<(Arc<InodeData>, bool)>, next_private: u64) {
+        let root = fuse_backend_rs::api::filesystem::ROOT_ID;
+        let mut g = self.inner.write();
+        for (d, found) in inodes {
+            if d.id == root {
+                continue;
+            }
+            if found && !g.by_key.contains_key(&d.key) {
+                g.by_key.insert(d.key, d.id);
+            }
+            g.by_id.insert(d.id, d);
+        }
+        let next = self.next.load(Ordering::Relaxed).max(next_private);
+        self.next.store(next, Ordering::Relaxed);
+    }
+
     /// Number of inodes known (including the root).
     pub fn len(&self) -> usize {
         self.inner.read().by_id.len()

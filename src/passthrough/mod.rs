@@ -76,6 +76,7 @@ mod override_stat;
 mod platform;
 mod quota;
 mod resolve;
+mod state;
 mod xattr_ops;
 
 use std::ffi::CString;
