@@ -134,7 +134,11 @@ impl StateError {
 
 impl fmt::Display for StateError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "device state rejected ({:?}): {}", self.kind, self.message)
+        write!(
+            f,
+            "device state rejected ({:?}): {}",
+            self.kind, self.message
+        )
     }
 }
 
@@ -167,7 +171,9 @@ impl<'a> StateWriter<'a> {
     /// Writes the header of a stream for backend `kind` (ASCII, at most [`MAX_KIND`] bytes).
     pub fn new(out: &'a mut dyn Write, kind: &str) -> io::Result<Self> {
         if kind.len() > MAX_KIND || !kind.is_ascii() {
-            return Err(invalid(format!("backend kind {kind:?} is not a short ASCII name")));
+            return Err(invalid(format!(
+                "backend kind {kind:?} is not a short ASCII name"
+            )));
         }
         let mut header = Vec::with_capacity(16 + kind.len());
         header.extend_from_slice(&MAGIC);

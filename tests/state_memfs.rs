@@ -165,7 +165,11 @@ fn refused(state: &[u8], capacity: u64, kind: StateErrorKind) {
     let before = (dump(&dst), dst.usage());
     let r = dst.load_state(&mut &state[..]);
     assert_eq!(state_kind(r), Some(kind));
-    assert_eq!((dump(&dst), dst.usage()), before, "refused load changed the fs");
+    assert_eq!(
+        (dump(&dst), dst.usage()),
+        before,
+        "refused load changed the fs"
+    );
     assert_eq!(read_at(&dst, ino, fh, 0, 8).ok(), Some(b"kept".to_vec()));
     let (n, nfh) = create(&dst, ROOT_ID, "after");
     write_at(&dst, n, nfh, 0, b"usable").expect("still usable");
@@ -191,8 +195,16 @@ fn a_corrupt_byte_is_refused_and_changes_nothing() {
 #[test]
 fn a_truncated_stream_is_refused_and_changes_nothing() {
     let state = sample_state();
-    refused(&state[..state.len() / 2], 64 << 20, StateErrorKind::Truncated);
-    refused(&state[..state.len() - 1], 64 << 20, StateErrorKind::Truncated);
+    refused(
+        &state[..state.len() / 2],
+        64 << 20,
+        StateErrorKind::Truncated,
+    );
+    refused(
+        &state[..state.len() - 1],
+        64 << 20,
+        StateErrorKind::Truncated,
+    );
 }
 
 #[test]

@@ -27,9 +27,7 @@ fn held_inodes_and_handles_carry_over() {
     let src = fs(root);
     let a = lookup(&src, ROOT_ID, "a").expect("lookup a");
     let b = lookup(&src, a, "b.txt").expect("lookup b");
-    let (fh, _, _) = src
-        .open(&ctx(), b, libc::O_RDWR as u32, 0)
-        .expect("open");
+    let (fh, _, _) = src.open(&ctx(), b, libc::O_RDWR as u32, 0).expect("open");
     let fh = fh.expect("handle");
     write_at(&src, b, fh, 2, b"AB").expect("write");
     let (c, cfh) = create(&src, a, "c.txt");
@@ -55,7 +53,10 @@ fn held_inodes_and_handles_carry_over() {
         std::fs::read(root.join("a/b.txt")).expect("host read"),
         b"01AB45678Z"
     );
-    assert_eq!(read_at(&dst, c, cfh, 0, 64).ok(), Some(b"new file".to_vec()));
+    assert_eq!(
+        read_at(&dst, c, cfh, 0, 64).ok(),
+        Some(b"new file".to_vec())
+    );
     // The restored file handle was not opened with O_TRUNC or O_CREAT effects.
     assert_eq!(std::fs::read(root.join("a/c.txt")).expect("c"), b"new file");
     // The directory handle lists.
@@ -68,9 +69,7 @@ fn held_inodes_and_handles_carry_over() {
     dst.forget(&ctx(), b, 2);
     assert_eq!(errno(attrs(&dst, b)), Some(libc::EBADF));
     // New handles do not collide with restored ones.
-    let (fh2, _, _) = dst
-        .open(&ctx(), c, libc::O_RDONLY as u32, 0)
-        .expect("open");
+    let (fh2, _, _) = dst.open(&ctx(), c, libc::O_RDONLY as u32, 0).expect("open");
     assert!(fh2.expect("handle") > dfh.max(fh).max(cfh));
 }
 
@@ -97,13 +96,17 @@ fn files_deleted_or_replaced_on_the_host_become_per_inode_errors() {
     };
     let (gone_fh, kept_fh) = (open(gone), open(kept));
     let state = save(&src);
-    let old_ino = std::fs::metadata(root.join("replaced")).expect("stat").ino();
+    let old_ino = std::fs::metadata(root.join("replaced"))
+        .expect("stat")
+        .ino();
 
     std::fs::remove_file(root.join("gone")).expect("rm");
     std::fs::remove_file(root.join("replaced")).expect("rm");
     std::fs::write(root.join("replaced"), b"another file").expect("write");
     assert_ne!(
-        std::fs::metadata(root.join("replaced")).expect("stat").ino(),
+        std::fs::metadata(root.join("replaced"))
+            .expect("stat")
+            .ino(),
         old_ino,
         "the source still holds the old file open, so the number cannot be reused"
     );
@@ -120,11 +123,17 @@ fn files_deleted_or_replaced_on_the_host_become_per_inode_errors() {
     assert_eq!(errno(read_at(&dst, gone, gone_fh, 0, 8)), Some(libc::EBADF));
     // The rest works.
     assert_eq!(attrs(&dst, kept).ok(), attrs(&src, kept).ok());
-    assert_eq!(read_at(&dst, kept, kept_fh, 0, 8).ok(), Some(b"kept".to_vec()));
+    assert_eq!(
+        read_at(&dst, kept, kept_fh, 0, 8).ok(),
+        Some(b"kept".to_vec())
+    );
     // The new file under the old name is a new inode, never served under the old id.
     let again = lookup(&dst, ROOT_ID, "replaced").expect("lookup");
     assert_ne!(again, replaced);
-    assert_eq!(lookup(&dst, ROOT_ID, "dir2").ok(), lookup(&dst, ROOT_ID, "dir2").ok());
+    assert_eq!(
+        lookup(&dst, ROOT_ID, "dir2").ok(),
+        lookup(&dst, ROOT_ID, "dir2").ok()
+    );
 }
 
 /// A hand-made stream: the root, then `(parent record, name, host file for identity)`.
@@ -193,9 +202,7 @@ fn damaged_streams_are_refused_and_change_nothing() {
     std::fs::write(root.join("f"), b"data").expect("write");
     let src = fs(root);
     let f = lookup(&src, ROOT_ID, "f").expect("lookup");
-    let (fh, _, _) = src
-        .open(&ctx(), f, libc::O_RDONLY as u32, 0)
-        .expect("open");
+    let (fh, _, _) = src.open(&ctx(), f, libc::O_RDONLY as u32, 0).expect("open");
     let state = save(&src);
     let mut corrupt = state.clone();
     let mid = state.len() / 2;
@@ -211,7 +218,10 @@ fn damaged_streams_are_refused_and_change_nothing() {
         assert_eq!(state_kind(dst.load_state(&mut &bad[..])), Some(kind));
         assert_eq!((dst.inode_count(), dst.open_handles()), (1, 0));
         assert_eq!(errno(attrs(&dst, f)), Some(libc::EBADF));
-        assert_eq!(errno(read_at(&dst, f, fh.unwrap_or(1), 0, 4)), Some(libc::EBADF));
+        assert_eq!(
+            errno(read_at(&dst, f, fh.unwrap_or(1), 0, 4)),
+            Some(libc::EBADF)
+        );
         assert!(lookup(&dst, ROOT_ID, "f").is_ok(), "still usable");
     }
 }

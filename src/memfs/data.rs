@@ -87,8 +87,7 @@ impl FileData {
     /// (no pages, at most [`SMALL_FILE_MAX`] bytes, within the size).
     pub(crate) fn restore_small(&mut self, bytes: &[u8]) -> bool {
         let n = bytes.len() as u64;
-        if !self.pages.is_empty() || !self.small.is_empty() || n > SMALL_FILE_MAX || n > self.size
-        {
+        if !self.pages.is_empty() || !self.small.is_empty() || n > SMALL_FILE_MAX || n > self.size {
             return false;
         }
         self.small = bytes.into();

@@ -176,8 +176,7 @@ impl Dir {
     /// Restores one entry of a snapshot with its cookie. Entries come in cookie order;
     /// `false` if the cookie is out of order or the name is taken.
     pub(crate) fn restore_entry(&mut self, cookie: u64, name: &[u8], ino: u64) -> bool {
-        if cookie < self.next_cookie || ino == 0 || !self.has_room() || self.get(name).is_some()
-        {
+        if cookie < self.next_cookie || ino == 0 || !self.has_room() || self.get(name).is_some() {
             return false;
         }
         self.next_cookie = cookie;

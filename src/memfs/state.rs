@@ -165,7 +165,9 @@ fn save_node(
 ) -> io::Result<()> {
     // The data lock before the metadata lock, the order every path follows.
     let file = node.file().map(|f| f.read());
-    let dir = node.dir().map(|d| (d.parent.load(Ordering::Acquire), d.entries.read()));
+    let dir = node
+        .dir()
+        .map(|d| (d.parent.load(Ordering::Acquire), d.entries.read()));
     {
         let m = node.meta.lock();
         e.clear()
@@ -369,7 +371,11 @@ impl<'f> Loader<'f> {
             {
                 Body::Special
             }
-            _ => return Err(invalid(format!("inode {ino}: mode {mode:o} and body disagree"))),
+            _ => {
+                return Err(invalid(format!(
+                    "inode {ino}: mode {mode:o} and body disagree"
+                )))
+            }
         };
         if ino == ROOT_ID && kind != B_DIR {
             return Err(invalid("the root is not a directory"));
@@ -552,7 +558,9 @@ impl<'f> Loader<'f> {
                     .get(&cur)
                     .and_then(|n| n.dir())
                     .map(|d| d.parent.load(Ordering::Relaxed))
-                    .ok_or_else(|| invalid(format!("directory {cur} has a non-directory parent")))?;
+                    .ok_or_else(|| {
+                        invalid(format!("directory {cur} has a non-directory parent"))
+                    })?;
                 cur = parent;
             }
             for p in path {

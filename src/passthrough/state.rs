@@ -337,8 +337,8 @@ impl PassthroughFs {
     ) -> io::Result<(Arc<InodeData>, Option<Arc<OwnedFd>>)> {
         let mut found: Option<(Arc<InodeData>, CString, Arc<OwnedFd>)> = None;
         if rec.parent != NO_PARENT {
-            let name = CString::new(rec.name.clone())
-                .map_err(|_| invalid("a name with a NUL byte"))?;
+            let name =
+                CString::new(rec.name.clone()).map_err(|_| invalid("a name with a NUL byte"))?;
             if crate::name::validate(&name).is_err() || is_internal(&rec.name) {
                 return Err(invalid(format!(
                     "name {:?} would leave the share or is not a guest name",
@@ -416,7 +416,12 @@ impl PassthroughFs {
 
 /// Re-opens a saved handle on a verified inode's descriptor; `None` if the inode was not
 /// found again or the open fails (the handle is then unknown: `EBADF`).
-fn reopen_handle(inode: &Arc<InodeData>, fd: Option<&OwnedFd>, dir: bool, flags: i32) -> Option<Handle> {
+fn reopen_handle(
+    inode: &Arc<InodeData>,
+    fd: Option<&OwnedFd>,
+    dir: bool,
+    flags: i32,
+) -> Option<Handle> {
     let fd = fd?;
     if dir {
         if inode.host_type != S_IFDIR {

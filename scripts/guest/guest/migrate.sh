@@ -44,7 +44,7 @@ fi
 
 exec 3<>data
 gen 0 200 synced >&3
-fsync data || fail fsync "fsync data"
+sync data || fail fsync "sync data"
 gen 200 400 unsynced >&3
 gen 0 200 synced > /tmp/want
 gen 200 400 unsynced >> /tmp/want
