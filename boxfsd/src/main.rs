@@ -148,7 +148,7 @@ mod linux {
 
         /// Start the in-memory filesystem (--memfs-size) with the content of a snapshot that
         /// --snapshot-file (SIGUSR1, `PUT /snapshot`) wrote.
-        #[arg(long, value_name = "FILE", requires = "memfs_size")]
+        #[arg(long, value_name = "FILE")]
         memfs_from: Option<PathBuf>,
 
         /// Where SIGUSR1 and the API's `PUT /snapshot` write the served filesystem's state
@@ -932,6 +932,8 @@ mod linux {
                 .is_some_and(|u| u.starts_with("memfs:"))
         {
             Some("--memfs-max-inodes needs --memfs-size or --upper memfs:SIZE")
+        } else if args.memfs_from.is_some() && args.memfs_size.is_none() {
+            Some("--memfs-from needs --memfs-size (the capacity of the restored share)")
         } else if args.shared_file.is_none() && args.guest_path.is_some() {
             // (clap's `requires` does not catch this once another backend is given.)
             Some("--guest-path needs --shared-file")
