@@ -58,6 +58,17 @@
 //! lookup+getattr at 27k pairs/s with polling against 11k without (virtiofsd: 10k) on a 2-core
 //! VM. The cost is up to one poll period of CPU after each burst, on request queues only.
 //!
+//! # Snapshots and migration
+//!
+//! The device offers vhost-user's device-state interface (`VHOST_USER_PROTOCOL_F_DEVICE_STATE`)
+//! and dirty-page logging (`VHOST_F_LOG_ALL`), so a VMM can save, restore and live-migrate the
+//! guest: with the queues stopped it collects the FUSE session and the filesystem's
+//! [`save_state`](crate::DynFileSystem::save_state) in a versioned, checksummed stream, and a
+//! device started with the same filesystem configuration loads it and serves the guest on
+//! without a new INIT. A stream that does not load leaves the device refusing requests.
+//! [`save_snapshot`] and [`load_snapshot`] write and read the same format without a VMM.
+//! `docs/attach.md` has the QEMU command lines.
+//!
 //! # Stopping
 //!
 //! [`DeviceHandle::stop`] ends the device at any time: it stops accepting, disconnects a VMM

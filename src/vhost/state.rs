@@ -307,7 +307,7 @@ fn decode_header(r: &mut (impl Read + ?Sized)) -> io::Result<Option<InitParams>>
     r.read_exact(&mut len).map_err(truncated)?;
     let len = u32::from_le_bytes(len);
     // A newer version may append fields; version 1 has exactly these.
-    if len < HEADER_V1_LEN || len > 4096 {
+    if !(HEADER_V1_LEN..=4096).contains(&len) {
         return Err(invalid(&format!("device header of {len} bytes")));
     }
     let mut h = vec![0u8; len as usize];
@@ -555,10 +555,10 @@ mod tests {
 
     fn stream(payload: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
-        write_preamble(&mut out).unwrap();
+        write_preamble(&mut out).expect("ok");
         let mut w = FrameWriter::new(&mut out);
-        w.write_all(payload).unwrap();
-        let n = w.finish().unwrap();
+        w.write_all(payload).expect("ok");
+        let n = w.finish().expect("ok");
         assert_eq!(n as usize, out.len());
         out
     }
@@ -576,8 +576,8 @@ mod tests {
     fn round_trip_over_several_frames() {
         let payload: Vec<u8> = (0..(3 * MAX_FRAME + 17)).map(|i| (i * 7) as u8).collect();
         let s = stream(&payload);
-        assert_eq!(read_all(&s).unwrap(), payload);
-        assert_eq!(read_all(&stream(b"")).unwrap(), b"");
+        assert_eq!(read_all(&s).expect("ok"), payload);
+        assert_eq!(read_all(&stream(b"")).expect("ok"), b"");
     }
 
     #[test]
@@ -601,7 +601,7 @@ mod tests {
     fn newer_version_is_rejected() {
         let mut s = stream(b"x");
         s[8..12].copy_from_slice(&(FORMAT_VERSION + 1).to_le_bytes());
-        let e = read_all(&s).unwrap_err();
+        let e = read_all(&s).expect_err("must fail");
         assert!(e.to_string().contains("version"), "{e}");
     }
 
@@ -615,7 +615,7 @@ mod tests {
         };
         for init in [None, Some(p)] {
             let h = encode_header(init);
-            assert_eq!(decode_header(&mut &h[..]).unwrap(), init);
+            assert_eq!(decode_header(&mut &h[..]).expect("ok"), init);
         }
     }
 }
