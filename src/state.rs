@@ -237,6 +237,7 @@ impl<'a> StateWriter<'a> {
         NestedWriter {
             outer: self,
             buf: Vec::with_capacity(CHUNK),
+            written: 0,
         }
     }
 
@@ -265,9 +266,15 @@ impl<'a> StateWriter<'a> {
 pub struct NestedWriter<'w, 'a> {
     outer: &'w mut StateWriter<'a>,
     buf: Vec<u8>,
+    written: u64,
 }
 
 impl NestedWriter<'_, '_> {
+    /// Bytes of the nested stream written so far (0: the nested filesystem wrote nothing).
+    pub fn bytes(&self) -> u64 {
+        self.written
+    }
+
     fn emit(&mut self) -> io::Result<()> {
         if !self.buf.is_empty() {
             let buf = std::mem::take(&mut self.buf);
@@ -290,6 +297,7 @@ impl Write for NestedWriter<'_, '_> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         let n = data.len().min(CHUNK - self.buf.len());
         self.buf.extend_from_slice(&data[..n]);
+        self.written += n as u64;
         if self.buf.len() == CHUNK {
             self.emit()?;
         }
@@ -326,8 +334,6 @@ pub struct StateReader<'a> {
     version: u16,
     buf: Vec<u8>,
     ended: bool,
-    /// A record read ahead by [`StateReader::peek_tag`].
-    peeked: Option<u16>,
 }
 
 fn read_full(input: &mut dyn Read, buf: &mut [u8], what: &str) -> io::Result<()> {
@@ -393,7 +399,6 @@ impl<'a> StateReader<'a> {
             version,
             buf: Vec::new(),
             ended: false,
-            peeked: None,
         })
     }
 
@@ -404,9 +409,6 @@ impl<'a> StateReader<'a> {
 
     /// Reads the next record into the buffer; returns its tag.
     fn advance(&mut self) -> io::Result<u16> {
-        if let Some(tag) = self.peeked.take() {
-            return Ok(tag);
-        }
         if self.ended {
             return Err(StateError::io(
                 StateErrorKind::Corrupt,
@@ -488,6 +490,10 @@ impl<'a> StateReader<'a> {
 
     /// Reads the end record, which must come next.
     pub fn expect_end(&mut self) -> io::Result<()> {
+        if self.ended {
+            // Already read and verified by a final nested section.
+            return Ok(());
+        }
         match self.next_record()? {
             None => Ok(()),
             Some(r) => Err(StateError::io(
@@ -506,6 +512,22 @@ impl<'a> StateReader<'a> {
             pos: 0,
             len: 0,
             done: false,
+            then_end: false,
+        }
+    }
+
+    /// A reader for the nested stream that ends this stream: the next record after it must
+    /// be the end record, and the reader verifies it (count and stream checksum) as soon as
+    /// the nested stream's last byte has been read, before handing that byte out. A nested
+    /// filesystem's `load_state`, which reads its own end record last and only then commits,
+    /// therefore fails (and changes nothing) if anything after it is missing or damaged.
+    pub fn nested_final(&mut self) -> NestedReader<'_, 'a> {
+        NestedReader {
+            outer: self,
+            pos: 0,
+            len: 0,
+            done: false,
+            then_end: true,
         }
     }
 }
@@ -516,9 +538,49 @@ pub struct NestedReader<'r, 'a> {
     pos: usize,
     len: usize,
     done: bool,
+    /// The outer stream's end record follows (see [`StateReader::nested_final`]).
+    then_end: bool,
 }
 
 impl NestedReader<'_, '_> {
+    /// Whether the nested stream is empty (the nested filesystem carried no state). Reads
+    /// ahead one record; what it read is still delivered by `read`.
+    pub fn is_empty(&mut self) -> io::Result<bool> {
+        self.fill()?;
+        Ok(self.pos == self.len)
+    }
+
+    /// Makes the next chunk current if the current one is used up; at the end, leaves
+    /// `pos == len` with `done` set.
+    fn fill(&mut self) -> io::Result<()> {
+        while self.pos == self.len && !self.done {
+            match self.outer.advance()? {
+                NESTED_CHUNK => {
+                    self.pos = 0;
+                    self.len = self.outer.buf.len();
+                }
+                NESTED_END => {
+                    self.done = true;
+                    self.pos = 0;
+                    self.len = 0;
+                    if self.then_end && self.outer.advance()? != END {
+                        return Err(StateError::io(
+                            StateErrorKind::Corrupt,
+                            "records after the last nested state",
+                        ));
+                    }
+                }
+                tag => {
+                    return Err(StateError::io(
+                        StateErrorKind::Corrupt,
+                        format!("record tag {tag:#x} inside a nested state"),
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Checks that the nested stream was read to its [`NESTED_END`] record (nothing of it
     /// left unread).
     pub fn finish(mut self) -> io::Result<()> {
@@ -535,31 +597,21 @@ impl NestedReader<'_, '_> {
 
 impl Read for NestedReader<'_, '_> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        while self.pos == self.len {
-            if self.done || out.is_empty() {
-                return Ok(0);
-            }
-            match self.outer.advance()? {
-                NESTED_CHUNK => {
-                    self.pos = 0;
-                    self.len = self.outer.buf.len();
-                }
-                NESTED_END => {
-                    self.done = true;
-                    self.pos = 0;
-                    self.len = 0;
-                }
-                tag => {
-                    return Err(StateError::io(
-                        StateErrorKind::Corrupt,
-                        format!("record tag {tag:#x} inside a nested state"),
-                    ))
-                }
-            }
+        if out.is_empty() {
+            return Ok(0);
+        }
+        self.fill()?;
+        if self.pos == self.len {
+            return Ok(0);
         }
         let n = out.len().min(self.len - self.pos);
         out[..n].copy_from_slice(&self.outer.buf[self.pos..self.pos + n]);
         self.pos += n;
+        if self.then_end && self.pos == self.len {
+            // Verify what follows before the last bytes are handed out (see
+            // `StateReader::nested_final`).
+            self.fill()?;
+        }
         Ok(n)
     }
 }
@@ -763,10 +815,12 @@ mod tests {
         let crc = crc32fast::hash(&bad[..11 + klen]);
         bad[11 + klen..15 + klen].copy_from_slice(&crc.to_le_bytes());
         assert_eq!(kind_of(read_all(&bad)), Some(StateErrorKind::Version));
-        let e = read_all(&bad).err().expect("error");
+        let e = read_all(&bad).expect_err("error");
         assert_eq!(errno_of(&e), libc::EPROTONOSUPPORT);
         let mut input = &sample()[..];
-        let e = StateReader::new(&mut input, "other").err().expect("kind");
+        let Err(e) = StateReader::new(&mut input, "other") else {
+            panic!("a state of another kind was accepted");
+        };
         assert_eq!(
             StateError::of(&e).map(|s| s.kind),
             Some(StateErrorKind::Mismatch)
@@ -817,6 +871,48 @@ mod tests {
         assert_eq!(got, inner_data);
         assert_eq!(r.expect_record("after").map(|x| x.tag).ok(), Some(2));
         r.expect_end().expect("end");
+    }
+
+    #[test]
+    fn a_final_nested_section_verifies_the_end_before_its_last_byte() {
+        let mut out = Vec::new();
+        let mut w = StateWriter::new(&mut out, "outer").expect("header");
+        {
+            let mut n = w.nested();
+            let mut iw = StateWriter::new(&mut n, "inner").expect("inner header");
+            iw.record(1, b"inner").expect("inner record");
+            iw.finish().expect("inner end");
+            n.finish().expect("nested end");
+        }
+        w.finish().expect("end");
+        let read_inner = |bytes: &[u8]| -> io::Result<()> {
+            let mut input = bytes;
+            let mut r = StateReader::new(&mut input, "outer")?;
+            {
+                let mut n = r.nested_final();
+                let mut ir = StateReader::new(&mut n, "inner")?;
+                while ir.next_record()?.is_some() {}
+            }
+            r.expect_end()
+        };
+        read_inner(&out).expect("intact");
+        // Damage after the nested section: the inner reader fails on its own end record,
+        // before its filesystem would commit.
+        let last = out.len() - 1;
+        let mut bad = out.clone();
+        bad[last] ^= 1;
+        assert_eq!(
+            read_inner(&bad)
+                .err()
+                .and_then(|e| StateError::of(&e).map(|s| s.kind)),
+            Some(StateErrorKind::Corrupt)
+        );
+        assert_eq!(
+            read_inner(&out[..out.len() - 22])
+                .err()
+                .and_then(|e| StateError::of(&e).map(|s| s.kind)),
+            Some(StateErrorKind::Truncated)
+        );
     }
 
     #[test]

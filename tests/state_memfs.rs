@@ -1,6 +1,8 @@
 //! MemFs device state: save from a used filesystem, load into a fresh one, and the guest
 //! continues where it was; damaged or oversized states are refused and change nothing.
 
+#![allow(clippy::unnecessary_cast)]
+
 mod state_common;
 
 use std::time::Instant;
@@ -322,4 +324,74 @@ fn measure_256_mib_memfs() {
     std::fs::remove_file(&path).expect("cleanup");
     assert_eq!(dst.usage().bytes_used, fs.usage().bytes_used);
     eprintln!("FIGURE memfs 256 MiB: state {size} bytes, save {save:?}, load {load:?}");
+}
+
+/// A hand-made MemFs stream: directories `(ino, parent)` and root entries `(name, ino)`.
+fn crafted(dirs: &[(u64, u64)], entries: &[(&[u8], u64)]) -> Vec<u8> {
+    use boxfs::state::{Encoder, StateWriter};
+    let mut out = Vec::new();
+    let mut w = StateWriter::new(&mut out, "memfs").expect("header");
+    let mut e = Encoder::new();
+    e.u64(100).u64(1);
+    w.record(1, e.as_slice()).expect("counters");
+    for &(ino, parent) in dirs {
+        e.clear()
+            .u64(ino)
+            .u8(1)
+            .u64(1)
+            .u32(libc::S_IFDIR as u32 | 0o755)
+            .u32(0)
+            .u32(0)
+            .u32(2)
+            .u32(0);
+        for _ in 0..3 {
+            e.i64(0).u32(0);
+        }
+        e.u8(1).u64(parent).u64(3 + entries.len() as u64);
+        w.record(2, e.as_slice()).expect("node");
+        if ino == ROOT_ID {
+            for (i, (name, target)) in entries.iter().enumerate() {
+                e.clear().u64(3 + i as u64).u64(*target).bytes(name);
+                w.record(6, e.as_slice()).expect("dirent");
+            }
+        }
+    }
+    w.finish().expect("end");
+    out
+}
+
+#[test]
+fn crafted_inconsistent_trees_are_refused() {
+    // The well-formed baseline loads.
+    let good = crafted(&[(ROOT_ID, ROOT_ID), (2, ROOT_ID)], &[(b"d", 2)]);
+    let fs = memfs(1 << 20);
+    fs.load_state(&mut &good[..])
+        .expect("a consistent crafted tree loads");
+    assert_eq!(lookup(&fs, ROOT_ID, "d").ok(), Some(2));
+    for (what, bad) in [
+        // Directories whose parents form a cycle never reach the root.
+        ("cycle", crafted(&[(ROOT_ID, ROOT_ID), (2, 3), (3, 2)], &[])),
+        (
+            "dangling entry",
+            crafted(&[(ROOT_ID, ROOT_ID)], &[(b"x", 42)]),
+        ),
+        (
+            "dot-dot name",
+            crafted(&[(ROOT_ID, ROOT_ID), (2, ROOT_ID)], &[(b"..", 2)]),
+        ),
+        (
+            "slash name",
+            crafted(&[(ROOT_ID, ROOT_ID), (2, ROOT_ID)], &[(b"a/b", 2)]),
+        ),
+        ("no root", crafted(&[(2, 2)], &[])),
+    ] {
+        let fs = memfs(1 << 20);
+        let before = dump(&fs);
+        assert_eq!(
+            state_kind(fs.load_state(&mut &bad[..])),
+            Some(StateErrorKind::Invalid),
+            "{what}"
+        );
+        assert_eq!(dump(&fs), before, "{what}");
+    }
 }

@@ -262,3 +262,37 @@ fn measure_10000_held_inodes() {
         state.len()
     );
 }
+
+#[test]
+fn a_file_the_guest_unlinked_while_open_becomes_an_error_and_the_rest_restores() {
+    let tmp = tempdir();
+    let root = tmp.path();
+    std::fs::write(root.join("doomed"), b"temporary").expect("write");
+    std::fs::create_dir(root.join("dir")).expect("mkdir");
+    std::fs::write(root.join("dir/kept"), b"kept").expect("write");
+    let src = fs(root);
+    let doomed = lookup(&src, ROOT_ID, "doomed").expect("lookup");
+    let (dfh, _, _) = src
+        .open(&ctx(), doomed, libc::O_RDONLY as u32, 0)
+        .expect("open");
+    let dfh = dfh.expect("handle");
+    src.unlink(&ctx(), ROOT_ID, &c("doomed")).expect("unlink");
+    // Still readable on the source through its handle.
+    assert_eq!(
+        read_at(&src, doomed, dfh, 0, 64).ok(),
+        Some(b"temporary".to_vec())
+    );
+    let dir = lookup(&src, ROOT_ID, "dir").expect("lookup");
+    let kept = lookup(&src, dir, "kept").expect("lookup");
+    let state = save(&src);
+
+    let dst = fs(root);
+    dst.load_state(&mut &state[..]).expect("load");
+    assert_eq!(errno(attrs(&dst, doomed)), Some(libc::ESTALE));
+    assert_eq!(errno(read_at(&dst, doomed, dfh, 0, 8)), Some(libc::EBADF));
+    assert_eq!(attrs(&dst, kept).ok(), attrs(&src, kept).ok());
+    assert_eq!(dst.inode_count(), src.inode_count());
+    // The guest forgets the dead node like any other.
+    dst.forget(&ctx(), doomed, 1);
+    assert_eq!(dst.inode_count(), src.inode_count() - 1);
+}

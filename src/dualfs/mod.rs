@@ -78,6 +78,7 @@ mod file_ops;
 mod metadata;
 mod node;
 mod policy;
+mod state;
 mod whiteout;
 mod xattr_ops;
 
@@ -902,6 +903,3 @@ impl FileSystem for DualFs {
             .setlkw(ctx, ino, fh, owner, lock, flags)
     }
 }
-
-/// Device state: not carried yet (the default hooks answer `EOPNOTSUPP`).
-impl crate::DynFileSystem for DualFs {}

@@ -126,6 +126,37 @@ impl Shared {
         self.origins.lock().remove(&a);
     }
 
+    /// Every copy-up origin (A inode, guest id) and the next large id (for a state snapshot).
+    pub fn origins_snapshot(&self) -> (Vec<(u64, u64)>, u64) {
+        let mut v: Vec<_> = self
+            .origins
+            .lock()
+            .iter()
+            .map(|(a, id)| (*a, *id))
+            .collect();
+        v.sort_unstable();
+        (v, self.next_big.load(Ordering::Relaxed))
+    }
+
+    /// Installs restored origins and the next large id, and re-indexes `nodes` by their
+    /// layers (the index is rebuilt from scratch).
+    pub fn restore(&self, origins: Vec<(u64, u64)>, next_big: u64, nodes: &[Arc<Node>]) {
+        *self.origins.lock() = origins.into_iter().collect();
+        self.next_big.store(next_big, Ordering::Relaxed);
+        for shard in &self.index {
+            shard.lock().clear();
+        }
+        for n in nodes {
+            let l = n.layers();
+            if let Some(a) = l.a {
+                self.alias((Layer::A, a), n);
+            }
+            if let Some(b) = l.b {
+                self.alias((Layer::B, b), n);
+            }
+        }
+    }
+
     /// Forgets every origin (see `DualFs::destroy`).
     pub fn clear_origins(&self) {
         self.origins.lock().clear();
@@ -271,8 +302,12 @@ impl NodeTable {
         }
     }
 
+    fn shard_index(id: u64) -> usize {
+        (id.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 60) as usize % SHARDS
+    }
+
     fn shard(&self, id: u64) -> &RwLock<HashMap<u64, Arc<Node>>> {
-        &self.shards[(id.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 60) as usize % SHARDS]
+        &self.shards[Self::shard_index(id)]
     }
 
     pub fn get(&self, id: u64) -> Option<Arc<Node>> {
@@ -332,5 +367,27 @@ impl NodeTable {
 
     pub fn len(&self) -> usize {
         self.shards.iter().map(|s| s.read().len()).sum()
+    }
+
+    /// Every node the guest holds (for a state snapshot).
+    pub fn all(&self) -> Vec<Arc<Node>> {
+        self.shards
+            .iter()
+            .flat_map(|s| s.read().values().cloned().collect::<Vec<_>>())
+            .collect()
+    }
+
+    /// Replaces every node with `nodes` (their lookup counts already set), returning the
+    /// old ones.
+    pub fn replace_all(&self, nodes: Vec<Arc<Node>>) -> Vec<Arc<Node>> {
+        let mut old = Vec::new();
+        let mut guards: Vec<_> = self.shards.iter().map(|s| s.write()).collect();
+        for g in guards.iter_mut() {
+            old.extend(g.drain().map(|(_, n)| n));
+        }
+        for n in nodes {
+            guards[Self::shard_index(n.id)].insert(n.id, n);
+        }
+        old
     }
 }

@@ -1145,5 +1145,18 @@ fn check_access(ctx: &Context, st: &stat64, mask: u32) -> io::Result<()> {
     }
 }
 
-/// Device state: not carried yet (the default hooks answer `EOPNOTSUPP`).
-impl crate::DynFileSystem for VolumeFs {}
+/// Device state: the mount table, the volumes' id maps, and every volume's own state (see
+/// `volumes/state.rs`).
+impl crate::DynFileSystem for VolumeFs {
+    /// Writes the mount table and every volume's state (volumes that cannot carry state get
+    /// an empty section).
+    fn save_state(&self, out: &mut dyn io::Write) -> io::Result<()> {
+        self.save_state_impl(out)
+    }
+
+    /// Restores a saved state into a VolumeFs with the same mount table (same paths, slots
+    /// and generations); a different table is refused before anything changes.
+    fn load_state(&self, input: &mut dyn io::Read) -> io::Result<()> {
+        self.load_state_impl(input)
+    }
+}

@@ -967,5 +967,13 @@ impl FileSystem for HookFs {
     }
 }
 
-/// Device state: not carried yet (the default hooks answer `EOPNOTSUPP`).
-impl crate::DynFileSystem for HookFs {}
+/// Device state: the wrapped filesystem's (the hook itself keeps no guest-visible state).
+impl crate::DynFileSystem for HookFs {
+    fn save_state(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        self.inner.save_state(out)
+    }
+
+    fn load_state(&self, input: &mut dyn std::io::Read) -> std::io::Result<()> {
+        self.inner.load_state(input)
+    }
+}

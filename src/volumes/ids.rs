@@ -109,6 +109,41 @@ impl Overflow {
         }
     }
 
+    /// Every mapping (local index, backend id, references) and the last index handed out
+    /// (for a state snapshot).
+    pub(super) fn snapshot(&self) -> (Vec<(u64, u64, u64)>, u64) {
+        let m = self.maps.read();
+        let mut v: Vec<_> = m.fwd.iter().map(|(l, (i, r))| (*l, *i, *r)).collect();
+        v.sort_unstable();
+        (v, m.next)
+    }
+
+    /// Replaces every mapping with restored ones; `false` (nothing changed) if they are not
+    /// a valid map (indices out of range or repeated, ids repeated).
+    pub(super) fn restore(&self, entries: &[(u64, u64, u64)], next: u64) -> bool {
+        let mut fresh = Maps {
+            next,
+            ..Maps::default()
+        };
+        if next >= INDIRECT {
+            return false;
+        }
+        for &(local, inner, refs) in entries {
+            let idx = local & !INDIRECT;
+            if local & INDIRECT == 0
+                || local > LOCAL_MASK
+                || idx == 0
+                || idx > next
+                || fresh.fwd.insert(local, (inner, refs)).is_some()
+                || fresh.rev.insert(inner, local).is_some()
+            {
+                return false;
+            }
+        }
+        *self.maps.write() = fresh;
+        true
+    }
+
     /// Number of mapped ids.
     #[cfg(test)]
     pub(super) fn len(&self) -> usize {

@@ -82,6 +82,7 @@ mod fs_impl;
 mod hook;
 mod ids;
 mod pattern;
+mod state;
 mod virtual_file;
 
 pub use hook::{Answer, Hook, HookFs, Op, Request, Verdict};

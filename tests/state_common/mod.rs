@@ -1,6 +1,6 @@
 //! Helpers shared by the device-state tests: guest-like operations on any backend, and a
 //! dump of everything a guest can observe of a tree.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unnecessary_cast)]
 
 use std::ffi::CString;
 use std::io;
@@ -131,10 +131,13 @@ pub fn attrs(fs: &dyn DynFileSystem, ino: u64) -> io::Result<Vec<i128>> {
     ])
 }
 
+/// One object as a guest observes it: path, attributes, xattrs, content.
+pub type Observed = (String, Vec<i128>, Vec<(Vec<u8>, Vec<u8>)>, Vec<u8>);
+
 /// Everything a guest observes of the tree under `dir`: per path, attributes, xattrs, and
 /// content (file bytes, link target or the sorted names of a directory). Takes and gives
 /// back lookups, so the filesystem's own counts are unchanged.
-pub fn dump(fs: &dyn DynFileSystem) -> Vec<(String, Vec<i128>, Vec<(Vec<u8>, Vec<u8>)>, Vec<u8>)> {
+pub fn dump(fs: &dyn DynFileSystem) -> Vec<Observed> {
     let mut out = Vec::new();
     walk(fs, ROOT_ID, "", &mut out);
     out
@@ -154,12 +157,7 @@ fn xattrs(fs: &dyn DynFileSystem, ino: u64) -> Vec<(Vec<u8>, Vec<u8>)> {
     v
 }
 
-fn walk(
-    fs: &dyn DynFileSystem,
-    ino: u64,
-    path: &str,
-    out: &mut Vec<(String, Vec<i128>, Vec<(Vec<u8>, Vec<u8>)>, Vec<u8>)>,
-) {
+fn walk(fs: &dyn DynFileSystem, ino: u64, path: &str, out: &mut Vec<Observed>) {
     let a = attrs(fs, ino).expect("getattr");
     let kind = a[1] as u32 & libc::S_IFMT as u32;
     let xa = xattrs(fs, ino);
