@@ -442,9 +442,8 @@ impl Qmp {
         let start = Instant::now();
         loop {
             let r = self.cmd("query-migrate", None);
-            match r["status"].as_str() {
-                Some("completed" | "failed" | "cancelled") => return r,
-                _ => {}
+            if let Some("completed" | "failed" | "cancelled") = r["status"].as_str() {
+                return r;
             }
             assert!(start.elapsed() < PHASE, "migration did not end: {r}");
             std::thread::sleep(Duration::from_millis(100));
@@ -563,7 +562,7 @@ fn run(case: Case) {
     vm1.wait_exit();
     let (d1_clean, d1_log) = d1.finish();
     let _ = fs::copy(
-        &d1_log_path(&run_dir, "src-boxfsd"),
+        d1_log_path(&run_dir, "src-boxfsd"),
         guest_log(&label, "src-boxfsd.log"),
     );
     let _ = fs::copy(&vm1.log, guest_log(&label, "src-console.log"));
