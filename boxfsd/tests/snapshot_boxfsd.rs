@@ -151,7 +151,18 @@ fn sigusr1_writes_a_snapshot_that_memfs_from_restores() {
 }
 
 fn api(api: &Path, method: &str, target: &str, body: &str) -> (u16, String) {
-    let mut s = std::os::unix::net::UnixStream::connect(api).expect("connect api");
+    // The socket file exists from bind(), a moment before listen().
+    let deadline = Instant::now() + HANG_GUARD;
+    let mut s = loop {
+        match std::os::unix::net::UnixStream::connect(api) {
+            Ok(s) => break s,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("connect {}: {e}", api.display()),
+        }
+    };
     s.set_read_timeout(Some(HANG_GUARD)).unwrap();
     write!(
         s,
