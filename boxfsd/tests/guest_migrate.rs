@@ -75,6 +75,9 @@ struct Case {
     held: u32,
     /// MiB of random data the guest writes into `fill`.
     fill_mib: u32,
+    /// Between save and restore the host deletes `other`, which the guest holds open: that
+    /// inode must fail, and nothing else (PassthroughFs snapshots only).
+    host_change: bool,
 }
 
 #[test]
@@ -85,6 +88,7 @@ fn guest_migrate_snapshot_memfs() {
         mode: Mode::Snapshot,
         held: 100,
         fill_mib: 256,
+        host_change: false,
     });
 }
 
@@ -96,6 +100,19 @@ fn guest_migrate_snapshot_passthrough() {
         mode: Mode::Snapshot,
         held: 10_000,
         fill_mib: 0,
+        host_change: false,
+    });
+}
+
+#[test]
+#[ignore = "needs QEMU; run by scripts/test.sh"]
+fn guest_migrate_snapshot_passthrough_host_changed() {
+    run(Case {
+        backend: Backend::Passthrough,
+        mode: Mode::Snapshot,
+        held: 10,
+        fill_mib: 0,
+        host_change: true,
     });
 }
 
@@ -107,6 +124,7 @@ fn guest_migrate_snapshot_overlay() {
         mode: Mode::Snapshot,
         held: 100,
         fill_mib: 16,
+        host_change: false,
     });
 }
 
@@ -118,6 +136,7 @@ fn guest_migrate_live_memfs() {
         mode: Mode::Live,
         held: 10,
         fill_mib: 0,
+        host_change: false,
     });
 }
 
@@ -129,6 +148,7 @@ fn guest_migrate_live_passthrough() {
         mode: Mode::Live,
         held: 10,
         fill_mib: 0,
+        host_change: false,
     });
 }
 
@@ -514,6 +534,10 @@ fn run(case: Case) {
     if case.mode == Mode::Live {
         params.push("boxfs.mode=live".into());
     }
+    if case.host_change {
+        assert_eq!(case.backend, Backend::Passthrough);
+        params.push("boxfs.changed=1".into());
+    }
 
     let d1 = Daemon::start(&args, &run_dir, "src-boxfsd");
     let mut vm1 = Vm::start(&d1, &run_dir, "src-qemu", &params, None);
@@ -574,6 +598,9 @@ fn run(case: Case) {
     let saved = state_figure(&d1_log, "saved")
         .unwrap_or_else(|| panic!("[{label}] no 'device state saved' in the source log"));
 
+    if case.host_change {
+        fs::remove_file(share.join("mig/other")).expect("delete mig/other on the host");
+    }
     let (d2, mut vm2) = match (d2, vm2.take()) {
         (Some(d), Some(v)) => (d, v),
         _ => {
@@ -654,6 +681,11 @@ fn run(case: Case) {
     if case.mode == Mode::Live {
         want.push("live_lines");
     }
+    want.push(if case.host_change {
+        "changed_file_error"
+    } else {
+        "other_file"
+    });
     for w in want {
         assert!(
             passes
