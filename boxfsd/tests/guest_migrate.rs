@@ -516,6 +516,10 @@ fn run(case: Case) {
             chown(d, Some(DAEMON_ID), Some(DAEMON_ID)).expect("chown");
         }
     }
+    let _logs = KeepLogs {
+        dir: run_dir.clone(),
+        label: label.clone(),
+    };
     fs::write(lower.join("from-lower.txt"), "lower layer\n").expect("lower file");
     let args: Vec<String> = match case.backend {
         Backend::MemFs => vec!["--memfs-size".into(), "1G".into()],
@@ -709,6 +713,91 @@ fn run(case: Case) {
             got == expect,
             "[{label}] host file differs from what the guest wrote"
         );
+    }
+}
+
+/// A VM saved to a file whose boxfs device state is then damaged (one bit flipped inside the
+/// stream, found by its magic): the destination's `CHECK_DEVICE_STATE` fails, QEMU abandons
+/// the incoming migration, and the destination daemon reports the bad stream.
+#[test]
+#[ignore = "needs QEMU; run by scripts/test.sh"]
+fn guest_migrate_corrupt_state_is_rejected() {
+    let _serial = GUEST_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::Builder::new()
+        .prefix("boxfs-migrate-")
+        .tempdir()
+        .expect("tempdir");
+    let run_dir = tmp.path().join("run");
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    fs::create_dir(&run_dir).expect("mkdir");
+    if is_root() {
+        chown(&run_dir, Some(DAEMON_ID), Some(DAEMON_ID)).expect("chown");
+    }
+    let args = vec!["--memfs-size".to_string(), "256M".to_string()];
+    let params = vec!["boxfs.held=10".to_string(), "boxfs.fill_mib=1".to_string()];
+    let d1 = Daemon::start(&args, &run_dir, "src-boxfsd");
+    let mut vm1 = Vm::start(&d1, &run_dir, "src-qemu", &params, None);
+    vm1.wait_line("BOXFS-MIGRATE: ready", "the guest's ready line");
+    let mut q1 = Qmp::connect(&vm1.qmp);
+    let state_file = run_dir.join("vm.state");
+    let uri = format!("exec:cat > {}", state_file.display());
+    q1.cmd("migrate", Some(json!({ "uri": uri })));
+    let r = q1.wait_migration();
+    assert_eq!(r["status"], "completed", "{r}");
+    q1.cmd("quit", None);
+    vm1.wait_exit();
+    let _ = d1.finish();
+
+    let mut bytes = fs::read(&state_file).expect("state file");
+    let at = bytes
+        .windows(8)
+        .position(|w| w == b"BOXFSDEV")
+        .expect("the boxfs device state inside QEMU's stream");
+    // Past the preamble and the first frame's length: inside the checksummed payload.
+    bytes[at + 40] ^= 0x04;
+    fs::write(&state_file, bytes).expect("write damaged state");
+
+    let d2 = Daemon::start(&args, &run_dir, "dst-boxfsd");
+    let uri = format!("exec:cat {}", state_file.display());
+    let mut vm2 = Vm::start(&d2, &run_dir, "dst-qemu", &params, Some(&uri));
+    // QEMU exits when an incoming migration fails; the guest never runs.
+    vm2.wait_exit();
+    let console = vm2.console();
+    assert!(
+        !console.contains("BOXFS-MIGRATE: resumed"),
+        "the guest ran on a damaged state"
+    );
+    assert!(
+        console.contains("back-end state"),
+        "QEMU did not report the device's load error:\n{}",
+        tail(&console, 20)
+    );
+    let (_, log) = d2.finish();
+    assert!(
+        log.contains("loading the device state failed") && log.contains("checksum"),
+        "destination daemon log:\n{}",
+        tail(&log, 20)
+    );
+}
+
+/// Copies the daemons' and consoles' logs to `target/guest/logs/` when the test ends, also
+/// when it fails (before the temporary directory goes).
+struct KeepLogs {
+    dir: PathBuf,
+    label: String,
+}
+
+impl Drop for KeepLogs {
+    fn drop(&mut self) {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".log") || name.ends_with(".console") {
+                let _ = fs::copy(e.path(), guest_log(&self.label, &name));
+            }
+        }
     }
 }
 
