@@ -661,3 +661,56 @@ fn submit_write(c: &mut FuseClient, h: &Held, offset: u64, data: &[u8]) -> u16 {
     let req = vmm::request(16, unique, h.file, &[w.as_slice(), data]);
     c.vmm.submit(1, &[vmm::Seg::R(req), vmm::Seg::W(256)])
 }
+
+/// `GET_VRING_BASE` (the VMM stopping a queue before it saves the device) waits for the
+/// requests already taken from that queue: when it returns, their replies are in the used
+/// ring. Otherwise a request in flight at the stop would be answered after the VMM's last pass
+/// over guest memory, and the migrated guest would wait for it forever.
+///
+/// An fsync is held in the filesystem; a thread stops the queues. Without the wait the stop
+/// returns at once, with the fsync unanswered, and the test fails. With it the stop blocks:
+/// the gate is opened once the stop has been pending a while (2 s, only so the test ends;
+/// on a machine too slow to even send the stop by then the check passes without testing).
+#[test]
+fn queue_stop_waits_for_requests_in_flight() {
+    use vmm::testfs::Gate;
+    let gate = Arc::new(Gate::default());
+    let fs = Arc::new(TestFs {
+        inner: Arc::new(MemFs::builder().build().expect("memfs")),
+        fsync_gate: Some(gate.clone()),
+    });
+    let src = device(fs);
+    let mut c = client(&src.sock);
+    c.init().expect("init");
+    let (e, o) = c
+        .create(ROOT_ID, "f", 0o644, libc::O_RDWR as u32)
+        .expect("create");
+    let f = fuse_backend_rs::abi::fuse_abi::FsyncIn {
+        fh: o.fh,
+        fsync_flags: 0,
+        padding: 0,
+    };
+    let unique = c.next_unique();
+    let req = {
+        use vm_memory::ByteValued;
+        vmm::request(20, unique, e.nodeid, &[f.as_slice()])
+    };
+    let head = c.vmm.submit(1, &[vmm::Seg::R(req), vmm::Seg::W(64)]);
+    gate.wait_entered(1, Duration::from_secs(60));
+    let stopper = std::thread::spawn(move || {
+        c.vmm.stop_queues().expect("stop");
+        // Looked at right after the stop returned, without waiting.
+        let answered = c.vmm.wait(1, head, Duration::ZERO).is_some();
+        (c, answered)
+    });
+    let started = std::time::Instant::now();
+    while !stopper.is_finished() && started.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    gate.open();
+    let (_c, answered) = stopper.join().expect("stopper");
+    assert!(
+        answered,
+        "GET_VRING_BASE returned with a request of the queue still unanswered"
+    );
+}

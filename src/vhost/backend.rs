@@ -11,7 +11,7 @@ use vhost::vhost_user::message::{
     VhostTransferStateDirection, VhostTransferStatePhase, VhostUserProtocolFeatures,
     VhostUserVirtioFeatures,
 };
-use vhost_user_backend::{VhostUserBackend, VringMutex, VringT};
+use vhost_user_backend::{VhostUserBackend, VringT};
 use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::bindings::virtio_ring::{
     VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
@@ -31,8 +31,8 @@ use crate::SharedFs;
 
 /// Guest memory shared with the vhost-user handler.
 pub(crate) type Gm = GuestMemoryAtomic<Mem>;
-/// One virtqueue.
-pub(crate) type Vring = VringMutex<Gm>;
+/// One virtqueue (its stop waits for the requests taken from it).
+pub(crate) type Vring = super::state::QuiescingVring;
 
 /// Length of the tag field in the virtio-fs config space.
 pub(crate) const TAG_LEN: usize = 36;
@@ -158,6 +158,7 @@ impl FsBackend {
                         // Counted while the queue is locked, so a VMM that stopped the queue
                         // (GET_VRING_BASE) and then asks for the state finds them counted.
                         self.core.inflight.fetch_add(chains.len(), Ordering::AcqRel);
+                        vring.taken(chains.len());
                         chains
                     }
                     Err(e) => {
@@ -289,6 +290,7 @@ fn serve_one(core: &DeviceCore, vring: &Vring, mem: &Mem, chain: Chain, event_id
             }
         }
     }
+    vring.answered();
     core.inflight.fetch_sub(1, Ordering::AcqRel);
 }
 

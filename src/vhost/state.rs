@@ -33,7 +33,7 @@
 
 use std::fs::File;
 use std::io::{self, BufReader, Read, Write};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -41,9 +41,131 @@ use std::time::{Duration, Instant};
 use fuse_backend_rs::api::filesystem::FsOptions;
 use parking_lot::Mutex;
 use vhost::vhost_user::message::{VhostTransferStateDirection, VhostTransferStatePhase};
+use vhost_user_backend::{VringMutex, VringStateGuard, VringStateMutGuard, VringT};
+use virtio_queue::Error as VirtQueError;
 
-use super::backend::DeviceCore;
+use super::backend::{DeviceCore, Gm};
 use super::session::InitParams;
+
+/// A virtqueue whose stop (`GET_VRING_BASE`) waits for the requests already taken from it.
+///
+/// vhost-user-backend answers `GET_VRING_BASE` with the queue's next available index as soon
+/// as it has marked the queue not ready; a request taken before that may still be served on a
+/// vring thread or in the worker pool. Its reply (and used-ring entry) would then land after
+/// the VMM read the queue state, and for a migration after the VMM's last pass over guest
+/// memory: the destination would never answer it. So the stop waits (up to
+/// [`DRAIN_TIMEOUT`]) until every request taken from this queue was answered.
+#[derive(Clone)]
+pub(crate) struct QuiescingVring {
+    inner: VringMutex<Gm>,
+    /// Requests taken from this queue and not answered yet.
+    inflight: Arc<AtomicUsize>,
+}
+
+impl QuiescingVring {
+    /// `n` requests were taken from the queue (call with the queue locked).
+    pub(crate) fn taken(&self, n: usize) {
+        self.inflight.fetch_add(n, Ordering::AcqRel);
+    }
+
+    /// One request was answered (its used-ring entry written).
+    pub(crate) fn answered(&self) {
+        self.inflight.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    fn wait_idle(&self) {
+        let deadline = Instant::now() + DRAIN_TIMEOUT;
+        while self.inflight.load(Ordering::Acquire) != 0 {
+            if Instant::now() >= deadline {
+                tracing::warn!(
+                    "a request taken from a stopped queue is still not answered after 60 s"
+                );
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+impl<'a> VringStateGuard<'a, Gm> for QuiescingVring {
+    type G = <VringMutex<Gm> as VringStateGuard<'a, Gm>>::G;
+}
+
+impl<'a> VringStateMutGuard<'a, Gm> for QuiescingVring {
+    type G = <VringMutex<Gm> as VringStateMutGuard<'a, Gm>>::G;
+}
+
+impl VringT<Gm> for QuiescingVring {
+    fn new(mem: Gm, max_queue_size: u16) -> Result<Self, VirtQueError> {
+        Ok(QuiescingVring {
+            inner: VringMutex::new(mem, max_queue_size)?,
+            inflight: Arc::default(),
+        })
+    }
+    fn get_ref(&self) -> <Self as VringStateGuard<'_, Gm>>::G {
+        self.inner.get_ref()
+    }
+    fn get_mut(&self) -> <Self as VringStateMutGuard<'_, Gm>>::G {
+        self.inner.get_mut()
+    }
+    fn add_used(&self, desc_index: u16, len: u32) -> Result<(), VirtQueError> {
+        self.inner.add_used(desc_index, len)
+    }
+    fn signal_used_queue(&self) -> io::Result<()> {
+        self.inner.signal_used_queue()
+    }
+    fn enable_notification(&self) -> Result<bool, VirtQueError> {
+        self.inner.enable_notification()
+    }
+    fn disable_notification(&self) -> Result<(), VirtQueError> {
+        self.inner.disable_notification()
+    }
+    fn needs_notification(&self) -> Result<bool, VirtQueError> {
+        self.inner.needs_notification()
+    }
+    fn set_enabled(&self, enabled: bool) {
+        self.inner.set_enabled(enabled)
+    }
+    fn set_queue_info(&self, desc: u64, avail: u64, used: u64) -> Result<(), VirtQueError> {
+        self.inner.set_queue_info(desc, avail, used)
+    }
+    fn queue_next_avail(&self) -> u16 {
+        // GET_VRING_BASE: the queue is not ready any more (nothing new is taken); wait for
+        // what was taken before. Without the queue lock: the workers need it to answer.
+        self.wait_idle();
+        self.inner.queue_next_avail()
+    }
+    fn set_queue_next_avail(&self, base: u16) {
+        self.inner.set_queue_next_avail(base)
+    }
+    fn set_queue_next_used(&self, idx: u16) {
+        self.inner.set_queue_next_used(idx)
+    }
+    fn queue_used_idx(&self) -> Result<u16, VirtQueError> {
+        self.inner.queue_used_idx()
+    }
+    fn set_queue_size(&self, num: u16) {
+        self.inner.set_queue_size(num)
+    }
+    fn set_queue_event_idx(&self, enabled: bool) {
+        self.inner.set_queue_event_idx(enabled)
+    }
+    fn set_queue_ready(&self, ready: bool) {
+        self.inner.set_queue_ready(ready)
+    }
+    fn set_kick(&self, file: Option<File>) {
+        self.inner.set_kick(file)
+    }
+    fn read_kick(&self) -> io::Result<bool> {
+        self.inner.read_kick()
+    }
+    fn set_call(&self, file: Option<File>) {
+        self.inner.set_call(file)
+    }
+    fn set_err(&self, file: Option<File>) {
+        self.inner.set_err(file)
+    }
+}
 
 /// Magic at the start of every device-state stream.
 const MAGIC: &[u8; 8] = b"BOXFSDEV";
