@@ -60,7 +60,7 @@ fn use_fs(fs: &MemFs) -> Used {
         fs.release(&ctx(), ino, 0, fh, false, false, None)
             .expect("release");
     }
-    let mut st: boxfs::stat64 = unsafe_zeroed();
+    let (mut st, _) = fs.getattr(&ctx(), file, None).expect("getattr");
     st.st_uid = 1234;
     st.st_gid = 99;
     fs.setattr(
@@ -91,11 +91,6 @@ fn use_fs(fs: &MemFs) -> Used {
     }
 }
 
-fn unsafe_zeroed() -> boxfs::stat64 {
-    // SAFETY: stat64 is a plain C struct; all-zero bytes are a valid value.
-    unsafe { std::mem::zeroed() }
-}
-
 #[test]
 fn a_fresh_memfs_continues_where_the_saved_one_was() {
     let src = memfs(64 << 20);
@@ -111,6 +106,11 @@ fn a_fresh_memfs_continues_where_the_saved_one_was() {
         assert_eq!(attrs(&dst, ino).ok(), attrs(&src, ino).ok(), "inode {ino}");
     }
     assert_eq!(attrs(&dst, u.big).expect("big")[2], 2, "hard link count");
+    assert_eq!(
+        attrs(&dst, u.file).expect("file")[3..5],
+        [1234, 99],
+        "ownership"
+    );
     // The open file handle reads and writes.
     assert_eq!(
         read_at(&dst, u.file, u.file_fh, 0, 64).ok(),

@@ -41,7 +41,10 @@ impl PassthroughFs {
     }
 
     fn dir_handle(&self, id: u64, fh: u64) -> io::Result<Arc<Handle>> {
-        let h = self.handles.get(fh).ok_or_else(|| errno(libc::EBADF))?;
+        let h = self
+            .handles
+            .get(fh)
+            .ok_or_else(|| self.handles.missing(fh, id))?;
         if h.inode.id != id || !matches!(h.kind, HandleKind::Dir(_)) {
             return Err(errno(libc::EBADF));
         }
@@ -173,6 +176,9 @@ impl PassthroughFs {
     }
 
     pub(crate) fn do_releasedir(&self, id: u64, fh: u64) -> io::Result<()> {
+        if self.handles.release_dead(fh, id) {
+            return Ok(());
+        }
         self.dir_handle(id, fh)?;
         self.handles.remove(fh);
         Ok(())

@@ -234,6 +234,9 @@ impl PassthroughFs {
     }
 
     pub(crate) fn do_release(&self, id: u64, fh: u64) -> io::Result<()> {
+        if self.handles.release_dead(fh, id) {
+            return Ok(());
+        }
         self.file_handle(id, fh)?;
         self.handles.remove(fh);
         Ok(())

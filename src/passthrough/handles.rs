@@ -31,6 +31,9 @@ pub(crate) struct HandleTable {
     map: RwLock<HashMap<u64, Arc<Handle>>>,
     next: AtomicU64,
     limit: usize,
+    /// Handles of a restored state whose file was not found again: number → node id. They
+    /// answer `ESTALE` until the guest releases them.
+    dead: Mutex<HashMap<u64, u64>>,
 }
 
 impl HandleTable {
@@ -39,6 +42,7 @@ impl HandleTable {
             map: RwLock::new(HashMap::default()),
             next: AtomicU64::new(1),
             limit,
+            dead: Mutex::new(HashMap::default()),
         }
     }
 
@@ -76,9 +80,11 @@ impl HandleTable {
         (v, self.next.load(Ordering::Relaxed))
     }
 
-    /// Installs restored handles under their numbers; later handles are numbered from
-    /// `next` on. Called on an empty table.
-    pub fn restore(&self, handles: Vec<(u64, Handle)>, next: u64) {
+    /// Installs restored handles under their numbers, and the numbers of handles that could
+    /// not be re-opened (`dead`: number, node id); later handles are numbered from `next` on.
+    /// Called on an empty table.
+    pub fn restore(&self, handles: Vec<(u64, Handle)>, dead: Vec<(u64, u64)>, next: u64) {
+        *self.dead.lock() = dead.into_iter().collect();
         let mut map = self.map.write();
         for (id, h) in handles {
             h.inode.open_handles.fetch_add(1, Ordering::Relaxed);
@@ -86,6 +92,28 @@ impl HandleTable {
         }
         let next = self.next.load(Ordering::Relaxed).max(next);
         self.next.store(next, Ordering::Relaxed);
+    }
+
+    /// The error for handle `fh` of node `inode` that is not in the table: `ESTALE` for a
+    /// restored handle whose file was not found again, `EBADF` otherwise.
+    pub fn missing(&self, fh: u64, inode: u64) -> std::io::Error {
+        let code = if self.dead.lock().get(&fh) == Some(&inode) {
+            libc::ESTALE
+        } else {
+            libc::EBADF
+        };
+        std::io::Error::from_raw_os_error(code)
+    }
+
+    /// Releases a dead handle (see [`missing`](Self::missing)); `true` if it was one.
+    pub fn release_dead(&self, fh: u64, inode: u64) -> bool {
+        let mut dead = self.dead.lock();
+        if dead.get(&fh) == Some(&inode) {
+            dead.remove(&fh);
+            true
+        } else {
+            false
+        }
     }
 
     /// Most handles open at once.
@@ -99,6 +127,7 @@ impl HandleTable {
 
     /// Removes every handle and returns them, so they are closed outside the lock.
     pub fn take_all(&self) -> HashMap<u64, Arc<Handle>> {
+        self.dead.lock().clear();
         let all = std::mem::take(&mut *self.map.write());
         for h in all.values() {
             h.inode.open_handles.fetch_sub(1, Ordering::Relaxed);

@@ -30,7 +30,10 @@ pub(crate) fn kill_priv(mode: u32) -> u32 {
 impl PassthroughFs {
     /// The open file handle `fh` if it belongs to `inode`.
     pub(crate) fn file_handle(&self, inode: u64, fh: u64) -> io::Result<Arc<Handle>> {
-        let h = self.handles.get(fh).ok_or_else(|| errno(libc::EBADF))?;
+        let h = self
+            .handles
+            .get(fh)
+            .ok_or_else(|| self.handles.missing(fh, inode))?;
         if h.inode.id != inode || !matches!(h.kind, HandleKind::File(_)) {
             return Err(errno(libc::EBADF));
         }

@@ -26,8 +26,8 @@
 //!
 //! A file that is missing or is not the recorded one becomes a per-inode error: its node id
 //! answers `ESTALE` (as an inode whose file the host replaced does today), and so do the
-//! inodes below it; its open handles are not restored (`EBADF`). Everything else restores,
-//! and the load succeeds. The same holds for inodes the guest had removed but still held
+//! inodes below it and its open handles (until the guest releases them). Everything else
+//! restores, and the load succeeds. The same holds for inodes the guest had removed but still held
 //! (unlinked while open): their data was only reachable through a descriptor, which cannot
 //! be carried.
 //!
@@ -217,7 +217,8 @@ impl PassthroughFs {
         self.do_destroy();
         root.lookups.store(built.root_lookups, Ordering::Relaxed);
         self.inodes.restore(built.inodes, built.next_private);
-        self.handles.restore(built.handles, built.next_fh);
+        self.handles
+            .restore(built.handles, built.dead, built.next_fh);
         if built.stale > 0 {
             tracing::warn!(
                 stale = built.stale,
@@ -238,6 +239,7 @@ impl PassthroughFs {
         let mut b = Built {
             inodes: Vec::new(),
             handles: Vec::new(),
+            dead: Vec::new(),
             root_lookups: 1,
             next_private: 0,
             next_fh: 1,
@@ -306,8 +308,9 @@ impl PassthroughFs {
                             "more open handles than this PassthroughFs may hold",
                         ));
                     }
-                    if let Some(h) = reopen_handle(inode, fd.as_deref(), dir, flags) {
-                        b.handles.push((fh, h));
+                    match reopen_handle(inode, fd.as_deref(), dir, flags) {
+                        Some(h) => b.handles.push((fh, h)),
+                        None => b.dead.push((fh, inode.id)),
                     }
                 }
                 t => return Err(invalid(format!("unknown PassthroughFs record tag {t}"))),
@@ -415,7 +418,7 @@ impl PassthroughFs {
 }
 
 /// Re-opens a saved handle on a verified inode's descriptor; `None` if the inode was not
-/// found again or the open fails (the handle is then unknown: `EBADF`).
+/// found again or the open fails (the handle then answers `ESTALE`).
 fn reopen_handle(
     inode: &Arc<InodeData>,
     fd: Option<&OwnedFd>,
@@ -452,6 +455,8 @@ struct Built {
     /// Inodes for the table, and whether their file was found again.
     inodes: Vec<(Arc<InodeData>, bool)>,
     handles: Vec<(u64, Handle)>,
+    /// Handles not re-opened (their file was not found again): number, node id.
+    dead: Vec<(u64, u64)>,
     root_lookups: u64,
     next_private: u64,
     next_fh: u64,
