@@ -440,28 +440,49 @@ impl Qmp {
     }
 
     fn cmd(&mut self, name: &str, args: Option<Value>) -> Value {
+        self.try_cmd(name, args)
+            .unwrap_or_else(|e| panic!("QMP {name}: {e}"))
+    }
+
+    /// A command; `Err` if QEMU closed the connection (it exited).
+    fn try_cmd(&mut self, name: &str, args: Option<Value>) -> std::io::Result<Value> {
         let mut m = json!({ "execute": name });
         if let Some(a) = args {
             m["arguments"] = a;
         }
-        writeln!(self.w, "{m}").expect("QMP write");
+        writeln!(self.w, "{m}")?;
         loop {
-            let r = self.read();
+            let mut line = String::new();
+            if self.r.read_line(&mut line)? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            let r: Value =
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("QMP {name}: {e}: {line:?}"));
             if r.get("event").is_some() {
                 continue;
             }
             if let Some(e) = r.get("error") {
                 panic!("QMP {name}: {e}");
             }
-            return r["return"].clone();
+            return Ok(r["return"].clone());
         }
     }
 
-    /// Polls `query-migrate` until the migration ends; returns its last answer.
-    fn wait_migration(&mut self) -> Value {
+    /// Polls `query-migrate` until the migration ends; returns its last answer. A QEMU that
+    /// exits meanwhile is reported (with its status and console) as the answer's `status`.
+    fn wait_migration(&mut self, vm: &mut Vm) -> Value {
         let start = Instant::now();
         loop {
-            let r = self.cmd("query-migrate", None);
+            let r = match self.try_cmd("query-migrate", None) {
+                Ok(r) => r,
+                Err(e) => {
+                    let status = vm.child.wait().map(|s| s.to_string());
+                    return json!({
+                        "status": format!("QEMU gone ({e}), exit status {status:?}"),
+                        "console": tail(&vm.console(), 10),
+                    });
+                }
+            };
             if let Some("completed" | "failed" | "cancelled") = r["status"].as_str() {
                 return r;
             }
@@ -556,7 +577,7 @@ fn run(case: Case) {
         Mode::Snapshot => {
             let uri = format!("exec:cat > {}", state_file.display());
             q1.cmd("migrate", Some(json!({ "uri": uri })));
-            let r = q1.wait_migration();
+            let r = q1.wait_migration(&mut vm1);
             (None, None, r)
         }
         Mode::Live => {
@@ -567,7 +588,7 @@ fn run(case: Case) {
             // The destination listens once its QMP socket is up.
             let _ = Qmp::connect(&vm2.qmp);
             q1.cmd("migrate", Some(json!({ "uri": uri })));
-            let r = q1.wait_migration();
+            let r = q1.wait_migration(&mut vm1);
             (Some(d2), Some(vm2), r)
         }
     };
@@ -586,7 +607,22 @@ fn run(case: Case) {
     }
     let downtime = result["downtime"].as_u64().unwrap_or_default();
     let total = result["total-time"].as_u64().unwrap_or_default();
-    q1.cmd("quit", None);
+    match vm1.child.try_wait() {
+        Ok(None) => {
+            q1.cmd("quit", None);
+        }
+        Ok(Some(status)) => {
+            say(&format!(
+                "[{label}] the source QEMU exited by itself after the migration: {status}"
+            ));
+            assert!(
+                status.success(),
+                "[{label}] the source QEMU failed after the migration: {status}\n{}",
+                tail(&vm1.console(), 20)
+            );
+        }
+        Err(e) => panic!("wait for QEMU: {e}"),
+    }
     vm1.wait_exit();
     let (d1_clean, d1_log) = d1.finish();
     let _ = fs::copy(
@@ -742,7 +778,7 @@ fn guest_migrate_corrupt_state_is_rejected() {
     let state_file = run_dir.join("vm.state");
     let uri = format!("exec:cat > {}", state_file.display());
     q1.cmd("migrate", Some(json!({ "uri": uri })));
-    let r = q1.wait_migration();
+    let r = q1.wait_migration(&mut vm1);
     assert_eq!(r["status"], "completed", "{r}");
     q1.cmd("quit", None);
     vm1.wait_exit();
