@@ -462,6 +462,10 @@ fn handle(volumes: Option<&Api>, fleet: Option<&Arc<Registry>>, mut req: tiny_ht
                     .map_err(|e| Error(500, e))
             }
             (_, Some(_), "/metrics") => Err(Error(405, "use GET".into())),
+            (_, _, "/snapshot") if method == Method::Put => crate::snapshot::api_put(&body)
+                .map(|json| (200, json))
+                .map_err(|(status, msg)| Error(status, msg)),
+            (_, _, "/snapshot") => Err(Error(405, "use PUT".into())),
             (_, Some(reg), p) if p == "/devices" || p.starts_with("/devices/") => {
                 reg.route(&method, p, &body).map_err(Error::from)
             }

@@ -37,6 +37,8 @@ mod metrics;
 #[cfg(target_os = "linux")]
 mod plan;
 #[cfg(target_os = "linux")]
+#[cfg(target_os = "linux")]
+mod snapshot;
 mod spec;
 
 #[cfg(target_os = "linux")]
@@ -61,7 +63,7 @@ mod linux {
 
     use std::ffi::CString;
 
-    use crate::{api, devices, plan, spec};
+    use crate::{api, devices, plan, snapshot, spec};
 
     use boxfs::filemount::{default_runtime_dir, FileMount, FileMountOptions, FileMounts};
     use boxfs::memfs::MemFs;
@@ -147,6 +149,18 @@ mod linux {
         /// Serve an in-memory filesystem (MemFs) of this capacity instead, e.g. 512M, 2G.
         #[arg(long, value_name = "SIZE")]
         memfs_size: Option<Size>,
+
+        /// Start the in-memory filesystem (--memfs-size) with the content of a snapshot that
+        /// --snapshot-file (SIGUSR1, `PUT /snapshot`) wrote.
+        #[arg(long, value_name = "FILE")]
+        memfs_from: Option<PathBuf>,
+
+        /// Where SIGUSR1 and the API's `PUT /snapshot` write the served filesystem's state
+        /// (an in-memory share's whole content); its directory is opened at start, so this
+        /// works in the sandbox. `PUT /snapshot {"path":"NAME"}` writes NAME in the same
+        /// directory.
+        #[arg(long, value_name = "FILE")]
+        snapshot_file: Option<PathBuf>,
 
         /// Overlay: read-only lower host directory (DualFs backend B). Needs --upper.
         #[arg(long, value_name = "DIR", requires = "upper")]
@@ -580,11 +594,11 @@ mod linux {
             )?));
         }
         let size = args.memfs_size.ok_or("no backend given")?;
-        Ok(Arc::new(memfs(
-            args,
-            size.bytes(),
-            &spec::Limits::default(),
-        )?))
+        let fs = memfs(args, size.bytes(), &spec::Limits::default())?;
+        if let Some(from) = &args.memfs_from {
+            snapshot::restore(&fs, from)?;
+        }
+        Ok(Arc::new(fs))
     }
 
     /// Capacity of the default root of a volume table: an in-memory filesystem holding only
@@ -881,7 +895,7 @@ mod linux {
             (None, Some(t)) => t.vfs.clone() as Arc<dyn DynFileSystem>,
             (None, None) => build_fs(args)?,
         };
-        let mut builder = FsDevice::builder(fs)
+        let mut builder = FsDevice::builder(fs.clone())
             .request_queues(args.request_queues)
             .thread_pool_size(args.thread_pool_size)
             .dispatch(args.dispatch)
@@ -906,6 +920,12 @@ mod linux {
             Some(path) => Some(api::bind(path)?),
             None => None,
         };
+        if let Some(file) = &args.snapshot_file {
+            let target = table
+                .as_ref()
+                .map_or_else(|| fs.clone(), |t| t.root.clone());
+            snapshot::install(file, target)?;
+        }
         if sandbox {
             boxfs::sandbox::enter_namespace().map_err(|e| match e {
                 boxfs::Error::Unsupported(why) => format!(
@@ -1162,6 +1182,8 @@ mod linux {
                 .is_some_and(|u| u.starts_with("memfs:"))
         {
             Some("--memfs-max-inodes needs --memfs-size or --upper memfs:SIZE")
+        } else if args.memfs_from.is_some() && args.memfs_size.is_none() {
+            Some("--memfs-from needs --memfs-size (the capacity of the restored share)")
         } else if args.shared_file.is_none() && args.guest_path.is_some() {
             // (clap's `requires` does not catch this once another backend is given.)
             Some("--guest-path needs --shared-file")
@@ -1194,6 +1216,7 @@ mod linux {
             signal_hook::consts::SIGINT,
             signal_hook::consts::SIGHUP,
         ]);
+        let usr1 = snapshot::signals(args.snapshot_file.is_some());
         let (handle, file_share, table) = match start(&args) {
             Ok((h, share, table)) => (Arc::new(h), share, table),
             Err(e) => {
@@ -1271,6 +1294,7 @@ mod linux {
             None => tracing::info!("serving {what} on inherited fd"),
         }
 
+        snapshot::serve_signals(usr1);
         match signals {
             Ok(mut signals) => {
                 let h = Arc::clone(&handle);

@@ -22,7 +22,7 @@ use boxfs::passthrough::PassthroughFs;
 use boxfs::vhost::fuzzing::{FuzzOutcome, QueueLayout, RequestHarness};
 use boxfs::{DynFileSystem, SizeExt};
 use fuse_backend_rs::abi::fuse_abi::{InHeader, InitIn, InitIn2};
-use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemory, GuestMemoryMmap};
+use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemory};
 
 /// Descriptor flags (virtio 1.x, 2.7.5).
 pub const F_NEXT: u16 = 1;
@@ -49,7 +49,7 @@ pub const MAX_QUEUE: u16 = 256;
 /// Guest memory shared by all iterations of a target.
 pub struct Guest {
     /// The memory.
-    pub mem: Arc<GuestMemoryMmap<()>>,
+    pub mem: Arc<boxfs::vhost::fuzzing::FuzzMemory>,
 }
 
 impl Default for Guest {
@@ -61,7 +61,7 @@ impl Default for Guest {
 impl Guest {
     /// Maps the two regions.
     pub fn new() -> Guest {
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[
+        let mem = boxfs::vhost::fuzzing::FuzzMemory::from_ranges(&[
             (GuestAddress(REGION0.0), REGION0.1 as usize),
             (GuestAddress(REGION1.0), REGION1.1 as usize),
         ])

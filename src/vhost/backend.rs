@@ -7,8 +7,11 @@ use std::sync::Arc;
 
 use fuse_backend_rs::api::server::Server;
 use parking_lot::RwLock;
-use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost_user_backend::{VhostUserBackend, VringMutex, VringT};
+use vhost::vhost_user::message::{
+    VhostTransferStateDirection, VhostTransferStatePhase, VhostUserProtocolFeatures,
+    VhostUserVirtioFeatures,
+};
+use vhost_user_backend::{VhostUserBackend, VringT};
 use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::bindings::virtio_ring::{
     VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
@@ -28,8 +31,8 @@ use crate::SharedFs;
 
 /// Guest memory shared with the vhost-user handler.
 pub(crate) type Gm = GuestMemoryAtomic<Mem>;
-/// One virtqueue.
-pub(crate) type Vring = VringMutex<Gm>;
+/// One virtqueue (its stop waits for the requests taken from it).
+pub(crate) type Vring = super::state::QuiescingVring;
 
 /// Length of the tag field in the virtio-fs config space.
 pub(crate) const TAG_LEN: usize = 36;
@@ -76,6 +79,10 @@ pub(crate) struct DeviceCore {
     pub(crate) poll: std::time::Duration,
     pub(crate) request_queues: usize,
     pub(crate) queue_size: usize,
+    /// Requests taken from a queue and not answered yet (a state save waits for none).
+    pub(crate) inflight: AtomicUsize,
+    /// The device-state transfer (snapshots, migration).
+    pub(crate) state: super::state::StateSlot,
 }
 
 /// The backend of one vhost-user connection.
@@ -161,7 +168,14 @@ impl FsBackend {
                     }
                 }
                 match state.get_queue_mut().iter(Arc::clone(&mem)) {
-                    Ok(iter) => iter.collect(),
+                    Ok(iter) => {
+                        let chains: Vec<Chain> = iter.collect();
+                        // Counted while the queue is locked, so a VMM that stopped the queue
+                        // (GET_VRING_BASE) and then asks for the state finds them counted.
+                        self.core.inflight.fetch_add(chains.len(), Ordering::AcqRel);
+                        vring.taken(chains.len());
+                        chains
+                    }
                     Err(e) => {
                         rate_limited_warn(&self.core, &format!("queue {queue}: {e}"));
                         return;
@@ -318,17 +332,21 @@ fn serve_one(
             rate_limited_warn(core, &format!("dropped descriptor chain {head}: {reason}"));
         }
     }
-    let mut state = vring.get_mut();
-    if let Err(e) = state.add_used(head, outcome.used_len()) {
-        rate_limited_warn(core, &format!("cannot return descriptor chain {head}: {e}"));
-        return;
-    }
-    let notify = !event_idx || state.needs_notification().unwrap_or(true);
-    if notify {
-        if let Err(e) = state.signal_used_queue() {
-            tracing::debug!("cannot signal the guest: {e}");
+    {
+        let mut state = vring.get_mut();
+        if let Err(e) = state.add_used(head, outcome.used_len()) {
+            rate_limited_warn(core, &format!("cannot return descriptor chain {head}: {e}"));
+        } else {
+            let notify = !event_idx || state.needs_notification().unwrap_or(true);
+            if notify {
+                if let Err(e) = state.signal_used_queue() {
+                    tracing::debug!("cannot signal the guest: {e}");
+                }
+            }
         }
     }
+    vring.answered();
+    core.inflight.fetch_sub(1, Ordering::AcqRel);
 }
 
 /// Logs guest misbehaviour without letting a hostile guest flood the log: the first 16
@@ -356,7 +374,7 @@ pub(crate) fn config_space(tag: &str, request_queues: u32) -> [u8; TAG_LEN + 4] 
 }
 
 impl VhostUserBackend for FsBackend {
-    type Bitmap = ();
+    type Bitmap = super::request::Log;
     type Vring = Vring;
 
     fn num_queues(&self) -> usize {
@@ -374,12 +392,16 @@ impl VhostUserBackend for FsBackend {
             | (1 << VIRTIO_RING_F_INDIRECT_DESC)
             | (1 << VIRTIO_RING_F_EVENT_IDX)
             | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+            // Migration: what the device writes into guest memory is logged (LOG_SHMFD).
+            | VhostUserVirtioFeatures::LOG_ALL.bits()
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
         let mut f = VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::REPLY_ACK
-            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS;
+            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+            | VhostUserProtocolFeatures::LOG_SHMFD
+            | VhostUserProtocolFeatures::DEVICE_STATE;
         // Like virtiofsd: only offer the config space when there is a tag to put in it, so a
         // VMM that takes the tag from its own configuration keeps doing so.
         if self.core.tag.is_some() {
@@ -423,6 +445,19 @@ impl VhostUserBackend for FsBackend {
     fn set_config(&self, _offset: u32, _buf: &[u8]) -> io::Result<()> {
         // The virtio-fs config space is read-only.
         Err(io::Error::from_raw_os_error(libc::EPERM))
+    }
+
+    fn set_device_state_fd(
+        &self,
+        direction: VhostTransferStateDirection,
+        phase: VhostTransferStatePhase,
+        file: std::fs::File,
+    ) -> io::Result<Option<std::fs::File>> {
+        super::state::set_fd(&self.core, direction, phase, file)
+    }
+
+    fn check_device_state(&self) -> io::Result<()> {
+        super::state::check(&self.core)
     }
 
     fn update_memory(&self, mem: Gm) -> io::Result<()> {

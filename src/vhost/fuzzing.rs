@@ -7,13 +7,14 @@
 
 use std::sync::Arc;
 
-use fuse_backend_rs::api::server::Server;
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::GuestMemoryMmap;
-
 use super::request::{self, Outcome};
 use super::session::Session;
 use crate::{DynFileSystem, SharedFs};
+use fuse_backend_rs::api::server::Server;
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+
+/// Guest memory as the device maps it (with the dirty-page log of live migration, unset).
+pub type FuzzMemory = request::Mem;
 
 /// What happened to one descriptor chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,7 +72,7 @@ impl RequestHarness {
     /// device would not start it).
     pub fn process_queue(
         &self,
-        mem: &Arc<GuestMemoryMmap<()>>,
+        mem: &Arc<FuzzMemory>,
         layout: QueueLayout,
     ) -> Option<Vec<FuzzOutcome>> {
         let mut q = Queue::new(layout.size).ok()?;

@@ -59,6 +59,17 @@
 //! lookup+getattr at 27k pairs/s with polling against 11k without (virtiofsd: 10k) on a 2-core
 //! VM. The cost is up to one poll period of CPU after each burst, on request queues only.
 //!
+//! # Snapshots and migration
+//!
+//! The device offers vhost-user's device-state interface (`VHOST_USER_PROTOCOL_F_DEVICE_STATE`)
+//! and dirty-page logging (`VHOST_F_LOG_ALL`), so a VMM can save, restore and live-migrate the
+//! guest: with the queues stopped it collects the FUSE session and the filesystem's
+//! [`save_state`](crate::DynFileSystem::save_state) in a versioned, checksummed stream, and a
+//! device started with the same filesystem configuration loads it and serves the guest on
+//! without a new INIT. A stream that does not load leaves the device refusing requests.
+//! [`save_snapshot`] and [`load_snapshot`] write and read the same format without a VMM.
+//! `docs/attach.md` has the QEMU command lines.
+//!
 //! # Stopping
 //!
 //! [`DeviceHandle::stop`] ends the device at any time: it stops accepting, disconnects a VMM
@@ -75,6 +86,7 @@ mod metrics;
 mod pool;
 mod request;
 mod session;
+mod state;
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -93,6 +105,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_CLOEXEC, EFD_NONBLOCK};
 
 use self::backend::{Counters, DeviceCore, FsBackend, TAG_LEN};
 use self::pool::Pool;
+pub use self::state::{load_snapshot, save_snapshot, StateTransfer};
 use crate::{DynFileSystem, Error, Result, SharedFs};
 
 pub use self::fleet::{Fleet, FleetBuilder, FleetDeviceHandle, FleetDeviceOptions};
@@ -346,6 +359,8 @@ impl FsDeviceBuilder {
                 poll: self.poll,
                 request_queues: self.request_queues,
                 queue_size: usize::from(self.queue_size),
+                inflight: Default::default(),
+                state: Default::default(),
             }),
             keep_serving: self.keep_serving,
         })
@@ -520,6 +535,12 @@ impl DeviceHandle {
             .collect()
     }
 
+    /// The last device-state transfer (snapshot or migration) that succeeded, with its size
+    /// and duration.
+    pub fn last_state_transfer(&self) -> Option<StateTransfer> {
+        self.core.state.last()
+    }
+
     /// The socket file this device bound, if it was started with [`FsDevice::serve`].
     pub fn socket_path(&self) -> Option<&Path> {
         self.socket_path.as_deref()
@@ -572,7 +593,7 @@ fn serve_connection(
 ) -> Result<bool> {
     let backend = FsBackend::new(Arc::clone(&device.core));
     let probe = backend.clone();
-    let mem = GuestMemoryAtomic::new(GuestMemoryMmap::<()>::new());
+    let mem = GuestMemoryAtomic::new(GuestMemoryMmap::<request::Log>::new());
     let mut daemon =
         VhostUserDaemon::new("boxfs-vhost-conn".into(), backend, mem).map_err(|e| {
             Error::io(

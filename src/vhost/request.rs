@@ -44,11 +44,14 @@ use fuse_backend_rs::transport::{Reader, VirtioFsWriter};
 use virtio_queue::DescriptorChain;
 use vm_memory::{ByteValued, GuestMemoryMmap};
 
-use super::session::Session;
+use super::session::{InitParams, Session};
 use crate::SharedFs;
 
-/// Guest memory as the device sees it (no dirty-page bitmap: no live migration).
-pub(crate) type Mem = GuestMemoryMmap<()>;
+/// The dirty-page bitmap of guest memory: what the device writes is logged for the VMM
+/// while it migrates the guest (`VHOST_F_LOG_ALL`), nothing otherwise.
+pub(crate) type Log = vhost_user_backend::bitmap::BitmapMmapRegion;
+/// Guest memory as the device sees it.
+pub(crate) type Mem = GuestMemoryMmap<Log>;
 /// A descriptor chain holding its own snapshot of guest memory, so it can move to a worker and
 /// survive a memory-table update.
 pub(crate) type Chain = DescriptorChain<Arc<Mem>>;
@@ -253,6 +256,15 @@ pub(crate) fn process(
     if len < IN_HEADER || len > readable {
         return reply(libc::EINVAL);
     }
+    if session.unusable() {
+        // A device-state load failed (or is under way): nothing is served.
+        if no_reply(opcode) {
+            return Outcome::Dropped {
+                reason: "request to a device whose state failed to load",
+            };
+        }
+        return reply(libc::EIO);
+    }
     if opcode != INIT && !session.initialized() {
         if no_reply(opcode) {
             return Outcome::Dropped {
@@ -275,10 +287,11 @@ pub(crate) fn process(
 
     // INIT and DESTROY start and end the session; they wait for each other and for the end
     // of a session whose VMM left.
-    let major = match opcode {
-        INIT => peek_init_major(&reader),
+    let init = match opcode {
+        INIT => peek_init(&reader),
         _ => None,
     };
+    let major = init.map(|p| p.major);
     let transition = match opcode {
         INIT => Some(session.begin_init()),
         DESTROY => Some(session.begin_destroy()),
@@ -296,7 +309,7 @@ pub(crate) fn process(
             // answer carries a body, an error answer is a bare header.
             let fs_init = major == Some(fuse_backend_rs::abi::fuse_abi::KERNEL_VERSION);
             let accepted = matches!(result, Ok(Ok(n)) if n > OUT_HEADER);
-            t.init_done(fs_init, accepted);
+            t.init_done(fs_init, accepted, init);
         } else {
             t.destroy_done();
         }
@@ -343,11 +356,23 @@ pub(crate) fn process(
     }
 }
 
-/// The major version of the INIT request `r` holds (positioned at the header).
-fn peek_init_major(r: &Reader<'_, ()>) -> Option<u32> {
+/// The parameters of the INIT request `r` holds (positioned at the header).
+fn peek_init(r: &Reader<'_, Log>) -> Option<InitParams> {
     let mut r = r.clone();
     r.read_obj::<InHeader>().ok()?;
-    r.read_obj::<InitIn>().ok().map(|i| i.major)
+    let i = r.read_obj::<InitIn>().ok()?;
+    let mut capable = u64::from(i.flags);
+    if i.flags & INIT_EXT != 0 {
+        if let Ok(i2) = r.read_obj::<InitIn2>() {
+            capable |= u64::from(i2.flags2) << 32;
+        }
+    }
+    Some(InitParams {
+        major: i.major,
+        minor: i.minor,
+        max_readahead: i.max_readahead,
+        capable,
+    })
 }
 
 enum Check {
@@ -357,8 +382,8 @@ enum Check {
 }
 
 /// Per-opcode validation of the body and the reply buffer. `r` is positioned after the header.
-fn check(opcode: u32, body: usize, r: &mut Reader<'_, ()>, writable: usize) -> Check {
-    fn read<T: ByteValued>(r: &mut Reader<'_, ()>, body: usize) -> Option<T> {
+fn check(opcode: u32, body: usize, r: &mut Reader<'_, Log>, writable: usize) -> Check {
+    fn read<T: ByteValued>(r: &mut Reader<'_, Log>, body: usize) -> Option<T> {
         if body < size_of::<T>() {
             return None;
         }

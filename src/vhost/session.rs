@@ -25,8 +25,23 @@ pub(crate) struct Session {
     /// The filesystem was initialised since it was last destroyed, so it may hold a guest's
     /// lookups and handles.
     dirty: AtomicBool,
-    /// Serialises INIT, DESTROY and [`Session::end`].
+    /// Serialises INIT, DESTROY, [`Session::end`] and device-state transfers.
     lock: Mutex<()>,
+    /// What the guest's INIT offered, for a device-state snapshot.
+    init: Mutex<Option<InitParams>>,
+    /// A device-state load is under way or failed: every request is refused until the VMM
+    /// disconnects.
+    unusable: AtomicBool,
+}
+
+/// The parameters of a guest's FUSE_INIT that a restored session replays.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct InitParams {
+    pub(crate) major: u32,
+    pub(crate) minor: u32,
+    pub(crate) max_readahead: u32,
+    /// `flags | flags2 << 32` as the guest offered them.
+    pub(crate) capable: u64,
 }
 
 /// What an INIT or DESTROY holds while the server serves it.
@@ -44,7 +59,48 @@ impl Session {
             initialized: AtomicBool::new(initialized),
             dirty: AtomicBool::new(initialized),
             lock: Mutex::new(()),
+            init: Mutex::new(None),
+            unusable: AtomicBool::new(false),
         }
+    }
+
+    /// The filesystem the session runs on.
+    pub(crate) fn fs(&self) -> &Arc<dyn DynFileSystem> {
+        &self.fs
+    }
+
+    /// Holds off INIT, DESTROY and the end of the session (a state transfer runs).
+    pub(crate) fn lock_transitions(&self) -> parking_lot::MutexGuard<'_, ()> {
+        self.lock.lock()
+    }
+
+    /// The INIT parameters of the current session.
+    pub(crate) fn init_params(&self) -> Option<InitParams> {
+        *self.init.lock()
+    }
+
+    /// Refuses every request (INIT included) until the VMM disconnects.
+    pub(crate) fn poison(&self) {
+        self.dirty.store(true, Ordering::Release);
+        self.unusable.store(true, Ordering::Release);
+    }
+
+    /// Whether the device refuses every request (a failed device-state load).
+    pub(crate) fn unusable(&self) -> bool {
+        self.unusable.load(Ordering::Acquire)
+    }
+
+    /// A device state was loaded: the session is `init`'s (initialised if `Some`), served
+    /// without a new INIT. `_guard` is [`lock_transitions`](Self::lock_transitions)'s.
+    pub(crate) fn restore_locked(
+        &self,
+        _guard: &parking_lot::MutexGuard<'_, ()>,
+        init: Option<InitParams>,
+    ) {
+        *self.init.lock() = init;
+        self.dirty.store(true, Ordering::Release);
+        self.initialized.store(init.is_some(), Ordering::Release);
+        self.unusable.store(false, Ordering::Release);
     }
 
     /// Whether INIT was answered and the session has not ended since.
@@ -57,6 +113,7 @@ impl Session {
     pub(crate) fn end(&self) {
         let _guard = self.lock.lock();
         self.end_locked();
+        self.unusable.store(false, Ordering::Release);
     }
 
     fn end_locked(&self) {
@@ -93,7 +150,8 @@ impl Session {
 impl Transition<'_> {
     /// The INIT was served: `fs_init` whether the filesystem's `init` ran (a supported major
     /// version), `accepted` whether the guest got a successful answer.
-    pub(crate) fn init_done(self, fs_init: bool, accepted: bool) {
+    pub(crate) fn init_done(self, fs_init: bool, accepted: bool, params: Option<InitParams>) {
+        *self.session.init.lock() = if fs_init && accepted { params } else { None };
         if fs_init {
             self.session.dirty.store(true, Ordering::Release);
         }

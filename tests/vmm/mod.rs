@@ -192,6 +192,22 @@ fn memfd(size: u64) -> io::Result<File> {
     Ok(file)
 }
 
+/// A close-on-exec pipe: (read end, write end).
+fn pipe() -> io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    let mut fds = [0i32; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 succeeded: both descriptors are open and owned by nobody else.
+    Ok(unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+        )
+    })
+}
+
 fn vh(e: vhost::Error) -> io::Error {
     io::Error::other(format!("vhost-user: {e}"))
 }
@@ -230,7 +246,8 @@ impl Vmm {
             & (VhostUserProtocolFeatures::MQ
                 | VhostUserProtocolFeatures::REPLY_ACK
                 | VhostUserProtocolFeatures::CONFIG
-                | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS);
+                | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+                | VhostUserProtocolFeatures::DEVICE_STATE);
         fe.set_protocol_features(pf).map_err(vh)?;
         if cfg.reply_ack && pf.contains(VhostUserProtocolFeatures::REPLY_ACK) {
             fe.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
@@ -328,6 +345,80 @@ impl Vmm {
             config,
             kicks: 0,
         })
+    }
+
+    /// Stops every queue as a VMM does before saving the device state (`GET_VRING_BASE`);
+    /// returns each queue's next available index.
+    pub fn stop_queues(&mut self) -> io::Result<Vec<u32>> {
+        (0..self.queues.len())
+            .map(|q| self.fe.get_vring_base(q).map_err(vh))
+            .collect()
+    }
+
+    /// Starts the queues again after [`stop_queues`](Self::stop_queues) (a migration that
+    /// failed: the VMM resumes the guest on the source), from the bases it returned, and kicks
+    /// each so requests published meanwhile are seen.
+    pub fn restart_queues(&mut self, bases: &[u32]) -> io::Result<()> {
+        for (q, base) in bases.iter().enumerate() {
+            self.fe.set_vring_base(q, *base as u16).map_err(vh)?;
+            self.fe
+                .set_vring_call(q, &self.queues[q].call)
+                .map_err(vh)?;
+            self.fe
+                .set_vring_kick(q, &self.queues[q].kick)
+                .map_err(vh)?;
+            self.queues[q].kick.write(1)?;
+        }
+        Ok(())
+    }
+
+    /// Saves the device state as QEMU does (`SET_DEVICE_STATE_FD` with the write end of a
+    /// pipe, read to its end, then `CHECK_DEVICE_STATE`). Stop the queues first. `Err` if the
+    /// device refuses the transfer or reports it failed.
+    pub fn save_state(&mut self) -> io::Result<Vec<u8>> {
+        use vhost::vhost_user::message::{VhostTransferStateDirection, VhostTransferStatePhase};
+        let (r, w) = pipe()?;
+        let back = self
+            .fe
+            .set_device_state_fd(
+                VhostTransferStateDirection::SAVE,
+                VhostTransferStatePhase::STOPPED,
+                w,
+            )
+            .map_err(vh)?;
+        if back.is_some() {
+            return Err(io::Error::other(
+                "the device returned its own state channel",
+            ));
+        }
+        let mut data = Vec::new();
+        io::Read::read_to_end(&mut File::from(r), &mut data)?;
+        self.fe.check_device_state().map_err(vh)?;
+        Ok(data)
+    }
+
+    /// Loads a device state as QEMU does on the destination (`SET_DEVICE_STATE_FD` with the
+    /// read end of a pipe, `data` written into it, then `CHECK_DEVICE_STATE`).
+    pub fn load_state(&mut self, data: &[u8]) -> io::Result<()> {
+        use vhost::vhost_user::message::{VhostTransferStateDirection, VhostTransferStatePhase};
+        let (r, w) = pipe()?;
+        self.fe
+            .set_device_state_fd(
+                VhostTransferStateDirection::LOAD,
+                VhostTransferStatePhase::STOPPED,
+                r,
+            )
+            .map_err(vh)?;
+        let mut w = File::from(w);
+        // The device may stop reading early (a stream it rejects): a broken pipe is its
+        // answer, reported by CHECK_DEVICE_STATE.
+        match io::Write::write_all(&mut w, data) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {}
+            Err(e) => return Err(e),
+        }
+        drop(w);
+        self.fe.check_device_state().map_err(vh)
     }
 
     /// Number of queues set up.
