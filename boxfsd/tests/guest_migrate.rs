@@ -152,6 +152,18 @@ fn guest_migrate_live_passthrough() {
     });
 }
 
+#[test]
+#[ignore = "needs QEMU; run by scripts/test.sh"]
+fn guest_migrate_live_overlay() {
+    run(Case {
+        backend: Backend::Overlay,
+        mode: Mode::Live,
+        held: 10,
+        fill_mib: 4,
+        host_change: false,
+    });
+}
+
 fn say(text: &str) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{text}");
