@@ -7,6 +7,7 @@
 # Downloads, with `apt-get download` at pinned versions (the newest 7.2 build apt knows, from
 # bookworm or bookworm-security, never backports):
 #   qemu-system-x86   the binary; every library it links is already on a host with QEMU 10
+#   qemu-system-common  its modules: Debian's 7.2 builds TCG as one (accel-tcg-x86_64.so)
 #   qemu-system-data  its option ROMs (linuxboot_dma.bin, kvmvapic.bin, ...), 7.2's own
 #   seabios           bookworm's BIOS (1.16.2), the one 7.2 ships with
 # and unpacks them with `dpkg -x` into ${CARGO_TARGET_DIR:-target}/guest/qemu-<version without epoch>/.
@@ -15,8 +16,8 @@
 #
 # Use it as (run-guest.sh --qemu-dir DIR does this):
 #   QEMU_MODULE_DIR=DIR/modules DIR/usr/bin/qemu-system-x86_64 \
-#       -L DIR/usr/share/qemu -L DIR/usr/share/seabios -L /usr/share/qemu ...
-# (QEMU_MODULE_DIR names an empty directory, so 7.2 never loads QEMU 10's modules.)
+#       -L DIR/usr/share/qemu -L DIR/usr/share/seabios -L /usr/share/qemu -L /usr/lib/ipxe/qemu ...
+# (DIR/modules links to 7.2's own module directory, so it never loads QEMU 10's modules.)
 #
 # Needs apt's package lists (scripts/guest/install-deps.sh runs `apt-get update`); no root needed
 # when the lists are current. --print-version prints the pinned version and exits.
@@ -86,14 +87,22 @@ mkdir -p "$OUT_DIR"
 STAGE="$(mktemp -d "$OUT_DIR/qemu72-stage.XXXXXX")"
 trap 'rm -rf "$STAGE"' EXIT
 chmod 0755 "$STAGE"
-log "apt-get download qemu-system-x86=$QVER qemu-system-data=$DVER seabios=$SVER"
+log "apt-get download qemu-system-x86=$QVER qemu-system-common=$QVER qemu-system-data=$DVER seabios=$SVER"
 # apt drops to the _apt user for downloads; it must be able to write the directory, or apt warns
 # and downloads as root. Either works.
 (cd "$STAGE" && apt-get download -q \
-    "qemu-system-x86=$QVER" "qemu-system-data=$DVER" "seabios=$SVER" </dev/null) >&2
-mkdir -p "$STAGE/root/modules"
+    "qemu-system-x86=$QVER" "qemu-system-common=$QVER" "qemu-system-data=$DVER" "seabios=$SVER" \
+    </dev/null) >&2
+mkdir -p "$STAGE/root"
 for deb in "$STAGE"/*.deb; do dpkg -x "$deb" "$STAGE/root"; done
 rm -f "$STAGE"/*.deb
+TCG="$(find "$STAGE/root/usr/lib" -name accel-tcg-x86_64.so | head -n1)"
+[ -n "$TCG" ] || die "no accel-tcg-x86_64.so in qemu-system-common=$QVER"
+if ldd "$TCG" | grep -q 'not found'; then
+    ldd "$TCG" | grep 'not found' >&2
+    die "QEMU 7.2's TCG module needs libraries that are not installed (see above)"
+fi
+ln -s "$(dirname "${TCG#"$STAGE/root/"}")" "$STAGE/root/modules"
 
 BIN="$STAGE/root/usr/bin/qemu-system-x86_64"
 [ -x "$BIN" ] || die "no usr/bin/qemu-system-x86_64 in qemu-system-x86=$QVER"

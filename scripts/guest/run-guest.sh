@@ -27,8 +27,9 @@
 #   --qemu-data  a firmware/option-ROM directory for that QEMU, searched before its built-in ones
 #                (QEMU's -L; repeatable)
 #   --qemu-dir   a QEMU unpacked by fetch-qemu72.sh: DIR/usr/bin/qemu-system-x86_64 with -L
-#                DIR/usr/share/qemu -L DIR/usr/share/seabios, and QEMU_MODULE_DIR=DIR/modules (so
-#                it never loads the system QEMU's modules)
+#                DIR/usr/share/qemu -L DIR/usr/share/seabios (then the host's /usr/share/qemu and
+#                /usr/lib/ipxe/qemu), and QEMU_MODULE_DIR=DIR/modules (its own modules: Debian's 7.2
+#                builds TCG as one; never the system QEMU's)
 #   --quiet      do not copy the console to stdout
 #
 # The console log's first line is `run-guest: VMM <the QEMU's --version line>`.
@@ -82,11 +83,13 @@ while [ $# -gt 0 ]; do
         --qemu-data) QEMU_DATA+=(-L "$2"); shift 2 ;;
         --qemu-dir)
             QEMU="$2/usr/bin/qemu-system-x86_64"
-            QEMU_DATA+=(-L "$2/usr/share/qemu" -L "$2/usr/share/seabios")
+            # Its own ROMs and BIOS first; the host's iPXE ROMs (NICs) after them.
+            QEMU_DATA+=(-L "$2/usr/share/qemu" -L "$2/usr/share/seabios" -L /usr/share/qemu
+                        -L /usr/lib/ipxe/qemu)
             export QEMU_MODULE_DIR="$2/modules"
             shift 2 ;;
         --quiet) QUIET=1; shift ;;
-        -h|--help) sed -n '2,45p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,46p' "$0"; exit 0 ;;
         *) echo "run-guest.sh: unknown argument: $1" >&2; exit 2 ;;
     esac
 done
