@@ -1236,8 +1236,9 @@ fn run_e2e_on(backend: Backend, queues: usize, old: Option<&OldStack>) {
             problems.push(format!("the guest did not run on QEMU 7.2: {vmm:?}"));
         }
         let kernel = console_text.lines().map(strip_ansi).find_map(|l| {
-            l.strip_prefix("BOXFS-GUEST: init, kernel ")
-                .and_then(|rest| rest.split(',').next())
+            // (SeaBIOS leaves a terminal reset, ESC c, at the start of the line.)
+            l.split_once("BOXFS-GUEST: init, kernel ")
+                .and_then(|(_, rest)| rest.split(',').next())
                 .map(str::to_owned)
         });
         match kernel {
