@@ -42,6 +42,11 @@
 //! get EIO, never the sibling), and for a regular file again (served and writable); the guest
 //! asks for each step with an `FM-STEP` line, which the host reads from the live console log.
 //!
+//! `guest_e2e_qemu72` runs the PassthroughFs scenario and pjdfstest once on the distribution's
+//! older stack: Debian bookworm's QEMU 7.2 (unpacked under `target/guest/` by
+//! `scripts/guest/fetch-qemu72.sh`, not installed) and Linux 6.1 (virtiofs as modules); it asserts
+//! both versions (`--version`, the console's VMM line, the guest's `uname -r`).
+//!
 //! Console and daemon logs are copied to `target/guest/logs/`.
 //!
 //! Environment knobs (all optional):
