@@ -42,6 +42,11 @@
 //! get EIO, never the sibling), and for a regular file again (served and writable); the guest
 //! asks for each step with an `FM-STEP` line, which the host reads from the live console log.
 //!
+//! `guest_e2e_qemu72` runs the PassthroughFs scenario and pjdfstest once on the distribution's
+//! older stack: Debian bookworm's QEMU 7.2 (unpacked under `target/guest/` by
+//! `scripts/guest/fetch-qemu72.sh`, not installed) and Linux 6.1 (virtiofs as modules); it asserts
+//! both versions (`--version`, the console's VMM line, the guest's `uname -r`).
+//!
 //! Console and daemon logs are copied to `target/guest/logs/`.
 //!
 //! Environment knobs (all optional):
@@ -166,6 +171,19 @@ fn guest_e2e_filemount() {
     run_filemount_e2e();
 }
 
+/// The distribution's older stack, once: Debian bookworm's QEMU 7.2 (unpacked under
+/// `target/guest/` by `scripts/guest/fetch-qemu72.sh`, not installed) booting its Linux 6.1
+/// (virtiofs as modules), against an unprivileged, sandboxed (default flags) PassthroughFs
+/// `boxfsd`: the scenario and pjdfstest pass as on QEMU 10 / 6.12. The QEMU's `--version` and
+/// the version line `run-guest.sh` puts atop the console log must say 7.2, and the guest's
+/// `uname -r` must be the 6.1 kernel, so the test cannot pass on the new stack.
+#[test]
+#[ignore = "needs QEMU; run by scripts/test.sh"]
+fn guest_e2e_qemu72() {
+    let stack = prepare_old_stack();
+    run_e2e_on(Backend::Passthrough, 1, Some(&stack));
+}
+
 /// Writes to the stdout fd directly, not with `print!`: libtest captures `print!` output of
 /// passing tests, and CI logs must show the summaries even without `--nocapture`.
 fn say(text: &str) {
@@ -255,39 +273,122 @@ fn prepare_guest() -> PathBuf {
                     })
                 })
             {
-                say("guest_e2e: installing guest dependencies (scripts/guest/install-deps.sh)");
-                let status = script_command("install-deps.sh")
-                    .env("CI", "true")
-                    .env("DEBIAN_FRONTEND", "noninteractive")
-                    .stdin(Stdio::null())
-                    .status()
-                    .map_err(|e| format!("cannot run install-deps.sh: {e}"))?;
-                if !status.success() {
-                    return Err(format!("scripts/guest/install-deps.sh failed: {status}"));
-                }
+                install_deps()?;
             }
-            let out = script_command("build-initramfs.sh")
-                .stdin(Stdio::null())
-                .stderr(Stdio::inherit())
-                .output()
-                .map_err(|e| format!("cannot run build-initramfs.sh: {e}"))?;
-            if !out.status.success() {
-                return Err(format!(
-                    "scripts/guest/build-initramfs.sh failed: {}",
-                    out.status
-                ));
-            }
-            let stdout = String::from_utf8_lossy(&out.stdout);
-            let path = stdout.lines().last().unwrap_or_default().trim().to_owned();
-            if path.is_empty() || !Path::new(&path).is_file() {
-                return Err(format!(
-                    "build-initramfs.sh printed no initramfs path: {stdout:?}"
-                ));
-            }
-            Ok(PathBuf::from(path))
+            build_initramfs(&[])
         })
         .clone()
         .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Runs `scripts/guest/install-deps.sh` as CI does (no stdin, `CI=true`).
+fn install_deps() -> Result<(), String> {
+    say("guest_e2e: installing guest dependencies (scripts/guest/install-deps.sh)");
+    let status = script_command("install-deps.sh")
+        .env("CI", "true")
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .stdin(Stdio::null())
+        .status()
+        .map_err(|e| format!("cannot run install-deps.sh: {e}"))?;
+    if !status.success() {
+        return Err(format!("scripts/guest/install-deps.sh failed: {status}"));
+    }
+    Ok(())
+}
+
+/// Runs a script that prints a path as its last stdout line, and returns that path.
+fn script_path(script: &str, args: &[&str]) -> Result<PathBuf, String> {
+    let out = script_command(script)
+        .args(args)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot run {script}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("scripts/guest/{script} failed: {}", out.status));
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let path = stdout.lines().last().unwrap_or_default().trim().to_owned();
+    if path.is_empty() || !Path::new(&path).exists() {
+        return Err(format!("{script} printed no path: {stdout:?}"));
+    }
+    Ok(PathBuf::from(path))
+}
+
+/// Builds (or takes from the cache) the initramfs; `args` go to `build-initramfs.sh`.
+fn build_initramfs(args: &[&str]) -> Result<PathBuf, String> {
+    script_path("build-initramfs.sh", args)
+}
+
+/// The distribution's older stack (`guest_e2e_qemu72`): QEMU 7.2 unpacked by
+/// `fetch-qemu72.sh` and the 6.1 kernel with its initramfs (virtiofs modules inside).
+struct OldStack {
+    /// `run-guest.sh --qemu-dir`: holds `usr/bin/qemu-system-x86_64` and its firmware.
+    qemu_dir: PathBuf,
+    /// `uname -r` the guest must report.
+    kernel_version: String,
+    initrd: PathBuf,
+}
+
+/// The newest installed 6.1 kernel that has the virtiofs module.
+fn kernel61() -> Option<String> {
+    let mut versions: Vec<String> = fs::read_dir("/boot")
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_prefix("vmlinuz-6.1.")
+                .map(|rest| format!("6.1.{rest}"))
+        })
+        .filter(|v| {
+            fs::read_dir(format!("/lib/modules/{v}/kernel/fs/fuse")).is_ok_and(|mut d| {
+                d.any(|e| {
+                    e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with("virtiofs.ko"))
+                })
+            })
+        })
+        .collect();
+    versions.sort();
+    versions.pop()
+}
+
+/// The QEMU binary's `--version` first line.
+fn qemu_version(qemu: &Path) -> String {
+    let out = Command::new(qemu)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {} --version: {e}", qemu.display()));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Fetches QEMU 7.2 and finds the 6.1 kernel (running `install-deps.sh` when either is missing),
+/// then builds the 6.1 initramfs.
+fn prepare_old_stack() -> OldStack {
+    // The common tools (busybox, pjdfstest, attr, ...).
+    prepare_guest();
+    let mut ready = kernel61().zip(script_path("fetch-qemu72.sh", &[]).ok());
+    if ready.is_none() {
+        install_deps().unwrap_or_else(|e| panic!("{e}"));
+        ready = kernel61().zip(script_path("fetch-qemu72.sh", &[]).ok());
+    }
+    let Some((kernel_version, qemu_dir)) = ready else {
+        panic!(
+            "no QEMU 7.2 / Linux 6.1 stack after install-deps.sh: 6.1 kernel {:?}",
+            kernel61()
+        );
+    };
+    let initrd =
+        build_initramfs(&["--kernel-version", &kernel_version]).unwrap_or_else(|e| panic!("{e}"));
+    OldStack {
+        qemu_dir,
+        kernel_version,
+        initrd,
+    }
 }
 
 /// Which daemon serves the share, and how.
@@ -686,17 +787,40 @@ fn run_e2e(backend: Backend) {
     run_e2e_queues(backend, 1);
 }
 
-/// One guest run; `queues > 1`: that many request queues and vCPUs, plus `multiqueue.sh`.
 fn run_e2e_queues(backend: Backend, queues: usize) {
+    run_e2e_on(backend, queues, None);
+}
+
+/// One guest run; `queues > 1`: that many request queues and vCPUs, plus `multiqueue.sh`;
+/// `old`: on the distribution's QEMU 7.2 / Linux 6.1 instead of QEMU 10 / 6.12.
+fn run_e2e_on(backend: Backend, queues: usize, old: Option<&OldStack>) {
     let _guard = GUEST_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let label_mq;
-    let label = if queues > 1 {
+    let label = if old.is_some() {
+        label_mq = format!("{}-qemu72", backend.name());
+        label_mq.as_str()
+    } else if queues > 1 {
         label_mq = format!("{}-{queues}queues", backend.name());
         label_mq.as_str()
     } else {
         backend.name()
     };
-    let initrd = prepare_guest();
+    let initrd = match old {
+        Some(old) => old.initrd.clone(),
+        None => prepare_guest(),
+    };
+    if let Some(old) = old {
+        let version = qemu_version(&old.qemu_dir.join("usr/bin/qemu-system-x86_64"));
+        assert!(
+            version.starts_with("QEMU emulator version 7.2."),
+            "[{label}] {} is not QEMU 7.2: {version:?}",
+            old.qemu_dir.display()
+        );
+        say(&format!(
+            "[{label}] VMM {version}, guest kernel {}",
+            old.kernel_version
+        ));
+    }
 
     let work = tempfile::Builder::new()
         .prefix("boxfs-e2e-")
@@ -882,6 +1006,12 @@ fn run_e2e_queues(backend: Backend, queues: usize) {
     }
     if let Some(filter) = env_nonempty("BOXFS_E2E_PJDFSTEST_FILTER") {
         run.arg("--param").arg(format!("pjdfstest_filter={filter}"));
+    }
+    if let Some(old) = old {
+        run.arg("--qemu-dir")
+            .arg(&old.qemu_dir)
+            .arg("--kernel")
+            .arg(format!("/boot/vmlinuz-{}", old.kernel_version));
     }
     if queues > 1 {
         run.arg("--smp")
@@ -1100,6 +1230,29 @@ fn run_e2e_queues(backend: Backend, queues: usize) {
             }
             other => problems.push(format!(
                 "boxfsd logged no per-queue counts for {queues} request queues: {other:?}"
+            )),
+        }
+    }
+    if let Some(old) = old {
+        // Which VMM and kernel really ran: run-guest.sh's first console line and the guest's
+        // `uname -r` (printed by /init).
+        let vmm = console_text.lines().next().unwrap_or_default();
+        if !vmm.starts_with("run-guest: VMM QEMU emulator version 7.2.") {
+            problems.push(format!("the guest did not run on QEMU 7.2: {vmm:?}"));
+        }
+        let kernel = console_text.lines().map(strip_ansi).find_map(|l| {
+            // (SeaBIOS leaves a terminal reset, ESC c, at the start of the line.)
+            l.split_once("BOXFS-GUEST: init, kernel ")
+                .and_then(|(_, rest)| rest.split(',').next())
+                .map(str::to_owned)
+        });
+        match kernel {
+            Some(k) if k == old.kernel_version && k.starts_with("6.1.") => {
+                say(&format!("[{label}] ran on: {vmm}; guest kernel {k}"));
+            }
+            other => problems.push(format!(
+                "the guest kernel is {other:?}, expected {}",
+                old.kernel_version
             )),
         }
     }

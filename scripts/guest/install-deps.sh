@@ -10,6 +10,10 @@
 #     device, which 6.1 lacks), busybox-static
 #     (the guest userland), attr (setfattr/getfattr, copied into the guest: busybox has none),
 #     cpio (to pack the initramfs).
+#   - The distribution's older stack, for guest_e2e_qemu72: Linux 6.1 (bookworm's
+#     linux-image-6.1.0-N-amd64, the package bookworm's linux-image-amd64 depends on, installed
+#     beside 6.12; virtiofs as modules) and QEMU 7.2 (bookworm's qemu-system-x86, NOT installed:
+#     scripts/guest/fetch-qemu72.sh downloads and unpacks it under target/guest/).
 #   - pjdfstest 0.2.2 (cargo install), the POSIX conformance suite run inside the guest.
 #   - --with-virtiofsd: also `cargo install virtiofsd` (the reference daemon, used to validate the
 #     harness and for benchmarks; needs libcap-ng-dev and libseccomp-dev).
@@ -21,7 +25,7 @@ WITH_VIRTIOFSD=0
 for arg in "$@"; do
     case "$arg" in
         --with-virtiofsd) WITH_VIRTIOFSD=1 ;;
-        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
         *) echo "install-deps.sh: unknown argument: $arg" >&2; exit 2 ;;
     esac
 done
@@ -29,6 +33,7 @@ done
 export DEBIAN_FRONTEND=noninteractive
 export CI=true
 export PATH="$HOME/.cargo/bin:$PATH"
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 log() { echo "install-deps: $*" >&2; }
 
@@ -59,6 +64,25 @@ have_kernel() {
         fi
     done
     return 1
+}
+
+# The distribution's 6.1 kernel with its virtiofs module (the older stack).
+have_kernel61() {
+    local k
+    for k in /boot/vmlinuz-6.1.*; do
+        [ -r "$k" ] && has_virtiofs "${k#/boot/vmlinuz-}" && return 0
+    done
+    return 1
+}
+
+# The linux-image-6.1.0-N-amd64 package bookworm's (not backports') newest linux-image-amd64
+# 6.1 depends on.
+kernel61_package() {
+    local v
+    v="$(apt-cache madison linux-image-amd64 | awk -F'|' '$3 !~ /backports/ { gsub(/ /, "", $2); print $2 }' \
+        | grep '^6\.1\.' | sort -V | tail -n1)"
+    [ -n "$v" ] || return 1
+    apt-cache depends "linux-image-amd64=$v" | sed -n 's/^ *Depends: \(linux-image-6\.1\.[^ ]*\)$/\1/p' | head -n1
 }
 
 have_qemu() {
@@ -101,6 +125,8 @@ backports=()
 have_qemu || backports+=(qemu-system-x86)
 have_kernel || backports+=(linux-image-amd64)
 missing=()
+NEED_KERNEL61=0
+have_kernel61 || NEED_KERNEL61=1
 # QEMU's BIOS: part of `seabios`, a hard dependency, but check in case it was removed.
 [ -e /usr/share/seabios/bios-256k.bin ] || [ -e /usr/share/qemu/bios-256k.bin ] || missing+=(seabios)
 have_static_busybox || missing+=(busybox-static)
@@ -113,7 +139,7 @@ if [ "$WITH_VIRTIOFSD" = 1 ] && ! command -v virtiofsd >/dev/null 2>&1; then
     command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 fi
 
-if [ "${#missing[@]}" -gt 0 ] || [ "${#backports[@]}" -gt 0 ]; then
+if [ "${#missing[@]}" -gt 0 ] || [ "${#backports[@]}" -gt 0 ] || [ "$NEED_KERNEL61" = 1 ]; then
     if ! command -v apt-get >/dev/null 2>&1; then
         log "missing ${missing[*]} ${backports[*]} and no apt-get: install them by hand"
         exit 1
@@ -123,6 +149,12 @@ if [ "${#missing[@]}" -gt 0 ] || [ "${#backports[@]}" -gt 0 ]; then
         enable_backports
     fi
     $SUDO apt-get "${APT_OPTS[@]}" update -q
+    APT_UPDATED=1
+    if [ "$NEED_KERNEL61" = 1 ]; then
+        k61="$(kernel61_package)" || k61=""
+        [ -n "$k61" ] || { log "apt knows no bookworm linux-image-amd64 6.1"; exit 1; }
+        missing+=("$k61")
+    fi
     # No recommends: QEMU's firmware (seabios, ipxe-qemu) are hard dependencies, so nothing the
     # guest boot needs is lost; the recommended GUI/firmware packages are not needed.
     if [ "${#backports[@]}" -gt 0 ]; then
@@ -136,6 +168,14 @@ if [ "${#missing[@]}" -gt 0 ] || [ "${#backports[@]}" -gt 0 ]; then
     fi
 else
     log "Debian packages present"
+fi
+
+# QEMU 7.2, unpacked under target/guest/ (quick when cached). A stale package list can name a
+# build the mirror no longer has: refresh it once and retry.
+if ! "$HERE/fetch-qemu72.sh" >/dev/null; then
+    if [ "${APT_UPDATED:-0}" = 1 ]; then exit 1; fi
+    $SUDO apt-get -o DPkg::Lock::Timeout=600 update -q
+    "$HERE/fetch-qemu72.sh" >/dev/null
 fi
 
 if ! command -v pjdfstest >/dev/null 2>&1; then
@@ -157,6 +197,7 @@ fi
 # Final check, so a broken install is reported here and not as an obscure boot failure.
 have_qemu || { log "no qemu-system-x86_64 >= $QEMU_MIN"; exit 1; }
 have_kernel || { log "no /boot/vmlinuz-* >= $KERNEL_MIN with virtiofs"; exit 1; }
+have_kernel61 || { log "no /boot/vmlinuz-6.1.* with the virtiofs module"; exit 1; }
 have_static_busybox || { log "no static busybox"; exit 1; }
 command -v pjdfstest >/dev/null
 log "ok"

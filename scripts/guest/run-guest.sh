@@ -5,7 +5,8 @@
 #                              [--param KEY=VALUE]... [--extra-share SOCKET,TAG]...
 #                              [--timeout SECONDS] [--log FILE]
 #                              [--initrd FILE] [--kernel FILE] [--mem SIZE] [--smp N]
-#                              [--request-queues N] [--quiet]
+#                              [--request-queues N] [--qemu PATH] [--qemu-data DIR]...
+#                              [--qemu-dir DIR] [--quiet]
 #
 #   --socket     the daemon's vhost-user socket (must already exist: the daemon listens, QEMU connects)
 #   --tag        virtio-fs tag (default boxfs); must match the daemon's tag
@@ -22,7 +23,16 @@
 #   --request-queues  request queues of the (first) virtio-fs device: QEMU 10's
 #                `vhost-user-fs-pci,num-request-queues=N` (default: QEMU's, 1). The daemon must offer
 #                at least N (boxfsd --request-queues N); Linux 6.11+ maps them to the vCPUs.
+#   --qemu       the QEMU binary (default qemu-system-x86_64 from PATH)
+#   --qemu-data  a firmware/option-ROM directory for that QEMU, searched before its built-in ones
+#                (QEMU's -L; repeatable)
+#   --qemu-dir   a QEMU unpacked by fetch-qemu72.sh: DIR/usr/bin/qemu-system-x86_64 with -L
+#                DIR/usr/share/qemu -L DIR/usr/share/seabios (then the host's /usr/share/qemu and
+#                /usr/lib/ipxe/qemu), and QEMU_MODULE_DIR=DIR/modules (its own modules: Debian's 7.2
+#                builds TCG as one; never the system QEMU's)
 #   --quiet      do not copy the console to stdout
+#
+# The console log's first line is `run-guest: VMM <the QEMU's --version line>`.
 #
 # Exit status: 0 when the guest printed its end marker BOXFS-GUEST-DONE, 3 when it did not
 # (QEMU failed, the guest hung and hit the timeout, or it panicked), 2 on bad usage.
@@ -52,6 +62,8 @@ KERNEL=""
 MEM=1024M
 SMP=1
 REQUEST_QUEUES=""
+QEMU=qemu-system-x86_64
+QEMU_DATA=()
 QUIET=0
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -67,8 +79,17 @@ while [ $# -gt 0 ]; do
         --mem) MEM="$2"; shift 2 ;;
         --smp) SMP="$2"; shift 2 ;;
         --request-queues) REQUEST_QUEUES="$2"; shift 2 ;;
+        --qemu) QEMU="$2"; shift 2 ;;
+        --qemu-data) QEMU_DATA+=(-L "$2"); shift 2 ;;
+        --qemu-dir)
+            QEMU="$2/usr/bin/qemu-system-x86_64"
+            # Its own ROMs and BIOS first; the host's iPXE ROMs (NICs) after them.
+            QEMU_DATA+=(-L "$2/usr/share/qemu" -L "$2/usr/share/seabios" -L /usr/share/qemu
+                        -L /usr/lib/ipxe/qemu)
+            export QEMU_MODULE_DIR="$2/modules"
+            shift 2 ;;
         --quiet) QUIET=1; shift ;;
-        -h|--help) sed -n '2,36p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,46p' "$0"; exit 0 ;;
         *) echo "run-guest.sh: unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -93,7 +114,7 @@ fi
 # ("IO-APIC + timer doesn't work"); reboot=t: a panic resets at once (-no-reboot exits QEMU)
 # instead of crawling through reboot methods with an uncalibrated delay loop.
 APPEND="console=ttyS0 quiet panic=-1 no_timer_check reboot=t boxfs.tag=$TAG boxfs.scripts=$SCRIPTS ${PARAMS[*]:-}"
-CMD=(qemu-system-x86_64
+CMD=("$QEMU" "${QEMU_DATA[@]}"
     -accel tcg -cpu max -smp "$SMP" -m "$MEM"
     -object "memory-backend-memfd,id=mem,size=$MEM,share=on" -numa node,memdev=mem
     -chardev "socket,id=c0,path=$SOCK"
@@ -115,11 +136,18 @@ CMD+=(-kernel "$KERNEL" -initrd "$INITRD"
     -append "$APPEND")
 
 echo "run-guest: ${CMD[*]}" >&2
+# The console log starts with the VMM's version line, so a test can prove which QEMU it ran.
+QEMU_VERSION="$("$QEMU" --version 2>&1 | head -n1)" || true
+case "$QEMU_VERSION" in
+    "QEMU emulator version "*) ;;
+    *) echo "run-guest.sh: $QEMU --version failed: $QEMU_VERSION" >&2; exit 3 ;;
+esac
 start=$(date +%s.%N)
 RAW="$LOG.raw"
+echo "run-guest: VMM $QEMU_VERSION" > "$RAW"
 # `timeout` puts QEMU in a process group of its own, so a signal to ours would miss it: forward
 # TERM/INT/HUP explicitly (the e2e test stops the guest this way when the daemon dies).
-timeout --kill-after=10 "$TIMEOUT" "${CMD[@]}" </dev/null >"$RAW" 2>&1 &
+timeout --kill-after=10 "$TIMEOUT" "${CMD[@]}" </dev/null >>"$RAW" 2>&1 &
 QPID=$!
 trap 'kill -TERM "$QPID" 2>/dev/null' TERM INT HUP
 if [ "$QUIET" != 1 ]; then
