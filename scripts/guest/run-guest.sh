@@ -5,6 +5,7 @@
 #                              [--param KEY=VALUE]... [--extra-share SOCKET,TAG]...
 #                              [--timeout SECONDS] [--log FILE]
 #                              [--initrd FILE] [--kernel FILE] [--mem SIZE] [--smp N] [--quiet]
+#                              [--rootfs DIR]
 #
 #   --socket     the daemon's vhost-user socket (must already exist: the daemon listens, QEMU connects)
 #   --tag        virtio-fs tag (default boxfs); must match the daemon's tag
@@ -18,6 +19,9 @@
 #   --kernel     default: the kernel recorded next to the initramfs
 #   --mem        guest RAM, shared with the daemon through a memfd (default 1024M)
 #   --quiet      do not copy the console to stdout
+#   --rootfs DIR boot with the root filesystem on the first device (the daemon serves DIR, as built
+#                by build-userland.sh, typically as an overlay's lower layer): no initramfs, kernel
+#                from DIR.kernel unless --kernel, `root=TAG rootfstype=virtiofs rw init=/boxfs/init`
 #
 # Exit status: 0 when the guest printed its end marker BOXFS-GUEST-DONE, 3 when it did not
 # (QEMU failed, the guest hung and hit the timeout, or it panicked), 2 on bad usage.
@@ -47,6 +51,7 @@ KERNEL=""
 MEM=1024M
 SMP=1
 QUIET=0
+ROOTFS=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --socket) SOCK="$2"; shift 2 ;;
@@ -61,7 +66,8 @@ while [ $# -gt 0 ]; do
         --mem) MEM="$2"; shift 2 ;;
         --smp) SMP="$2"; shift 2 ;;
         --quiet) QUIET=1; shift ;;
-        -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
+        --rootfs) ROOTFS="$2"; shift 2 ;;
+        -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
         *) echo "run-guest.sh: unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -71,8 +77,12 @@ for p in "${PARAMS[@]}"; do
 done
 
 mkdir -p "$OUT_DIR"
-[ -n "$INITRD" ] || INITRD="$("$HERE/build-initramfs.sh")"
-[ -n "$KERNEL" ] || KERNEL="$(cat "$INITRD.kernel")"
+if [ -n "$ROOTFS" ]; then
+    [ -n "$KERNEL" ] || KERNEL="$(cat "$ROOTFS.kernel")"
+else
+    [ -n "$INITRD" ] || INITRD="$("$HERE/build-initramfs.sh")"
+    [ -n "$KERNEL" ] || KERNEL="$(cat "$INITRD.kernel")"
+fi
 [ -n "$LOG" ] || LOG="$OUT_DIR/console-$$.log"
 
 if [ ! -S "$SOCK" ]; then
@@ -84,6 +94,7 @@ fi
 # ("IO-APIC + timer doesn't work"); reboot=t: a panic resets at once (-no-reboot exits QEMU)
 # instead of crawling through reboot methods with an uncalibrated delay loop.
 APPEND="console=ttyS0 quiet panic=-1 no_timer_check reboot=t boxfs.tag=$TAG boxfs.scripts=$SCRIPTS ${PARAMS[*]:-}"
+[ -z "$ROOTFS" ] || APPEND="$APPEND root=$TAG rootfstype=virtiofs rw init=/boxfs/init"
 CMD=(qemu-system-x86_64
     -accel tcg -cpu max -smp "$SMP" -m "$MEM"
     -object "memory-backend-memfd,id=mem,size=$MEM,share=on" -numa node,memdev=mem
@@ -101,8 +112,9 @@ for share in "${EXTRA_SHARES[@]}"; do
           -device "vhost-user-fs-pci,chardev=c$n,tag=$etag,queue-size=1024")
     n=$((n + 1))
 done
-CMD+=(-kernel "$KERNEL" -initrd "$INITRD"
-    -nic none -nographic -no-reboot
+CMD+=(-kernel "$KERNEL")
+[ -n "$ROOTFS" ] || CMD+=(-initrd "$INITRD")
+CMD+=(-nic none -nographic -no-reboot
     -append "$APPEND")
 
 echo "run-guest: ${CMD[*]}" >&2
