@@ -2,11 +2,12 @@
 # Side by side: the guest workloads (scripts/guest/guest/workloads.sh) on a share served by boxfsd
 # (PassthroughFs, unprivileged) and by virtiofsd (root), same guest, same kernel, same root.
 #
-#   scripts/bench-workloads.sh [--full] [--runs N] [--out FILE]
+#   scripts/bench-workloads.sh [--full] [--runs N] [--out FILE] [--sizes FILES,TX,BIGDIR,PYMODS]
 #
 #   --full     the issue's sizes: 20,000 files in 2,000 dirs, 2,000 transactions per writer,
 #              100,000-entry directory, 2,000 Python modules (default: the CI sizes of
-#              boxfsd/tests/guest_workloads.rs: 2,000 / 200 / 10,000 / 500)
+#              boxfsd/tests/guest_workloads.rs: 1,000 / 50 / 5,000 / 200)
+#   --sizes    other sizes, e.g. 500,50,2000,100
 #   --runs N   runs per daemon (default 3), alternating which daemon goes first, medians reported
 #   --out FILE also write the table (markdown) to FILE
 #
@@ -27,12 +28,14 @@ export PATH="$HOME/.cargo/bin:$PATH"
 FULL=0
 RUNS=3
 OUT=""
+CUSTOM=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --full) FULL=1; shift ;;
         --runs) RUNS="$2"; shift 2 ;;
         --out) OUT="$2"; shift 2 ;;
-        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        --sizes) CUSTOM="$2"; shift 2 ;;
+        -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
         *) echo "bench-workloads.sh: unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -43,9 +46,13 @@ VIRTIOFSD="$(command -v virtiofsd || true)"
 if [ "$FULL" = 1 ]; then
     SIZES=(--param wl_files=20000 --param wl_tx=2000 --param wl_bigdir=100000 --param wl_pymods=2000)
     MEM=2048M; TIMEOUT=7200; SIZE_NAME="full (files=20000 tx=2000 bigdir=100000 pymods=2000)"
+elif [ -n "$CUSTOM" ]; then
+    IFS=, read -r f t b p <<< "$CUSTOM"
+    SIZES=(--param wl_files="$f" --param wl_tx="$t" --param wl_bigdir="$b" --param wl_pymods="$p")
+    MEM=1536M; TIMEOUT=3600; SIZE_NAME="files=$f tx=$t bigdir=$b pymods=$p"
 else
-    SIZES=(--param wl_files=2000 --param wl_tx=200 --param wl_bigdir=10000 --param wl_pymods=500)
-    MEM=1536M; TIMEOUT=2400; SIZE_NAME="CI (files=2000 tx=200 bigdir=10000 pymods=500)"
+    SIZES=(--param wl_files=1000 --param wl_tx=50 --param wl_bigdir=5000 --param wl_pymods=200)
+    MEM=1536M; TIMEOUT=2400; SIZE_NAME="CI (files=1000 tx=50 bigdir=5000 pymods=200)"
 fi
 
 echo "bench-workloads: building boxfsd (release) and the userland" >&2

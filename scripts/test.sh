@@ -73,6 +73,7 @@ scripts/fuzz.sh 30
 if [ "$GUEST" = 1 ]; then
     step "real-guest end-to-end tests (QEMU/TCG, pjdfstest; daemon unprivileged)"
     cargo test -p boxfsd --test guest_e2e -- --ignored --nocapture --test-threads=1
+    cargo test -p boxfsd --test guest_workloads -- --ignored --nocapture --test-threads=1
 fi
 
 step "all green in $(( $(date +%s) - START )) s"
