@@ -371,7 +371,7 @@ S_git_edit() {
     # 100 distinct files, none hard-linked (only f0002.txt ever is).
     find . -path ./.git -prune -o -name 'f*.txt' ! -name f0002.txt -print | sort | head -n $EDITS > "$H/edited"
     [ "$(wc -l < "$H/edited")" = $EDITS ] || die_in "only $(wc -l < "$H/edited") candidates"
-    while read -r f; do sha256sum "$f"; done < "$H/edited" > "$H/edited.sum"
+    xargs sha256sum < "$H/edited" > "$H/edited.sum"
     while read -r f; do echo "edited" >> "$f"; done < "$H/edited"
     git status --porcelain > "$H/status" || return 1
     [ "$(wc -l < "$H/status")" = $EDITS ] || die_in "status lists $(wc -l < "$H/status") paths: $(head -n 3 "$H/status")"
