@@ -74,6 +74,7 @@ if [ "$GUEST" = 1 ]; then
     step "real-guest end-to-end tests (QEMU/TCG, pjdfstest; daemon unprivileged)"
     cargo test -p boxfsd --test guest_e2e -- --ignored --nocapture --test-threads=1
     cargo test -p boxfsd --test guest_migrate -- --ignored --nocapture --test-threads=1
+    cargo test -p boxfsd --test guest_workloads -- --ignored --nocapture --test-threads=1
 fi
 
 step "all green in $(( $(date +%s) - START )) s"

@@ -66,6 +66,9 @@
 //! must skip no more than its 23 known cases.
 #![cfg(target_os = "linux")]
 
+mod guest_common;
+use guest_common::*;
+
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fs;
@@ -75,10 +78,8 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-/// The uid/gid the daemon runs as when the tests run as root ("nobody").
-const DAEMON_ID: u32 = 65534;
 /// The guest side's ownership key of PassthroughFs: must be invisible from the guest.
 const OVERRIDE_XATTR: &str = "user.containers.override_stat";
 /// Scenario checks that must be among the PASS lines (so a script that silently skipped a section
@@ -184,35 +185,6 @@ fn guest_e2e_qemu72() {
     run_e2e_on(Backend::Passthrough, 1, Some(&stack));
 }
 
-/// Writes to the stdout fd directly, not with `print!`: libtest captures `print!` output of
-/// passing tests, and CI logs must show the summaries even without `--nocapture`.
-fn say(text: &str) {
-    let mut stdout = std::io::stdout().lock();
-    let _ = stdout.write_all(text.as_bytes());
-    if !text.ends_with('\n') {
-        let _ = stdout.write_all(b"\n");
-    }
-    let _ = stdout.flush();
-}
-
-/// The workspace root (the `boxfs` repository; this test lives in its `boxfsd` crate).
-fn repo() -> PathBuf {
-    let daemon = Path::new(env!("CARGO_MANIFEST_DIR"));
-    daemon.parent().unwrap_or(daemon).to_path_buf()
-}
-
-fn guest_dir() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("target"));
-    let target = if target.is_relative() {
-        repo().join(target)
-    } else {
-        target
-    };
-    target.join("guest")
-}
-
 /// pjdfstest 0.2.2's cases skipped on a Linux guest whatever the filesystem.
 const PJDFSTEST_KNOWN_SKIPS: u64 = 23;
 
@@ -228,96 +200,16 @@ fn partial_run() -> Option<&'static str> {
     (!all).then_some("BOXFS_E2E_SCRIPTS")
 }
 
-fn env_nonempty(key: &str) -> Option<String> {
-    std::env::var(key).ok().filter(|v| !v.trim().is_empty())
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-fn on_path(tool: &str) -> bool {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
-    if let Some(home) = std::env::var_os("HOME") {
-        dirs.push(PathBuf::from(home).join(".cargo/bin"));
-    }
-    dirs.iter().any(|d| d.join(tool).is_file())
-}
-
-/// The scripts find `pjdfstest` under `~/.cargo/bin` even when PATH lacks it.
-fn script_command(script: &str) -> Command {
-    let mut cmd = Command::new(repo().join("scripts/guest").join(script));
-    let mut path: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
-    if let Some(home) = std::env::var_os("HOME") {
-        path.push(PathBuf::from(home).join(".cargo/bin"));
-    }
-    cmd.env("PATH", std::env::join_paths(path).expect("PATH"));
-    cmd
-}
-
 /// Installs what is missing (once per test binary) and returns the initramfs path.
 fn prepare_guest() -> PathBuf {
     static INITRD: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     INITRD
         .get_or_init(|| {
-            let tools = ["qemu-system-x86_64", "pjdfstest", "setfattr", "cpio"];
-            if tools.iter().any(|t| !on_path(t))
-                || !Path::new("/boot").read_dir().is_ok_and(|mut d| {
-                    d.any(|e| {
-                        e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with("vmlinuz-"))
-                    })
-                })
-            {
-                install_deps()?;
-            }
-            build_initramfs(&[])
+            ensure_guest_deps()?;
+            built_path("build-initramfs.sh", &[])
         })
         .clone()
         .unwrap_or_else(|e| panic!("{e}"))
-}
-
-/// Runs `scripts/guest/install-deps.sh` as CI does (no stdin, `CI=true`).
-fn install_deps() -> Result<(), String> {
-    say("guest_e2e: installing guest dependencies (scripts/guest/install-deps.sh)");
-    let status = script_command("install-deps.sh")
-        .env("CI", "true")
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .stdin(Stdio::null())
-        .status()
-        .map_err(|e| format!("cannot run install-deps.sh: {e}"))?;
-    if !status.success() {
-        return Err(format!("scripts/guest/install-deps.sh failed: {status}"));
-    }
-    Ok(())
-}
-
-/// Runs a script that prints a path as its last stdout line, and returns that path.
-fn script_path(script: &str, args: &[&str]) -> Result<PathBuf, String> {
-    let out = script_command(script)
-        .args(args)
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .output()
-        .map_err(|e| format!("cannot run {script}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!("scripts/guest/{script} failed: {}", out.status));
-    }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let path = stdout.lines().last().unwrap_or_default().trim().to_owned();
-    if path.is_empty() || !Path::new(&path).exists() {
-        return Err(format!("{script} printed no path: {stdout:?}"));
-    }
-    Ok(PathBuf::from(path))
-}
-
-/// Builds (or takes from the cache) the initramfs; `args` go to `build-initramfs.sh`.
-fn build_initramfs(args: &[&str]) -> Result<PathBuf, String> {
-    script_path("build-initramfs.sh", args)
 }
 
 /// The distribution's older stack (`guest_e2e_qemu72`): QEMU 7.2 unpacked by
@@ -371,10 +263,10 @@ fn qemu_version(qemu: &Path) -> String {
 fn prepare_old_stack() -> OldStack {
     // The common tools (busybox, pjdfstest, attr, ...).
     prepare_guest();
-    let mut ready = kernel61().zip(script_path("fetch-qemu72.sh", &[]).ok());
+    let mut ready = kernel61().zip(built_path("fetch-qemu72.sh", &[]).ok());
     if ready.is_none() {
         install_deps().unwrap_or_else(|e| panic!("{e}"));
-        ready = kernel61().zip(script_path("fetch-qemu72.sh", &[]).ok());
+        ready = kernel61().zip(built_path("fetch-qemu72.sh", &[]).ok());
     }
     let Some((kernel_version, qemu_dir)) = ready else {
         panic!(
@@ -382,8 +274,8 @@ fn prepare_old_stack() -> OldStack {
             kernel61()
         );
     };
-    let initrd =
-        build_initramfs(&["--kernel-version", &kernel_version]).unwrap_or_else(|e| panic!("{e}"));
+    let initrd = built_path("build-initramfs.sh", &["--kernel-version", &kernel_version])
+        .unwrap_or_else(|e| panic!("{e}"));
     OldStack {
         qemu_dir,
         kernel_version,
@@ -614,23 +506,6 @@ fn parse_console(log: &str) -> GuestReport {
     r
 }
 
-/// Whether `dir`'s filesystem accepts `user.*` extended attributes.
-fn supports_user_xattrs(dir: &Path) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
-        return false;
-    };
-    let name = c"user.boxfs-e2e-probe";
-    // SAFETY: valid NUL-terminated strings and a 1-byte value buffer.
-    let set = unsafe { libc::setxattr(path.as_ptr(), name.as_ptr(), b"1".as_ptr().cast(), 1, 0) };
-    if set != 0 {
-        return false;
-    }
-    // SAFETY: as above.
-    unsafe { libc::removexattr(path.as_ptr(), name.as_ptr()) };
-    true
-}
-
 /// A file's extended attribute as text, if it has it.
 fn read_xattr(path: &Path, name: &str) -> Option<String> {
     use std::os::unix::ffi::OsStrExt;
@@ -651,64 +526,6 @@ fn read_xattr(path: &Path, name: &str) -> Option<String> {
     }
     buf.truncate(n as usize);
     Some(String::from_utf8_lossy(&buf).into_owned())
-}
-
-fn unique_token() -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    format!("{:x}{:x}", nanos, std::process::id())
-}
-
-fn wait_for_socket(daemon: &mut Child, socket: &Path, timeout: Duration) -> Result<(), String> {
-    let start = Instant::now();
-    loop {
-        if fs::symlink_metadata(socket).is_ok() {
-            return Ok(());
-        }
-        if let Ok(Some(status)) = daemon.try_wait() {
-            return Err(format!(
-                "daemon exited before creating its socket: {status}"
-            ));
-        }
-        if start.elapsed() > timeout {
-            return Err(format!(
-                "daemon did not create {} within {timeout:?}",
-                socket.display()
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-const EXITED_ON_DISCONNECT: &str = "exited when the VMM disconnected";
-
-/// Waits for the daemon to exit by itself (it should, once the VMM disconnects), then SIGTERM,
-/// then SIGKILL. Returns its status and how it ended. The waits are hang guards, long enough for
-/// a loaded machine: how the daemon ended is what is checked, not how fast.
-fn stop_daemon(daemon: &mut Child) -> (Option<ExitStatus>, &'static str) {
-    let wait = |daemon: &mut Child, d: Duration| -> Option<ExitStatus> {
-        let start = Instant::now();
-        while start.elapsed() < d {
-            if let Ok(Some(s)) = daemon.try_wait() {
-                return Some(s);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        None
-    };
-    if let Some(s) = wait(daemon, Duration::from_secs(120)) {
-        return (Some(s), EXITED_ON_DISCONNECT);
-    }
-    let pid = daemon.id() as libc::pid_t;
-    // SAFETY: signalling our own child by pid.
-    unsafe { libc::kill(pid, libc::SIGTERM) };
-    if let Some(s) = wait(daemon, Duration::from_secs(60)) {
-        return (Some(s), "exited on SIGTERM");
-    }
-    let _ = daemon.kill();
-    (daemon.wait().ok(), "had to be killed (SIGKILL)")
 }
 
 /// Waits for the guest run to finish. If the daemon dies first, the guest would wait on its
@@ -742,19 +559,6 @@ fn watch_guest(guest: &mut Child, daemon: &mut Child) -> (ExitStatus, Option<Exi
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-fn copy_log(from: &Path, name: &str) -> PathBuf {
-    let dir = guest_dir().join("logs");
-    let _ = fs::create_dir_all(&dir);
-    let to = dir.join(name);
-    let _ = fs::copy(from, &to);
-    to
-}
-
-fn tail(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// Request queues (and guest vCPUs) of `guest_e2e_passthrough_two_queues`.

@@ -15,6 +15,8 @@
 #     beside 6.12; virtiofs as modules) and QEMU 7.2 (bookworm's qemu-system-x86, NOT installed:
 #     scripts/guest/fetch-qemu72.sh downloads and unpacks it under target/guest/).
 #   - pjdfstest 0.2.2 (cargo install), the POSIX conformance suite run inside the guest.
+#   - apt's package lists, when absent: scripts/guest/build-userland.sh downloads the workload
+#     guest's Debian userland with `apt-get download`.
 #   - --with-virtiofsd: also `cargo install virtiofsd` (the reference daemon, used to validate the
 #     harness and for benchmarks; needs libcap-ng-dev and libseccomp-dev).
 #
@@ -192,6 +194,14 @@ if [ "$WITH_VIRTIOFSD" = 1 ]; then
     else
         log "virtiofsd present: $(command -v virtiofsd)"
     fi
+fi
+
+# build-userland.sh (the workload guest's Debian userland) fetches packages with `apt-get download`,
+# which needs apt's package lists.
+if command -v apt-get >/dev/null 2>&1 \
+    && ! ls /var/lib/apt/lists/*_Packages* >/dev/null 2>&1; then
+    log "apt-get update (package lists for build-userland.sh)"
+    $SUDO apt-get -o DPkg::Lock::Timeout=600 update -q
 fi
 
 # Final check, so a broken install is reported here and not as an obscure boot failure.

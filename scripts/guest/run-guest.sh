@@ -6,7 +6,7 @@
 #                              [--timeout SECONDS] [--log FILE]
 #                              [--initrd FILE] [--kernel FILE] [--mem SIZE] [--smp N]
 #                              [--request-queues N] [--qemu PATH] [--qemu-data DIR]...
-#                              [--qemu-dir DIR] [--quiet]
+#                              [--qemu-dir DIR] [--rootfs DIR] [--quiet]
 #
 #   --socket     the daemon's vhost-user socket (must already exist: the daemon listens, QEMU connects)
 #   --tag        virtio-fs tag (default boxfs); must match the daemon's tag
@@ -31,6 +31,9 @@
 #                /usr/lib/ipxe/qemu), and QEMU_MODULE_DIR=DIR/modules (its own modules: Debian's 7.2
 #                builds TCG as one; never the system QEMU's)
 #   --quiet      do not copy the console to stdout
+#   --rootfs DIR boot with the root filesystem on the first device (the daemon serves DIR, as built
+#                by build-userland.sh, typically as an overlay's lower layer): no initramfs, kernel
+#                from DIR.kernel unless --kernel, `root=TAG rootfstype=virtiofs rw init=/boxfs/init`
 #
 # The console log's first line is `run-guest: VMM <the QEMU's --version line>`.
 #
@@ -65,6 +68,7 @@ REQUEST_QUEUES=""
 QEMU=qemu-system-x86_64
 QEMU_DATA=()
 QUIET=0
+ROOTFS=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --socket) SOCK="$2"; shift 2 ;;
@@ -89,7 +93,8 @@ while [ $# -gt 0 ]; do
             export QEMU_MODULE_DIR="$2/modules"
             shift 2 ;;
         --quiet) QUIET=1; shift ;;
-        -h|--help) sed -n '2,46p' "$0"; exit 0 ;;
+        --rootfs) ROOTFS="$2"; shift 2 ;;
+        -h|--help) sed -n '2,49p' "$0"; exit 0 ;;
         *) echo "run-guest.sh: unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -101,8 +106,12 @@ for p in "${PARAMS[@]}"; do
 done
 
 mkdir -p "$OUT_DIR"
-[ -n "$INITRD" ] || INITRD="$("$HERE/build-initramfs.sh")"
-[ -n "$KERNEL" ] || KERNEL="$(cat "$INITRD.kernel")"
+if [ -n "$ROOTFS" ]; then
+    [ -n "$KERNEL" ] || KERNEL="$(cat "$ROOTFS.kernel")"
+else
+    [ -n "$INITRD" ] || INITRD="$("$HERE/build-initramfs.sh")"
+    [ -n "$KERNEL" ] || KERNEL="$(cat "$INITRD.kernel")"
+fi
 [ -n "$LOG" ] || LOG="$OUT_DIR/console-$$.log"
 
 if [ ! -S "$SOCK" ]; then
@@ -114,6 +123,7 @@ fi
 # ("IO-APIC + timer doesn't work"); reboot=t: a panic resets at once (-no-reboot exits QEMU)
 # instead of crawling through reboot methods with an uncalibrated delay loop.
 APPEND="console=ttyS0 quiet panic=-1 no_timer_check reboot=t boxfs.tag=$TAG boxfs.scripts=$SCRIPTS ${PARAMS[*]:-}"
+[ -z "$ROOTFS" ] || APPEND="$APPEND root=$TAG rootfstype=virtiofs rw init=/boxfs/init"
 CMD=("$QEMU" "${QEMU_DATA[@]}"
     -accel tcg -cpu max -smp "$SMP" -m "$MEM"
     -object "memory-backend-memfd,id=mem,size=$MEM,share=on" -numa node,memdev=mem
@@ -131,8 +141,9 @@ for share in "${EXTRA_SHARES[@]}"; do
           -device "vhost-user-fs-pci,chardev=c$n,tag=$etag,queue-size=1024")
     n=$((n + 1))
 done
-CMD+=(-kernel "$KERNEL" -initrd "$INITRD"
-    -nic none -nographic -no-reboot
+CMD+=(-kernel "$KERNEL")
+[ -n "$ROOTFS" ] || CMD+=(-initrd "$INITRD")
+CMD+=(-nic none -nographic -no-reboot
     -append "$APPEND")
 
 echo "run-guest: ${CMD[*]}" >&2

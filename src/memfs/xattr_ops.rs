@@ -1,5 +1,9 @@
-//! Extended attributes, in every namespace the guest uses (`user.`, `trusted.`, `security.`,
-//! `system.posix_acl_*`), charged to the byte capacity (name + value).
+//! Extended attributes, in the namespaces the guest uses (`user.`, `trusted.`, `security.`),
+//! charged to the byte capacity (name + value). POSIX ACLs (`system.posix_acl_*`) are refused
+//! with `EOPNOTSUPP`, as by a Linux filesystem without ACL support: MemFs checks permissions
+//! by the mode alone, so a stored ACL would be silently ignored (and `cp -a`, which sets one
+//! instead of calling `chmod` when the filesystem accepts it, would leave copies with their
+//! creation mode).
 
 use std::ffi::CStr;
 use std::io;
@@ -14,6 +18,15 @@ const XATTR_REPLACE: u32 = 2;
 /// Largest value Linux accepts (`XATTR_SIZE_MAX`).
 const XATTR_SIZE_MAX: usize = 65_536;
 
+/// The name, validated; `EOPNOTSUPP` for the POSIX ACL names (see the module documentation).
+fn xattr_name(name: &CStr) -> io::Result<&[u8]> {
+    let name = name::validate_xattr(name)?;
+    if name.starts_with(b"system.posix_acl_") {
+        return Err(errno(libc::EOPNOTSUPP));
+    }
+    Ok(name)
+}
+
 impl MemFs {
     pub(super) fn do_setxattr(
         &self,
@@ -22,7 +35,7 @@ impl MemFs {
         value: &[u8],
         flags: u32,
     ) -> io::Result<()> {
-        let name = name::validate_xattr(name)?;
+        let name = xattr_name(name)?;
         if value.len() > XATTR_SIZE_MAX {
             return Err(errno(libc::E2BIG));
         }
@@ -71,7 +84,7 @@ impl MemFs {
         name: &CStr,
         size: u32,
     ) -> io::Result<GetxattrReply> {
-        let name = name::validate_xattr(name)?;
+        let name = xattr_name(name)?;
         let node = self.node(inode)?;
         let m = node.meta.lock();
         let (_, value) = m
@@ -107,7 +120,7 @@ impl MemFs {
     }
 
     pub(super) fn do_removexattr(&self, inode: u64, name: &CStr) -> io::Result<()> {
-        let name = name::validate_xattr(name)?;
+        let name = xattr_name(name)?;
         let node = self.node(inode)?;
         let mut m = node.meta.lock();
         let i = m

@@ -34,7 +34,7 @@ macro_rules! conformance_suite {
             chown_clears_setuid, xattr_flags_and_sizes, readdir_large_resumed, readdirplus_counts_lookups,
             readdir_stable_under_mutation, statfs_reports_limits, bad_names_rejected_everywhere,
             errno_paths, create_without_excl_opens_existing, concurrent_writers_keep_every_byte,
-            handles_belong_to_their_inode
+            handles_belong_to_their_inode, posix_acl_xattr_not_silently_ignored
         );
     };
     (@each $make:expr; $($t:ident),* $(,)?) => {
@@ -793,4 +793,41 @@ pub fn handles_belong_to_their_inode(fx: &Fixture) {
     assert_eq!(h.getattr(b.inode).st_size, 0);
     h.release(a.inode, fa);
     h.release(b.inode, fb);
+}
+
+/// A POSIX access ACL set through `system.posix_acl_access` (what `cp -a`, via gnulib's
+/// `acl_set_fd`, does after creating each file with a restrictive mode) must either be refused
+/// (`EOPNOTSUPP`: the caller then falls back to `chmod`) or take effect on the mode. A backend
+/// that stores it as an opaque xattr leaves every copy with its creation mode (0600/0700), as
+/// the real-guest workloads found for MemFs.
+pub fn posix_acl_xattr_not_silently_ignored(fx: &Fixture) {
+    let h = fx.h();
+    let fs = fx.fs.as_ref();
+    let ino = h.put(ROOT, "acl", b"x");
+    h.chmod(ino, 0o600).expect("chmod");
+    // The ACL equivalent of mode 0644: version 2, then (tag, perm, id) for user::rw-,
+    // group::r--, other::r-- (ACL_USER_OBJ, ACL_GROUP_OBJ, ACL_OTHER; id undefined).
+    let mut acl = 2u32.to_le_bytes().to_vec();
+    for (tag, perm) in [(0x01u16, 6u16), (0x04, 4), (0x20, 4)] {
+        acl.extend_from_slice(&tag.to_le_bytes());
+        acl.extend_from_slice(&perm.to_le_bytes());
+        acl.extend_from_slice(&u32::MAX.to_le_bytes());
+    }
+    match fs.setxattr(&h.ctx, ino, &c("system.posix_acl_access"), &acl, 0) {
+        Err(e) => assert_eq!(
+            e.raw_os_error(),
+            Some(libc::EOPNOTSUPP),
+            "a refused ACL must say EOPNOTSUPP (callers fall back to chmod on it)"
+        ),
+        Ok(()) => assert_eq!(
+            mode_of(&h.getattr(ino)) & 0o7777,
+            0o644,
+            "an accepted access ACL must set the mode"
+        ),
+    }
+    let d = h.mkdir(ROOT, "acl-dir", 0o700).expect("mkdir").inode;
+    match fs.setxattr(&h.ctx, d, &c("system.posix_acl_access"), &acl, 0) {
+        Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EOPNOTSUPP)),
+        Ok(()) => assert_eq!(mode_of(&h.getattr(d)) & 0o7777, 0o644),
+    }
 }
