@@ -907,6 +907,12 @@ mod linux {
         if let Some(share) = &file_share {
             builder = builder.tag(share.tag.clone());
         }
+        // The API socket is bound first: once the device socket exists, so does the API's (a
+        // runtime waits for the device socket only).
+        let api_listener = match &args.api_socket {
+            Some(path) => Some(api::bind(path)?),
+            None => None,
+        };
         // The socket is bound (and its group set) while its path is reachable; the sandbox,
         // if any, comes before the device starts its threads.
         let bound = match &args.socket_path {
@@ -916,10 +922,6 @@ mod linux {
         if let (Some(group), Some(path)) = (&args.socket_group, &args.socket_path) {
             set_socket_group(path, group)?;
         }
-        let api_listener = match &args.api_socket {
-            Some(path) => Some(api::bind(path)?),
-            None => None,
-        };
         if let Some(file) = &args.snapshot_file {
             let target = table
                 .as_ref()
@@ -1108,16 +1110,17 @@ mod linux {
             defaults,
             args.socket_dir.as_deref(),
         )?);
+        // The API socket first: once a device socket exists, so does the API's.
+        let api_listener = match &args.api_socket {
+            Some(path) => Some(api::bind(path)?),
+            None => None,
+        };
         // Backends and sockets are opened before the sandbox; the devices' threads start
         // after it and the seccomp filter (which binds only the threads started later).
         let mut prepared = Vec::with_capacity(specs.len());
         for d in specs {
             prepared.push(registry.prepare(d).map_err(|devices::Failure(_, e)| e)?);
         }
-        let api_listener = match &args.api_socket {
-            Some(path) => Some(api::bind(path)?),
-            None => None,
-        };
         if sandbox {
             boxfs::sandbox::enter_namespace().map_err(|e| match e {
                 boxfs::Error::Unsupported(why) => format!(
