@@ -18,8 +18,8 @@
 //! 4. asserts every step of every target printed `PASS`, none `FAIL`, the guest reported its boot
 //!    time, the daemons exited cleanly when QEMU went away, and the lower layer is unchanged.
 //!
-//! Sizes (environment, default the CI sizes): `BOXFS_WL_FILES` (1000), `BOXFS_WL_TX` (50),
-//! `BOXFS_WL_BIGDIR` (5000), `BOXFS_WL_PYMODS` (200); `BOXFS_E2E_TIMEOUT` (seconds, 2400).
+//! Sizes (environment, default the CI sizes): `BOXFS_WL_FILES` (500), `BOXFS_WL_TX` (20),
+//! `BOXFS_WL_BIGDIR` (2000), `BOXFS_WL_PYMODS` (100); `BOXFS_E2E_TIMEOUT` (seconds, 2400).
 //! Logs: `target/guest/logs/workloads-{console,root,pt,mf}.log`.
 #![cfg(target_os = "linux")]
 
