@@ -28,6 +28,8 @@
 //! host directory as a `dir` volume of a VolumeFs (`--volume /vol=dir:...`, the dataset
 //! under `/vol`); a closing summary gives the mount table's cost against serving the
 //! directory plainly (issue 16: at most 5 % on lookup+getattr and 4 KiB reads).
+//! A `boxfs-fleet` target serves the same host directory as the one `--device` of a
+//! fleet-mode boxfsd (issue 19: within 5 % of `boxfs-passthrough` on every row).
 //! `BOXFS_BENCH_QUEUES` (request-queue counts, comma-separated, default `1`: with `1,2` the
 //! boxfsd targets offer 2 request queues (`--request-queues 2`) and every boxfs row also runs
 //! on 2 queues, one load-generator thread per queue, each keeping `depth` operations in flight
@@ -821,6 +823,9 @@ enum Serve {
     /// The same host directory as a `dir` volume of a VolumeFs (`--volume /vol=dir:...`):
     /// the mount table's cost against `Dir`.
     Volume,
+    /// The same host directory as the one device of a fleet-mode boxfsd (`--device
+    /// id=..,socket=..,shared-dir=..`): the fleet event loop's cost against `Dir`.
+    Fleet,
 }
 
 fn boxfsd(
@@ -833,26 +838,38 @@ fn boxfsd(
 ) -> Target {
     let dir = tempfile::tempdir().expect("tempdir");
     let sock = dir.path().join("boxfsd.sock");
-    let mut args: Vec<String> = vec![
-        "--socket-path".into(),
-        sock.display().to_string(),
+    let mut args: Vec<String> = if serve == Serve::Fleet {
+        Vec::new()
+    } else {
+        vec!["--socket-path".into(), sock.display().to_string()]
+    };
+    args.extend([
         "--cache".into(),
         cache.into(),
         "--log-level".into(),
         "error".into(),
         "--request-queues".into(),
         queues.to_string(),
-    ];
+    ]);
     if let Ok(extra) = std::env::var("BOXFS_BENCH_BOXFSD_ARGS") {
         args.extend(extra.split_whitespace().map(String::from));
     }
     match serve {
         Serve::Mem => args.extend(["--memfs-size".into(), "2G".into()]),
-        Serve::Dir | Serve::Volume => {
+        Serve::Dir | Serve::Volume | Serve::Fleet => {
             let share = dir.path().join("share");
             host_dataset(&share, s);
             if serve == Serve::Volume {
                 args.extend(["--volume".into(), format!("/vol=dir:{}", share.display())]);
+            } else if serve == Serve::Fleet {
+                args.extend([
+                    "--device".into(),
+                    format!(
+                        "id=bench,socket={},shared-dir={}",
+                        sock.display(),
+                        share.display()
+                    ),
+                ]);
             } else {
                 args.extend(["--shared-dir".into(), share.display().to_string()]);
             }
@@ -1325,6 +1342,7 @@ fn main() {
             max_queues,
             None,
         ),
+        boxfsd("boxfs-fleet", Serve::Fleet, sizes, &cache, max_queues, None),
     ];
     if let Some(base) = std::env::var_os("BOXFS_BENCH_BASELINE").filter(|b| !b.is_empty()) {
         // Another boxfsd build serving the same dataset, alternated with the others: a
@@ -1537,45 +1555,57 @@ fn main() {
     }
     // The mount table's cost: the same directory through a VolumeFs volume against served
     // plainly, per workload and depth (issue 16's target: at most 5 % on lookup+getattr and
-    // 4 KiB reads).
-    let mut overhead: Vec<String> = Vec::new();
-    for (kind, wname) in WORKLOADS.iter().enumerate() {
-        for &depth in &depths {
-            let key = |t: &str| (kind, t.to_string(), depth, 1);
-            let (Some(v), Some(p)) = (
-                results.get(&key("boxfs-volume")).map(Agg::rate),
-                results.get(&key("boxfs-passthrough")).map(Agg::rate),
-            ) else {
-                continue;
-            };
-            if v > 0.0 && p > 0.0 {
-                let v50 = results.get_mut(&key("boxfs-volume")).map(|a| a.pct(0.5));
-                let p50 = results
-                    .get_mut(&key("boxfs-passthrough"))
-                    .map(|a| a.pct(0.5));
-                let lat = match (v50, p50) {
-                    (Some(v50), Some(p50)) if !p50.is_zero() => format!(
-                        "p50 {:.1} vs {:.1} µs ({:+.1} %)",
-                        v50.as_secs_f64() * 1e6,
-                        p50.as_secs_f64() * 1e6,
-                        (v50.as_secs_f64() / p50.as_secs_f64() - 1.0) * 100.0
-                    ),
-                    _ => String::new(),
+    // 4 KiB reads); and the fleet event loop's, one `--device` against the single-device
+    // daemon (issue 19's target: within 5 % on every row).
+    for (other, short, title) in [
+        (
+            "boxfs-volume",
+            "volume",
+            "mount-table overhead (boxfs-volume against boxfs-passthrough, same directory):",
+        ),
+        (
+            "boxfs-fleet",
+            "fleet",
+            "fleet-mode overhead (boxfs-fleet, one --device, against boxfs-passthrough):",
+        ),
+    ] {
+        let mut overhead: Vec<String> = Vec::new();
+        for (kind, wname) in WORKLOADS.iter().enumerate() {
+            for &depth in &depths {
+                let key = |t: &str| (kind, t.to_string(), depth, 1);
+                let (Some(v), Some(p)) = (
+                    results.get(&key(other)).map(Agg::rate),
+                    results.get(&key("boxfs-passthrough")).map(Agg::rate),
+                ) else {
+                    continue;
                 };
-                overhead.push(format!(
-                    "{wname:<22} depth {depth}: volume {v:.0} vs plain {p:.0} ops/s \
-                     ({:+.1} % throughput), {lat}",
-                    (v / p - 1.0) * 100.0
-                ));
+                if v > 0.0 && p > 0.0 {
+                    let v50 = results.get_mut(&key(other)).map(|a| a.pct(0.5));
+                    let p50 = results
+                        .get_mut(&key("boxfs-passthrough"))
+                        .map(|a| a.pct(0.5));
+                    let lat = match (v50, p50) {
+                        (Some(v50), Some(p50)) if !p50.is_zero() => format!(
+                            "p50 {:.1} vs {:.1} µs ({:+.1} %)",
+                            v50.as_secs_f64() * 1e6,
+                            p50.as_secs_f64() * 1e6,
+                            (v50.as_secs_f64() / p50.as_secs_f64() - 1.0) * 100.0
+                        ),
+                        _ => String::new(),
+                    };
+                    overhead.push(format!(
+                        "{wname:<22} depth {depth}: {short} {v:.0} vs plain {p:.0} ops/s \
+                         ({:+.1} % throughput), {lat}",
+                        (v / p - 1.0) * 100.0
+                    ));
+                }
             }
         }
-    }
-    if !overhead.is_empty() {
-        println!(
-            "\nmount-table overhead (boxfs-volume against boxfs-passthrough, same directory):"
-        );
-        for line in overhead {
-            println!("{line}");
+        if !overhead.is_empty() {
+            println!("\n{title}");
+            for line in overhead {
+                println!("{line}");
+            }
         }
     }
     if !scaling.is_empty() {

@@ -47,6 +47,13 @@
 //! `scripts/guest/fetch-qemu72.sh`, not installed) and Linux 6.1 (virtiofs as modules); it asserts
 //! both versions (`--version`, the console's VMM line, the guest's `uname -r`).
 //!
+//! `guest_e2e_fleet_two_guests` runs ONE fleet-mode boxfsd (`--device` twice, unprivileged,
+//! default sandbox) serving two devices, each its own directory, socket and tag. Two guests
+//! boot at once, one per device, and run pjdfstest: 0 failed each. Then both again, and once
+//! guest A has passed 40 pjdfstest cases (read from its live console) its QEMU is SIGKILLed:
+//! device A must take a new vhost-user connection while guest B runs, guest B must complete
+//! pjdfstest with 0 failed, and the daemon must keep running and exit cleanly on SIGTERM.
+//!
 //! Console and daemon logs are copied to `target/guest/logs/`.
 //!
 //! Environment knobs (all optional):
@@ -2092,5 +2099,422 @@ fn queue_counts_parser() {
     assert_eq!(
         queue_counts("requests served per queue: q0=x (total 5)"),
         None
+    );
+}
+
+#[test]
+#[ignore = "needs QEMU; run by scripts/test.sh"]
+fn guest_e2e_fleet_two_guests() {
+    run_fleet_e2e();
+}
+
+/// pjdfstest cases guest A must have passed before the host SIGKILLs its QEMU (phase 2): well
+/// into the run (pjdfstest has ~400 cases), far from its end.
+const FLEET_KILL_AFTER_CASES: usize = 40;
+
+/// Problems with one guest's pjdfstest results: it must have printed a summary with 0 failed,
+/// passed something and skipped no more than the known cases.
+fn pjdfstest_problems(label: &str, report: &GuestReport, console_text: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    if report.guest_done.is_none() {
+        problems.push(format!(
+            "[{label}] guest did not reach BOXFS-GUEST-DONE; last console lines:\n{}",
+            tail(console_text, 40)
+        ));
+    }
+    match report.pjdfstest_counts.get("failed") {
+        Some(0) => {}
+        Some(n) => problems.push(format!(
+            "[{label}] pjdfstest: {n} failed:\n  {}",
+            report.pjdfstest_failures.join("\n  ")
+        )),
+        None => problems.push(format!(
+            "[{label}] pjdfstest printed no summary ({})",
+            report
+                .pjdfstest_done
+                .as_deref()
+                .unwrap_or("no PJDFSTEST-DONE line")
+        )),
+    }
+    if report.pjdfstest_counts.get("passed").copied().unwrap_or(0) == 0 {
+        problems.push(format!("[{label}] pjdfstest passed nothing"));
+    }
+    if let Some(n) = report.pjdfstest_counts.get("skipped") {
+        if *n > PJDFSTEST_KNOWN_SKIPS {
+            problems.push(format!(
+                "[{label}] pjdfstest skipped {n} cases, more than the known {PJDFSTEST_KNOWN_SKIPS}"
+            ));
+        }
+    }
+    problems
+}
+
+/// pjdfstest cases reported `ok` so far in a (live) console log.
+fn pjdfstest_ok_lines(console_text: &str) -> usize {
+    console_text
+        .lines()
+        .map(strip_ansi)
+        .filter(|l| {
+            let mut words = l.split_whitespace();
+            words.next().is_some_and(|w| w.contains("::")) && words.last() == Some("ok")
+        })
+        .count()
+}
+
+/// The QEMU process among `root`'s descendants (run-guest.sh runs it under `timeout`).
+fn find_qemu(root: libc::pid_t) -> Option<libc::pid_t> {
+    let mut todo = vec![root];
+    while let Some(pid) = todo.pop() {
+        let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let children = fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+                let comm = fs::read_to_string(format!("/proc/{child}/comm")).unwrap_or_default();
+                if comm.trim().starts_with("qemu-system") {
+                    return Some(child);
+                }
+                todo.push(child);
+            }
+        }
+    }
+    None
+}
+
+/// Opens a new vhost-user connection on `socket` and asks for the device's features
+/// (`VHOST_USER_GET_FEATURES`): whether the device accepts and serves a new frontend.
+fn vhost_user_features(socket: &Path) -> Result<u64, String> {
+    use std::io::Read;
+    let mut s = std::os::unix::net::UnixStream::connect(socket)
+        .map_err(|e| format!("connect {}: {e}", socket.display()))?;
+    // Hang guard only.
+    let _ = s.set_read_timeout(Some(Duration::from_secs(120)));
+    let mut msg = Vec::with_capacity(12);
+    msg.extend_from_slice(&1u32.to_le_bytes()); // VHOST_USER_GET_FEATURES
+    msg.extend_from_slice(&1u32.to_le_bytes()); // version 1
+    msg.extend_from_slice(&0u32.to_le_bytes()); // no payload
+    s.write_all(&msg).map_err(|e| format!("send: {e}"))?;
+    let mut reply = [0u8; 20];
+    s.read_exact(&mut reply)
+        .map_err(|e| format!("no GET_FEATURES reply: {e}"))?;
+    let word = |i: usize| u32::from_le_bytes([reply[i], reply[i + 1], reply[i + 2], reply[i + 3]]);
+    if word(0) != 1 || word(4) & 0x4 == 0 || word(8) != 8 {
+        return Err(format!("not a GET_FEATURES reply: {reply:02x?}"));
+    }
+    let mut features = [0u8; 8];
+    features.copy_from_slice(&reply[12..20]);
+    Ok(u64::from_le_bytes(features))
+}
+
+/// Fleet mode with real guests: ONE unprivileged, sandboxed (default sandbox) `boxfsd` serving
+/// two devices (`--device` twice: own shared directory, socket and tag each).
+/// Phase 1: two guests boot at the same time, one on each device, and run pjdfstest: 0 failed
+/// each. Phase 2 (same daemon: both devices must take a new VMM): both again; once guest A has
+/// passed [`FLEET_KILL_AFTER_CASES`] pjdfstest cases (read from its live console) its QEMU is
+/// SIGKILLed; device A must then take a new vhost-user connection while guest B still runs, and
+/// guest B completes pjdfstest with 0 failed. The daemon must still be running at the end and
+/// exit cleanly on SIGTERM.
+fn run_fleet_e2e() {
+    let _guard = GUEST_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let label = "fleet";
+    let initrd = prepare_guest();
+    let unprivileged = is_root() && env_nonempty("BOXFS_E2E_PRIVILEGED").is_none();
+    let work = tempfile::Builder::new()
+        .prefix("boxfs-e2e-fleet-")
+        .tempdir()
+        .expect("tempdir");
+    // PassthroughFs keeps ownership in user.* xattrs: the shares need a filesystem with them.
+    let _share_holder;
+    let share_root = if supports_user_xattrs(work.path()) {
+        _share_holder = None;
+        work.path().to_path_buf()
+    } else {
+        fs::create_dir_all(guest_dir()).expect("mkdir target/guest");
+        let dir = tempfile::Builder::new()
+            .prefix("fleet-")
+            .tempdir_in(guest_dir())
+            .expect("tempdir in target/guest");
+        let root = dir.path().to_path_buf();
+        _share_holder = Some(dir);
+        root
+    };
+    if unprivileged {
+        chown(work.path(), Some(DAEMON_ID), Some(DAEMON_ID)).expect("chown work dir");
+        chown(&share_root, Some(DAEMON_ID), Some(DAEMON_ID)).expect("chown share root");
+    }
+    let names = ["a", "b"];
+    let mut device_args: Vec<OsString> = Vec::new();
+    let mut sockets = Vec::new();
+    let mut tags = Vec::new();
+    for name in names {
+        let share = share_root.join(format!("share-{name}"));
+        fs::create_dir(&share).expect("mkdir share");
+        fs::set_permissions(&share, fs::Permissions::from_mode(0o755)).expect("chmod share");
+        if unprivileged {
+            chown(&share, Some(DAEMON_ID), Some(DAEMON_ID)).expect("chown share");
+        }
+        let socket = work.path().join(format!("{name}.sock"));
+        let tag = format!("fleet-{name}");
+        device_args.push("--device".into());
+        device_args.push(
+            format!(
+                "id=vm-{name},socket={},shared-dir={},tag={tag}",
+                socket.display(),
+                share.display()
+            )
+            .into(),
+        );
+        sockets.push(socket);
+        tags.push(tag);
+    }
+    let program = PathBuf::from(env!("CARGO_BIN_EXE_boxfsd"));
+    let program = if unprivileged {
+        let copy = work.path().join("daemon-bin");
+        fs::copy(&program, &copy).expect("copy boxfsd");
+        fs::set_permissions(&copy, fs::Permissions::from_mode(0o755)).expect("chmod boxfsd");
+        copy
+    } else {
+        program
+    };
+    let daemon_log = work.path().join("daemon.log");
+    let log_file = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&daemon_log)
+        .expect("daemon log");
+    let mut cmd = Command::new(&program);
+    cmd.args(&device_args)
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone().expect("dup daemon log"))
+        .stderr(log_file);
+    if unprivileged {
+        cmd.uid(DAEMON_ID).gid(DAEMON_ID);
+    }
+    say(&format!(
+        "[{label}] daemon: boxfsd {}{}",
+        device_args
+            .iter()
+            .map(|a| a.to_string_lossy())
+            .collect::<Vec<_>>()
+            .join(" "),
+        if unprivileged {
+            "  (as uid/gid 65534)"
+        } else {
+            ""
+        }
+    ));
+    let mut daemon = cmd.spawn().expect("start boxfsd");
+    for socket in &sockets {
+        if let Err(e) = wait_for_socket(&mut daemon, socket, Duration::from_secs(30)) {
+            let _ = daemon.kill();
+            let _ = daemon.wait();
+            panic!(
+                "[{label}] {e}\n--- daemon log ---\n{}",
+                fs::read_to_string(&daemon_log).unwrap_or_default()
+            );
+        }
+    }
+    let timeout = env_nonempty("BOXFS_E2E_TIMEOUT").unwrap_or_else(|| "1200".to_owned());
+    let start_guest = |i: usize, console: &Path| -> Child {
+        let mut run = script_command("run-guest.sh");
+        run.arg("--socket")
+            .arg(&sockets[i])
+            .arg("--tag")
+            .arg(&tags[i])
+            .arg("--scripts")
+            .arg("pjdfstest")
+            .arg("--initrd")
+            .arg(&initrd)
+            .arg("--timeout")
+            .arg(&timeout)
+            .arg("--log")
+            .arg(console)
+            .arg("--quiet")
+            .stdin(Stdio::null())
+            .process_group(0);
+        run.spawn().expect("run-guest.sh")
+    };
+    let stop_guest = |guest: &mut Child| {
+        let pgid = guest.id() as libc::pid_t;
+        // SAFETY: signalling the process group of our own child.
+        unsafe { libc::kill(-pgid, libc::SIGTERM) };
+        let _ = guest.wait();
+    };
+    let mut problems: Vec<String> = Vec::new();
+
+    // ---- phase 1: two guests at once, each on its own device -----------------------------------
+    let consoles1: Vec<PathBuf> = names
+        .iter()
+        .map(|n| work.path().join(format!("console-1{n}.log")))
+        .collect();
+    let t1 = Instant::now();
+    let mut guests: Vec<Child> = (0..2).map(|i| start_guest(i, &consoles1[i])).collect();
+    let mut status: [Option<ExitStatus>; 2] = [None, None];
+    let mut daemon_died = None;
+    while status.iter().any(Option::is_none) {
+        for i in 0..2 {
+            if status[i].is_none() {
+                status[i] = guests[i].try_wait().expect("wait run-guest.sh");
+            }
+        }
+        if let Ok(Some(s)) = daemon.try_wait() {
+            daemon_died = Some(s);
+            for (i, g) in guests.iter_mut().enumerate() {
+                if status[i].is_none() {
+                    stop_guest(g);
+                }
+            }
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let phase1_secs = t1.elapsed().as_secs_f64();
+    for (i, name) in names.iter().enumerate() {
+        let text = fs::read_to_string(&consoles1[i]).unwrap_or_default();
+        copy_log(&consoles1[i], &format!("fleet-1{name}-console.log"));
+        let report = parse_console(&text);
+        say(&format!(
+            "[{label}] phase 1 guest {name}: pjdfstest {} ({:?})",
+            report
+                .pjdfstest_summary
+                .as_deref()
+                .unwrap_or("no Summary line"),
+            status[i]
+        ));
+        problems.extend(pjdfstest_problems(
+            &format!("phase 1 guest {name}"),
+            &report,
+            &text,
+        ));
+    }
+    say(&format!(
+        "[{label}] phase 1: both guests done in {phase1_secs:.1}s"
+    ));
+    if let Some(s) = daemon_died {
+        panic!(
+            "[{label}] the fleet daemon died during phase 1 ({s}):\n{}\n--- daemon log ---\n{}",
+            problems.join("\n"),
+            tail(&fs::read_to_string(&daemon_log).unwrap_or_default(), 60)
+        );
+    }
+
+    // ---- phase 2: both again; SIGKILL guest A's QEMU mid-run -----------------------------------
+    let consoles2: Vec<PathBuf> = names
+        .iter()
+        .map(|n| work.path().join(format!("console-2{n}.log")))
+        .collect();
+    let live_a = PathBuf::from(format!("{}.raw", consoles2[0].display()));
+    let t2 = Instant::now();
+    let mut guests: Vec<Child> = (0..2).map(|i| start_guest(i, &consoles2[i])).collect();
+    let mut status: [Option<ExitStatus>; 2] = [None, None];
+    let mut killed_at: Option<(usize, f64)> = None;
+    let mut reconnect: Option<Result<u64, String>> = None;
+    let mut daemon_died = None;
+    while status.iter().any(Option::is_none) {
+        for i in 0..2 {
+            if status[i].is_none() {
+                status[i] = guests[i].try_wait().expect("wait run-guest.sh");
+            }
+        }
+        if killed_at.is_none() && status[0].is_none() {
+            let passed = pjdfstest_ok_lines(&fs::read_to_string(&live_a).unwrap_or_default());
+            if passed >= FLEET_KILL_AFTER_CASES {
+                if let Some(qemu) = find_qemu(guests[0].id() as libc::pid_t) {
+                    // SAFETY: signalling a descendant of our own child by pid.
+                    unsafe { libc::kill(qemu, libc::SIGKILL) };
+                    killed_at = Some((passed, t2.elapsed().as_secs_f64()));
+                }
+            }
+        }
+        // Once guest A is gone (and B still runs), device A must take a new frontend.
+        if killed_at.is_some() && status[0].is_some() && reconnect.is_none() {
+            reconnect = Some(vhost_user_features(&sockets[0]));
+            say(&format!(
+                "[{label}] device a after the SIGKILL, guest b running={}: new connection {:?}",
+                status[1].is_none(),
+                reconnect
+            ));
+        }
+        if let Ok(Some(s)) = daemon.try_wait() {
+            daemon_died = Some(s);
+            for (i, g) in guests.iter_mut().enumerate() {
+                if status[i].is_none() {
+                    stop_guest(g);
+                }
+            }
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let phase2_secs = t2.elapsed().as_secs_f64();
+    let text_a = fs::read_to_string(&consoles2[0]).unwrap_or_default();
+    let text_b = fs::read_to_string(&consoles2[1]).unwrap_or_default();
+    copy_log(&consoles2[0], "fleet-2a-console.log");
+    copy_log(&consoles2[1], "fleet-2b-console.log");
+    let report_b = parse_console(&text_b);
+    match killed_at {
+        Some((passed, at)) => say(&format!(
+            "[{label}] phase 2: guest a's QEMU SIGKILLed at {at:.1}s after {passed} pjdfstest cases"
+        )),
+        None => problems.push(format!(
+            "phase 2: guest a never reached {FLEET_KILL_AFTER_CASES} pjdfstest cases (or QEMU \
+             not found), so it was not killed; last console lines:\n{}",
+            tail(&text_a, 20)
+        )),
+    }
+    if killed_at.is_some() && text_a.contains("PJDFSTEST-DONE") {
+        problems.push("phase 2: guest a finished pjdfstest before the kill (not mid-run)".into());
+    }
+    say(&format!(
+        "[{label}] phase 2 guest b: pjdfstest {} ({:?}), {phase2_secs:.1}s",
+        report_b
+            .pjdfstest_summary
+            .as_deref()
+            .unwrap_or("no Summary line"),
+        status[1]
+    ));
+    problems.extend(pjdfstest_problems("phase 2 guest b", &report_b, &text_b));
+    match &reconnect {
+        Some(Ok(_)) => {}
+        Some(Err(e)) => problems.push(format!("phase 2: device a refused a new frontend: {e}")),
+        None if killed_at.is_some() => {
+            problems.push("phase 2: device a's reconnection was never tried".into())
+        }
+        None => {}
+    }
+
+    // ---- the daemon kept serving, and stops cleanly ---------------------------------------------
+    let daemon_status = match daemon_died {
+        Some(s) => {
+            problems.push(format!("the fleet daemon died during phase 2: {s}"));
+            Some(s)
+        }
+        None => {
+            if let Ok(Some(s)) = daemon.try_wait() {
+                problems.push(format!("the fleet daemon exited by itself: {s}"));
+                Some(s)
+            } else {
+                // SAFETY: signalling our own child by pid.
+                unsafe { libc::kill(daemon.id() as libc::pid_t, libc::SIGTERM) };
+                let (s, _) = stop_daemon(&mut daemon);
+                say(&format!("[{label}] daemon stopped by SIGTERM: {s:?}"));
+                s
+            }
+        }
+    };
+    if !daemon_status.is_some_and(|s| s.success()) {
+        problems.push(format!(
+            "the fleet daemon did not exit cleanly: {daemon_status:?}"
+        ));
+    }
+    let daemon_copy = copy_log(&daemon_log, "fleet-daemon.log");
+    say(&format!("[{label}] logs: {}", daemon_copy.display()));
+    assert!(
+        problems.is_empty(),
+        "[{label}] {} problem(s):\n{}\n--- daemon log (tail) ---\n{}",
+        problems.len(),
+        problems.join("\n"),
+        tail(&fs::read_to_string(&daemon_log).unwrap_or_default(), 40)
     );
 }

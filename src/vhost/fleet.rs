@@ -788,11 +788,43 @@ fn process_queue(fleet: &Inner, dev: &Arc<Dev>, ctx: &Arc<ConnCtx>, q: usize) ->
             }
             continue;
         }
+        // Idle. As a single device does (`FsDeviceBuilder::poll`), look for the guest's next
+        // request a little while before re-arming notifications: a guest issuing requests one
+        // after the other sends it within microseconds of the reply, and with EVENT_IDX it
+        // then costs neither its kick nor an epoll wake-up (without this, ~30 µs more per
+        // request at depth 1 than the single-device daemon). Only after a turn that served
+        // something, and within the turn's budget, so an idle device still costs nothing
+        // and a busy one still yields to the others.
+        if q != 0 && served > 0 && !dev.core.poll.is_zero() && poll_for_work(v, &mem, dev) {
+            continue;
+        }
         match v.queue.lock().enable_notification(&*mem) {
             Ok(true) => continue,
             _ => return false,
         }
     }
+}
+
+/// Spins for up to the device's poll time waiting for new requests on `v`; `true` if some
+/// arrived. Notifications stay as they are (the caller re-arms them and re-checks the queue
+/// before sleeping, so nothing is missed).
+fn poll_for_work(v: &Vring, mem: &Mem, dev: &Dev) -> bool {
+    let pending = || {
+        let q = v.queue.lock();
+        q.avail_idx(mem, Ordering::Acquire)
+            .map(|avail| avail.0 != q.next_avail())
+            .unwrap_or(false)
+    };
+    let deadline = Instant::now() + dev.core.poll;
+    while Instant::now() < deadline && v.enabled.load(Ordering::Acquire) {
+        if pending() {
+            return true;
+        }
+        // Give the core away to any other runnable thread (the guest's vCPU, another loop
+        // thread) while polling; with nothing else to run this returns at once.
+        std::thread::yield_now();
+    }
+    false
 }
 
 fn dispatch(
