@@ -58,7 +58,21 @@ step "minimum supported Rust version: declared, and no dependency needs a newer 
 scripts/check-msrv.sh
 
 step "packaging: cargo publish --dry-run of every crate (builds each from its package)"
-cargo publish --workspace --dry-run --locked
+# The dry run publishes each crate into a temporary registry under the target directory and verifies
+# the next crate against it. Cargo takes a crate of a registry as immutable: it reuses an extraction
+# in $CARGO_HOME/registry/src/-<hash of the registry's path>/ and a build in the target directory,
+# so with a fixed path (a CI that clones to the same place every time) boxfsd was verified against
+# the library as an earlier run had packaged it. A target directory of its own per run gives the
+# temporary registry a new path; the extractions of earlier runs are removed (local registries
+# only: their directories start with "-").
+cargo_home="${CARGO_HOME:-$HOME/.cargo}"
+rm -rf "$cargo_home"/registry/src/-*/boxfs-[0-9]* "$cargo_home"/registry/src/-*/boxfsd-[0-9]*
+publish_target="$(mktemp -d "${TMPDIR:-/tmp}/boxfs-publish.XXXXXX")"
+if ! CARGO_TARGET_DIR="$publish_target" cargo publish --workspace --dry-run --locked; then
+    rm -rf "$publish_target"
+    exit 1
+fi
+rm -rf "$publish_target" "$cargo_home"/registry/src/-*/boxfs-[0-9]* "$cargo_home"/registry/src/-*/boxfsd-[0-9]*
 
 step "cargo test (unit, doc, integration; benchmarks built and run once as tests)"
 cargo test --workspace --all-targets --all-features --no-fail-fast
