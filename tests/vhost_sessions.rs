@@ -21,8 +21,14 @@ use boxfs::{DynFileSystem, SizeExt, ROOT_ID};
 use vmm::trackfs::TrackFs;
 use vmm::{FuseClient, Vmm, VmmConfig};
 
-/// Descriptor and RSS figures are per process: the tests of this file run one at a time.
+/// Descriptor and RSS figures are per process: the tests of this file run one at a time, each
+/// from before it builds its backend (a PassthroughFs holds descriptors from the start, so a test
+/// building one while another measures would show as that one's leak).
 static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 const CYCLES: usize = 100;
 /// Cycles before the baseline is taken (allocator and thread-stack warm-up).
@@ -106,7 +112,6 @@ fn guest_session(path: &Path, cycle: usize) {
 }
 
 fn run_cycles(fs: Arc<dyn DynFileSystem>, probe: &dyn Fn() -> (usize, u64, (usize, usize))) {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("fs.sock");
     let handle = FsDevice::builder(fs)
@@ -188,6 +193,7 @@ fn passthrough(root: &Path) -> Arc<PassthroughFs> {
 
 #[test]
 fn reconnect_cycles_hold_nothing_memfs_tracked() {
+    let _serial = serial();
     let mem = memfs();
     let track = Arc::new(TrackFs::new(mem.clone()));
     let t = track.clone();
@@ -202,6 +208,7 @@ fn reconnect_cycles_hold_nothing_memfs_tracked() {
 
 #[test]
 fn reconnect_cycles_hold_nothing_passthrough_tracked() {
+    let _serial = serial();
     let root = tempfile::tempdir().expect("tempdir");
     let pt = passthrough(root.path());
     let track = Arc::new(TrackFs::new(pt.clone()));
@@ -213,6 +220,7 @@ fn reconnect_cycles_hold_nothing_passthrough_tracked() {
 
 #[test]
 fn reconnect_cycles_hold_nothing_memfs() {
+    let _serial = serial();
     let mem = memfs();
     let m = mem.clone();
     run_cycles(mem, &move || {
@@ -222,6 +230,7 @@ fn reconnect_cycles_hold_nothing_memfs() {
 
 #[test]
 fn reconnect_cycles_hold_nothing_passthrough() {
+    let _serial = serial();
     let root = tempfile::tempdir().expect("tempdir");
     let pt = passthrough(root.path());
     let p = pt.clone();
