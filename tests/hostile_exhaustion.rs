@@ -6,7 +6,7 @@
 
 mod vmm;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use boxfs::passthrough::PassthroughFs;
 use boxfs::vhost::FsDevice;
@@ -16,6 +16,15 @@ use vmm::FuseClient;
 const FD_CACHE: usize = 64;
 const NAMES: usize = 20_000;
 
+/// The tests of this file run one at a time: the first counts the process's descriptors and
+/// lowers its descriptor limit to run into it, which would fail whatever another test opened
+/// meanwhile.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd")
         .expect("/proc/self/fd")
@@ -24,6 +33,7 @@ fn open_fds() -> usize {
 
 #[test]
 fn lookups_without_forget_and_handles_without_release_stay_bounded() {
+    let _serial = serial();
     let dir = tempfile::tempdir().expect("tempdir");
     let share = dir.path().join("share");
     std::fs::create_dir(&share).expect("share");
@@ -111,6 +121,7 @@ fn lookups_without_forget_and_handles_without_release_stay_bounded() {
 
 #[test]
 fn inode_and_handle_limits_give_enfile_and_the_device_keeps_serving() {
+    let _serial = serial();
     const MAX_INODES: usize = 100;
     const MAX_HANDLES: usize = 20;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -194,6 +205,7 @@ fn inode_and_handle_limits_give_enfile_and_the_device_keeps_serving() {
 /// is answered, nothing is dropped, and the worker pool's backlog is bounded by the queue.
 #[test]
 fn a_flooded_queue_is_served_completely() {
+    let _serial = serial();
     use boxfs::memfs::MemFs;
     use boxfs::SizeExt;
     use fuse_backend_rs::abi::fuse_abi::GetattrIn;
