@@ -21,6 +21,24 @@
 //!   only. A frontend message is read with a 1 s receive timeout, so a VMM that sends half a
 //!   message stalls one event-loop thread for at most that long.
 //!
+//! # Ceilings
+//!
+//! Whatever the number of devices and however hard their guests flood them:
+//!
+//! * **Threads:** [`FleetBuilder::threads`] event loops + [`FleetBuilder::pool_size`]
+//!   workers, started by [`FleetBuilder::build`]; adding, connecting, flooding or removing a
+//!   device starts none.
+//! * **Descriptors** the fleet holds for a device: its listening socket and the descriptor of
+//!   the socket's directory (2, from [`Fleet::add`]); with a VMM connected, the connection,
+//!   one per guest memory region and a kick and a call eventfd per virtqueue (a one-region
+//!   guest with one request queue: 6 more); a rate-limit timer if the device has a limit (1).
+//!   On top come the backend's own: none for a MemFs; for a host directory (PassthroughFs) its
+//!   root, at most `fd_cache_size` cached inode descriptors and one per open handle (at most
+//!   `max_handles`); and the few a request being served holds for a moment, per serving thread.
+//!
+//! `boxfsd/tests/fleet_bounds.rs` samples both while four devices are flooded at 40 requests
+//! in flight each.
+//!
 //! The fleet offers what a single device offers, except memory slots
 //! (`CONFIGURE_MEM_SLOTS`: the VMM sends whole memory tables) and the per-device polling
 //! option.
