@@ -13,7 +13,9 @@
 //!   parallel.
 //! * Fairness: a queue is served at most [`FleetBuilder::budget`] requests per turn; a queue
 //!   with more waiting kicks itself and goes to the back of the ready list, behind every other
-//!   device's work.
+//!   device's work. A device takes at most all event loops but one for its request queues
+//!   at once (a multi-queue device flooding every queue leaves a loop to the others); its
+//!   other ready queues wait, without spinning, until one of its turns ends.
 //! * Rate limit: a device may have a token bucket of requests per second
 //!   ([`FleetDeviceOptions::ops_per_sec`]); out of tokens, its queues wait for a timer.
 //! * Isolation: a request whose filesystem panics is answered `EIO` and the device keeps
@@ -181,6 +183,8 @@ impl FleetBuilder {
             next_key: AtomicU64::new(1),
             pool,
             budget: self.budget,
+            // One loop always stays free for the other devices.
+            per_device: self.threads.saturating_sub(1).max(1),
             threads: Mutex::new(Vec::new()),
         });
         for i in 0..self.threads {
@@ -208,6 +212,8 @@ struct Inner {
     next_key: AtomicU64,
     pool: Option<Pool>,
     budget: usize,
+    /// Most event loops serving one device's request queues at once.
+    per_device: usize,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -224,6 +230,19 @@ struct Dev {
     ctx: RwLock<Option<Arc<ConnCtx>>>,
     stopped: AtomicBool,
     limiter: Option<Limiter>,
+    /// Which event loops serve the device's request queues.
+    turns: Mutex<Turns>,
+}
+
+/// The device's share of the event loops: a multi-queue device flooding on every queue
+/// takes at most [`Inner::per_device`] loops; its other ready queues wait (their kick
+/// descriptors left disarmed, nothing spinning) until one of its turns ends.
+#[derive(Default)]
+struct Turns {
+    /// Request-queue turns running.
+    active: usize,
+    /// Request queues that became ready while the device had its share.
+    deferred: Vec<usize>,
 }
 
 /// Connection state shared by the frontend handler and the event loops.
@@ -418,6 +437,7 @@ impl Fleet {
             ctx: RwLock::new(None),
             stopped: AtomicBool::new(false),
             limiter,
+            turns: Mutex::new(Turns::default()),
         });
         self.inner.devices.write().insert(key, Arc::clone(&dev));
         let mut fds = vec![(dev.listener.as_raw_fd(), KIND_LISTENER)];
@@ -722,6 +742,14 @@ fn kick(fleet: &Inner, dev: &Arc<Dev>, q: usize) {
     let Some(k) = v.kick.lock().clone() else {
         return;
     };
+    let _turn = if q == 0 {
+        None
+    } else {
+        match Turn::start(fleet, dev, &ctx, q) {
+            Some(t) => Some(t),
+            None => return,
+        }
+    };
     let mut buf = [0u8; 8];
     let _ = (&*k).read(&mut buf);
     if process_queue(fleet, dev, &ctx, q) {
@@ -729,6 +757,47 @@ fn kick(fleet: &Inner, dev: &Arc<Dev>, q: usize) {
         let _ = (&*k).write(&1u64.to_ne_bytes());
     }
     fleet.rearm(k.as_raw_fd(), token(dev.key, KIND_KICK + q as u64));
+}
+
+/// A request-queue turn of a device, counted in its [`Turns`].
+struct Turn<'a> {
+    fleet: &'a Inner,
+    dev: &'a Dev,
+    ctx: &'a ConnCtx,
+}
+
+impl<'a> Turn<'a> {
+    /// Starts a turn of `q`, or (`None`) defers `q` if the device already has its share of
+    /// the loops: its kick stays unread and its descriptor disarmed until a turn ends.
+    fn start(fleet: &'a Inner, dev: &'a Dev, ctx: &'a ConnCtx, q: usize) -> Option<Turn<'a>> {
+        let mut t = dev.turns.lock();
+        if t.active >= fleet.per_device {
+            if !t.deferred.contains(&q) {
+                t.deferred.push(q);
+            }
+            return None;
+        }
+        t.active += 1;
+        Some(Turn { fleet, dev, ctx })
+    }
+}
+
+impl Drop for Turn<'_> {
+    /// Ends the turn (however it ends): the queues that waited for it go to the back of the
+    /// ready list (their kicks are still pending).
+    fn drop(&mut self) {
+        let deferred = {
+            let mut t = self.dev.turns.lock();
+            t.active = t.active.saturating_sub(1);
+            std::mem::take(&mut t.deferred)
+        };
+        for d in deferred {
+            if let Some(k) = self.ctx.vrings.get(d).and_then(|v| v.kick.lock().clone()) {
+                self.fleet
+                    .rearm(k.as_raw_fd(), token(self.dev.key, KIND_KICK + d as u64));
+            }
+        }
+    }
 }
 
 /// Serves up to one budget of `q`'s requests; `true` if some are left for the next turn.
