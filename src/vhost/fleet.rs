@@ -611,28 +611,36 @@ fn event_loop(inner: &Weak<Inner>) {
             }
         };
         for ev in &events[..n] {
-            let data = ev.data();
-            if data == STOP_TOKEN {
+            if !handle(&fleet, ev.data(), false) {
                 return;
-            }
-            let dev = fleet.devices.read().get(&(data >> 8)).cloned();
-            let Some(dev) = dev else { continue };
-            let kind = data & 0xff;
-            // Requests catch their own panics; this keeps the loop alive regardless.
-            let r = catch_unwind(AssertUnwindSafe(|| match kind {
-                KIND_LISTENER => accept(&fleet, &dev),
-                KIND_FRONTEND => frontend(&fleet, &dev),
-                KIND_TIMER => timer(&fleet, &dev),
-                k => kick(&fleet, &dev, (k - KIND_KICK) as usize),
-            }));
-            if r.is_err() {
-                tracing::error!(
-                    "fleet: an event handler panicked; device {} goes on",
-                    dev.key
-                );
             }
         }
     }
+}
+
+/// Serves one event; `false` for the stop event. `nested`: called from within a queue's turn
+/// (see [`kick`]).
+fn handle(fleet: &Inner, data: u64, nested: bool) -> bool {
+    if data == STOP_TOKEN {
+        return false;
+    }
+    let dev = fleet.devices.read().get(&(data >> 8)).cloned();
+    let Some(dev) = dev else { return true };
+    let kind = data & 0xff;
+    // Requests catch their own panics; this keeps the loop alive regardless.
+    let r = catch_unwind(AssertUnwindSafe(|| match kind {
+        KIND_LISTENER => accept(fleet, &dev),
+        KIND_FRONTEND => frontend(fleet, &dev),
+        KIND_TIMER => timer(fleet, &dev),
+        k => kick(fleet, &dev, (k - KIND_KICK) as usize, nested),
+    }));
+    if r.is_err() {
+        tracing::error!(
+            "fleet: an event handler panicked; device {} goes on",
+            dev.key
+        );
+    }
+    true
 }
 
 /// Accepts the device's VMM. One connection at a time: the listener stays disarmed while a
@@ -734,7 +742,13 @@ fn timer(fleet: &Inner, dev: &Dev) {
     }
 }
 
-fn kick(fleet: &Inner, dev: &Arc<Dev>, q: usize) {
+/// Serves queue `q` of `dev`, one budget per turn. When a turn ends with requests still
+/// waiting, the fleet's other ready work comes first: one event from the ready list is served
+/// right here (another device's queue gets its own turn of one budget), then the next turn
+/// of `q` follows, on the same thread. (Handing `q` back to the epoll set instead, as a
+/// nested turn does, woke another loop thread every budget and moved the queue between
+/// threads.)
+fn kick(fleet: &Inner, dev: &Arc<Dev>, q: usize, nested: bool) {
     let Some(ctx) = dev.ctx.read().clone() else {
         return;
     };
@@ -752,9 +766,20 @@ fn kick(fleet: &Inner, dev: &Arc<Dev>, q: usize) {
     };
     let mut buf = [0u8; 8];
     let _ = (&*k).read(&mut buf);
-    if process_queue(fleet, dev, &ctx, q) {
-        // Budget spent with more waiting: back of the ready list.
-        let _ = (&*k).write(&1u64.to_ne_bytes());
+    while process_queue(fleet, dev, &ctx, q) {
+        let mut ready = [EpollEvent::default(); 1];
+        let current = |d: &Dev| d.ctx.read().as_ref().is_some_and(|c| Arc::ptr_eq(c, &ctx));
+        let yielded = nested
+            || dev.stopped.load(Ordering::Acquire)
+            || !current(dev)
+            || (matches!(fleet.epoll.wait(0, &mut ready), Ok(1))
+                && !handle(fleet, ready[0].data(), true));
+        if yielded {
+            // Budget spent with more waiting: back of the ready list (a nested turn, a
+            // stopped or reconnected device, a stopping fleet).
+            let _ = (&*k).write(&1u64.to_ne_bytes());
+            break;
+        }
     }
     fleet.rearm(k.as_raw_fd(), token(dev.key, KIND_KICK + q as u64));
 }

@@ -1,0 +1,218 @@
+//! Fleet fairness (issue 19): device B's GETATTR latency alone and while device A floods at
+//! full depth, in one fleet-mode boxfsd (`--fleet-threads`, default 2 loops) and, as the
+//! control, with each device on threads of its own (`--fleet-threads 0`, what one process
+//! per VM gives). Target: B's p99 while A floods ≤ 2× its p99 alone.
+//!
+//! `cargo bench -p boxfsd --bench fleet_fairness`. Environment:
+//! * `FLEET_FAIRNESS_ROUNDS` (default 5): rounds, fleet and control interleaved;
+//! * `FLEET_FAIRNESS_N` (default 5000): B's GETATTRs per measurement;
+//! * `FLEET_FAIRNESS_DEPTH` (default 128): A's requests in flight;
+//! * `FLEET_FAIRNESS_FLOOD_SCHED` = `idle` (default) or `normal`: the flooding CLIENT's
+//!   scheduling class. `idle` (`SCHED_IDLE`) emulates a guest whose vCPUs have cores of
+//!   their own, on a machine where the test VMM would otherwise take a core from the daemon;
+//!   the daemon and B's client always run at normal priority.
+//! * `FLEET_FAIRNESS_LOOPS` (default 2): the fleet's event loops.
+//!
+//! Prints one line per measurement and the medians; asserts nothing (timing is not a test).
+
+#[path = "../../tests/vmm/mod.rs"]
+#[allow(dead_code)]
+mod vmm;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use boxfs::ROOT_ID;
+use fuse_backend_rs::abi::fuse_abi::GetattrIn;
+use vm_memory::ByteValued;
+use vmm::{op, request, FuseClient, Seg, Vmm, VmmConfig};
+
+const GUARD: Duration = Duration::from_secs(120);
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn daemon(dir: &Path, loops: usize) -> Daemon {
+    let mut args = vec!["--fleet-threads".to_owned(), loops.to_string()];
+    for id in ["a", "b"] {
+        args.push("--device".into());
+        args.push(format!(
+            "id={id},socket={},memfs-size=64M",
+            dir.join(format!("{id}.sock")).display()
+        ));
+    }
+    args.extend(["--log-level".into(), "warn".into()]);
+    let d = Daemon(
+        Command::new(env!("CARGO_BIN_EXE_boxfsd"))
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn boxfsd"),
+    );
+    let deadline = Instant::now() + GUARD;
+    while !dir.join("a.sock").exists() || !dir.join("b.sock").exists() {
+        assert!(Instant::now() < deadline, "boxfsd did not start");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    d
+}
+
+fn client(path: &Path) -> FuseClient {
+    let mut c = FuseClient::new(Vmm::connect(path, VmmConfig::default()).expect("connect"));
+    c.timeout = GUARD;
+    c.init().expect("init");
+    c
+}
+
+fn latencies(c: &mut FuseClient, n: usize) -> Vec<Duration> {
+    let mut v: Vec<Duration> = (0..n)
+        .map(|_| {
+            let t = Instant::now();
+            c.getattr(ROOT_ID).expect("getattr");
+            t.elapsed()
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn pct(v: &[Duration], p: usize) -> Duration {
+    v[(v.len() * p / 100).min(v.len() - 1)]
+}
+
+fn set_idle() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sets the calling thread's scheduling policy; `param` lives for the call.
+    let r = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+    assert_eq!(r, 0, "SCHED_IDLE: {}", std::io::Error::last_os_error());
+}
+
+/// Keeps `depth` GETATTRs in flight on A until `stop`; counts completions in `done`.
+fn flood(mut c: FuseClient, depth: usize, idle: bool, stop: &AtomicBool, done: &AtomicU64) {
+    if idle {
+        set_idle();
+    }
+    let mut unique = 1u64 << 32;
+    let g = GetattrIn::default();
+    while !stop.load(Ordering::Relaxed) {
+        while c.vmm.in_flight(1) < depth {
+            unique += 2;
+            c.vmm.submit(
+                1,
+                &[
+                    Seg::R(request(op::GETATTR, unique, ROOT_ID, &[g.as_slice()])),
+                    Seg::W(256),
+                ],
+            );
+        }
+        if c.vmm.wait_any(1, GUARD).is_some() {
+            done.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    while c.vmm.in_flight(1) > 0 {
+        c.vmm.wait_any(1, GUARD).expect("the flood's last requests");
+    }
+}
+
+/// (B's p50 and p99 alone, while A floods, A's ops/s meanwhile).
+fn measure(loops: usize, n: usize, depth: usize, idle: bool) -> ([Duration; 4], f64) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _d = daemon(dir.path(), loops);
+    let mut b = client(&dir.path().join("b.sock"));
+    latencies(&mut b, n / 10);
+    let alone = latencies(&mut b, n);
+    let a = client(&dir.path().join("a.sock"));
+    let (stop, done) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let (s, k) = (stop.clone(), done.clone());
+    let t = std::thread::spawn(move || flood(a, depth, idle, &s, &k));
+    while done.load(Ordering::Relaxed) < 2000 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let (d0, t0) = (done.load(Ordering::Relaxed), Instant::now());
+    let flooded = latencies(&mut b, n);
+    let rate = (done.load(Ordering::Relaxed) - d0) as f64 / t0.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    t.join().expect("flood");
+    (
+        [
+            pct(&alone, 50),
+            pct(&alone, 99),
+            pct(&flooded, 50),
+            pct(&flooded, 99),
+        ],
+        rate,
+    )
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let rounds = env("FLEET_FAIRNESS_ROUNDS", 5);
+    let n = env("FLEET_FAIRNESS_N", 5000);
+    let depth = env("FLEET_FAIRNESS_DEPTH", 128);
+    let loops = env("FLEET_FAIRNESS_LOOPS", 2);
+    let idle = std::env::var("FLEET_FAIRNESS_FLOOD_SCHED").map_or(true, |v| v != "normal");
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    eprintln!(
+        "fleet fairness: {cores} cores, B {n} GETATTRs one at a time (normal priority), A at \
+         depth {depth} from a client thread at {}, {rounds} rounds",
+        if idle {
+            "SCHED_IDLE"
+        } else {
+            "normal priority"
+        }
+    );
+    let mut ratios: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    for r in 0..rounds {
+        for (i, (name, l)) in [("fleet", loops), ("own threads", 0)]
+            .into_iter()
+            .enumerate()
+        {
+            let ([p50a, p99a, p50f, p99f], rate) = measure(l, n, depth, idle);
+            let ratio = p99f.as_secs_f64() / p99a.as_secs_f64();
+            ratios[i].push(ratio);
+            eprintln!(
+                "round {r} {name}: B alone p50 {p50a:?} p99 {p99a:?}; A flooding p50 {p50f:?} \
+                 p99 {p99f:?} (A {rate:.0} ops/s); p99 ratio {ratio:.2}"
+            );
+        }
+    }
+    let [f, o] = ratios;
+    eprintln!(
+        "fleet fairness: median p99 ratio fleet {:.2} (range {:.2}-{:.2}), own threads {:.2} \
+         (range {:.2}-{:.2})",
+        median(f.clone()),
+        f.iter().copied().fold(f64::MAX, f64::min),
+        f.iter().copied().fold(0.0, f64::max),
+        median(o.clone()),
+        o.iter().copied().fold(f64::MAX, f64::min),
+        o.iter().copied().fold(0.0, f64::max),
+    );
+}
