@@ -16,7 +16,6 @@
 //! Prints one line per measurement and the medians; asserts nothing (timing is not a test).
 
 #[path = "../../tests/vmm/mod.rs"]
-#[allow(dead_code)]
 mod vmm;
 
 use std::path::Path;

@@ -111,7 +111,7 @@ fn next_request(id: usize, slot: &Slot, unique: u64) -> Vec<Seg> {
             };
             request(op::MKDIR, unique, ROOT_ID, &[m.as_slice(), &cstr(&dir)])
         }
-        1 if slot.round % 2 == 0 => request(RMDIR, unique, ROOT_ID, &[&cstr(&dir)]),
+        1 if slot.round.is_multiple_of(2) => request(RMDIR, unique, ROOT_ID, &[&cstr(&dir)]),
         1 => request(
             op::GETATTR,
             unique,
