@@ -11,7 +11,8 @@
 //!   scheduling class. `idle` (`SCHED_IDLE`) emulates a guest whose vCPUs have cores of
 //!   their own, on a machine where the test VMM would otherwise take a core from the daemon;
 //!   the daemon and B's client always run at normal priority.
-//! * `FLEET_FAIRNESS_LOOPS` (default 2): the fleet's event loops.
+//! * `FLEET_FAIRNESS_LOOPS` (default 2): the fleet's event loops;
+//! * `FLEET_FAIRNESS_BOXFSD`: another `boxfsd` binary (e.g. a build before a change).
 //!
 //! Prints one line per measurement and the medians; asserts nothing (timing is not a test).
 
@@ -58,13 +59,16 @@ fn daemon(dir: &Path, loops: usize) -> Daemon {
     }
     args.extend(["--log-level".into(), "warn".into()]);
     let d = Daemon(
-        Command::new(env!("CARGO_BIN_EXE_boxfsd"))
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn boxfsd"),
+        Command::new(
+            std::env::var_os("FLEET_FAIRNESS_BOXFSD")
+                .unwrap_or_else(|| env!("CARGO_BIN_EXE_boxfsd").into()),
+        )
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn boxfsd"),
     );
     let deadline = Instant::now() + GUARD;
     while !dir.join("a.sock").exists() || !dir.join("b.sock").exists() {
