@@ -7,10 +7,12 @@
 //! * `FLEET_FAIRNESS_ROUNDS` (default 5): rounds, fleet and control interleaved;
 //! * `FLEET_FAIRNESS_N` (default 5000): B's GETATTRs per measurement;
 //! * `FLEET_FAIRNESS_DEPTH` (default 128): A's requests in flight;
-//! * `FLEET_FAIRNESS_FLOOD_SCHED` = `idle` (default) or `normal`: the flooding CLIENT's
-//!   scheduling class. `idle` (`SCHED_IDLE`) emulates a guest whose vCPUs have cores of
-//!   their own, on a machine where the test VMM would otherwise take a core from the daemon;
-//!   the daemon and B's client always run at normal priority.
+//! * `FLEET_FAIRNESS_FLOOD_SCHED` = `idle` (default), `nice` or `normal`: the flooding
+//!   CLIENT's scheduling (`SCHED_IDLE`, nice 19, or as everything else). `idle` and `nice`
+//!   emulate a guest whose vCPUs have cores of their own, on a machine where the test VMM
+//!   would otherwise take a core from the daemon; the daemon and B's client always run at
+//!   normal priority. Each line reports A's throughput during B's measurement: a starved
+//!   flood (a few ops/s) makes that line's ratio meaningless.
 //! * `FLEET_FAIRNESS_LOOPS` (default 2): the fleet's event loops;
 //! * `FLEET_FAIRNESS_BOXFSD`: another `boxfsd` binary (e.g. a build before a change).
 //!
@@ -101,18 +103,31 @@ fn pct(v: &[Duration], p: usize) -> Duration {
     v[(v.len() * p / 100).min(v.len() - 1)]
 }
 
-fn set_idle() {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: sets the calling thread's scheduling policy; `param` lives for the call.
-    let r = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
-    assert_eq!(r, 0, "SCHED_IDLE: {}", std::io::Error::last_os_error());
+#[derive(Clone, Copy, PartialEq)]
+enum Sched {
+    Idle,
+    Nice,
+    Normal,
+}
+
+/// Applies `sched` to the calling thread.
+fn set_sched(sched: Sched) {
+    let r = match sched {
+        Sched::Normal => 0,
+        Sched::Idle => {
+            let param = libc::sched_param { sched_priority: 0 };
+            // SAFETY: sets the calling thread's policy; `param` lives for the call.
+            unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) }
+        }
+        // SAFETY: on Linux, PRIO_PROCESS with 0 is the calling thread; no memory is passed.
+        Sched::Nice => unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) },
+    };
+    assert_eq!(r, 0, "scheduling: {}", std::io::Error::last_os_error());
 }
 
 /// Keeps `depth` GETATTRs in flight on A until `stop`; counts completions in `done`.
-fn flood(mut c: FuseClient, depth: usize, idle: bool, stop: &AtomicBool, done: &AtomicU64) {
-    if idle {
-        set_idle();
-    }
+fn flood(mut c: FuseClient, depth: usize, sched: Sched, stop: &AtomicBool, done: &AtomicU64) {
+    set_sched(sched);
     let mut unique = 1u64 << 32;
     let g = GetattrIn::default();
     while !stop.load(Ordering::Relaxed) {
@@ -136,7 +151,7 @@ fn flood(mut c: FuseClient, depth: usize, idle: bool, stop: &AtomicBool, done: &
 }
 
 /// (B's p50 and p99 alone, while A floods, A's ops/s meanwhile).
-fn measure(loops: usize, n: usize, depth: usize, idle: bool) -> ([Duration; 4], f64) {
+fn measure(loops: usize, n: usize, depth: usize, sched: Sched) -> ([Duration; 4], f64) {
     let dir = tempfile::tempdir().expect("tempdir");
     let _d = daemon(dir.path(), loops);
     let mut b = client(&dir.path().join("b.sock"));
@@ -148,7 +163,7 @@ fn measure(loops: usize, n: usize, depth: usize, idle: bool) -> ([Duration; 4], 
         Arc::new(AtomicU64::new(0)),
     );
     let (s, k) = (stop.clone(), done.clone());
-    let t = std::thread::spawn(move || flood(a, depth, idle, &s, &k));
+    let t = std::thread::spawn(move || flood(a, depth, sched, &s, &k));
     while done.load(Ordering::Relaxed) < 2000 {
         std::thread::sleep(Duration::from_millis(1));
     }
@@ -181,16 +196,16 @@ fn main() {
     let n = env("FLEET_FAIRNESS_N", 5000);
     let depth = env("FLEET_FAIRNESS_DEPTH", 128);
     let loops = env("FLEET_FAIRNESS_LOOPS", 2);
-    let idle = std::env::var("FLEET_FAIRNESS_FLOOD_SCHED").map_or(true, |v| v != "normal");
+    let (sched, sched_name) = match std::env::var("FLEET_FAIRNESS_FLOOD_SCHED").as_deref() {
+        Ok("normal") => (Sched::Normal, "normal priority"),
+        Ok("nice") => (Sched::Nice, "nice 19"),
+        _ => (Sched::Idle, "SCHED_IDLE"),
+    };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     eprintln!(
         "fleet fairness: {cores} cores, B {n} GETATTRs one at a time (normal priority), A at \
          depth {depth} from a client thread at {}, {rounds} rounds",
-        if idle {
-            "SCHED_IDLE"
-        } else {
-            "normal priority"
-        }
+        sched_name
     );
     let mut ratios: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
     for r in 0..rounds {
@@ -198,7 +213,7 @@ fn main() {
             .into_iter()
             .enumerate()
         {
-            let ([p50a, p99a, p50f, p99f], rate) = measure(l, n, depth, idle);
+            let ([p50a, p99a, p50f, p99f], rate) = measure(l, n, depth, sched);
             let ratio = p99f.as_secs_f64() / p99a.as_secs_f64();
             ratios[i].push(ratio);
             eprintln!(
