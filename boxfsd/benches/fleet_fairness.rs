@@ -16,7 +16,9 @@
 //! * `FLEET_FAIRNESS_LOOPS` (default 2): the fleet's event loops;
 //! * `FLEET_FAIRNESS_BOXFSD`: another `boxfsd` binary (e.g. a build before a change).
 //!
-//! Prints one line per measurement and the medians; asserts nothing (timing is not a test).
+//! B's measurement alternates chunks alone and under the flood (the flood drained between),
+//! so that load from outside the benchmark weighs on both alike. Prints one line per
+//! measurement and the medians; asserts nothing (timing is not a test).
 
 #[path = "../../tests/vmm/mod.rs"]
 mod vmm;
@@ -88,15 +90,13 @@ fn client(path: &Path) -> FuseClient {
 }
 
 fn latencies(c: &mut FuseClient, n: usize) -> Vec<Duration> {
-    let mut v: Vec<Duration> = (0..n)
+    (0..n)
         .map(|_| {
             let t = Instant::now();
             c.getattr(ROOT_ID).expect("getattr");
             t.elapsed()
         })
-        .collect();
-    v.sort();
-    v
+        .collect()
 }
 
 fn pct(v: &[Duration], p: usize) -> Duration {
@@ -125,12 +125,33 @@ fn set_sched(sched: Sched) {
     assert_eq!(r, 0, "scheduling: {}", std::io::Error::last_os_error());
 }
 
-/// Keeps `depth` GETATTRs in flight on A until `stop`; counts completions in `done`.
-fn flood(mut c: FuseClient, depth: usize, sched: Sched, stop: &AtomicBool, done: &AtomicU64) {
+/// The flood's controls: `stop` ends it, `pause` makes it drain and wait (`paused` says it
+/// has nothing in flight); `done` counts completions.
+#[derive(Default)]
+struct Control {
+    stop: AtomicBool,
+    pause: AtomicBool,
+    paused: AtomicBool,
+    done: AtomicU64,
+}
+
+/// Keeps `depth` GETATTRs in flight on A until stopped.
+fn flood(mut c: FuseClient, depth: usize, sched: Sched, ctl: &Control) {
     set_sched(sched);
     let mut unique = 1u64 << 32;
     let g = GetattrIn::default();
-    while !stop.load(Ordering::Relaxed) {
+    while !ctl.stop.load(Ordering::Relaxed) {
+        if ctl.pause.load(Ordering::Acquire) {
+            while c.vmm.in_flight(1) > 0 {
+                c.vmm.wait_any(1, GUARD).expect("the flood's requests");
+            }
+            ctl.paused.store(true, Ordering::Release);
+            while ctl.pause.load(Ordering::Acquire) && !ctl.stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            ctl.paused.store(false, Ordering::Release);
+            continue;
+        }
         while c.vmm.in_flight(1) < depth {
             unique += 2;
             c.vmm.submit(
@@ -142,7 +163,7 @@ fn flood(mut c: FuseClient, depth: usize, sched: Sched, stop: &AtomicBool, done:
             );
         }
         if c.vmm.wait_any(1, GUARD).is_some() {
-            done.fetch_add(1, Ordering::Relaxed);
+            ctl.done.fetch_add(1, Ordering::Relaxed);
         }
     }
     while c.vmm.in_flight(1) > 0 {
@@ -150,28 +171,44 @@ fn flood(mut c: FuseClient, depth: usize, sched: Sched, stop: &AtomicBool, done:
     }
 }
 
-/// (B's p50 and p99 alone, while A floods, A's ops/s meanwhile).
+/// Chunks of B's measurement, alone and flooded alternately, so that load from outside
+/// the benchmark weighs on both alike.
+const CHUNKS: usize = 10;
+
+/// (B's p50 and p99 alone, while A floods), A's ops/s while B was measured under the flood.
 fn measure(loops: usize, n: usize, depth: usize, sched: Sched) -> ([Duration; 4], f64) {
     let dir = tempfile::tempdir().expect("tempdir");
     let _d = daemon(dir.path(), loops);
     let mut b = client(&dir.path().join("b.sock"));
     latencies(&mut b, n / 10);
-    let alone = latencies(&mut b, n);
     let a = client(&dir.path().join("a.sock"));
-    let (stop, done) = (
-        Arc::new(AtomicBool::new(false)),
-        Arc::new(AtomicU64::new(0)),
-    );
-    let (s, k) = (stop.clone(), done.clone());
-    let t = std::thread::spawn(move || flood(a, depth, sched, &s, &k));
-    while done.load(Ordering::Relaxed) < 2000 {
-        std::thread::sleep(Duration::from_millis(1));
+    let ctl = Arc::new(Control::default());
+    ctl.pause.store(true, Ordering::Release);
+    let c = ctl.clone();
+    let t = std::thread::spawn(move || flood(a, depth, sched, &c));
+    let (mut alone, mut flooded) = (Vec::new(), Vec::new());
+    let (mut a_ops, mut a_time) = (0, Duration::ZERO);
+    for _ in 0..CHUNKS {
+        while !ctl.paused.load(Ordering::Acquire) {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        alone.extend(latencies(&mut b, n / CHUNKS));
+        ctl.pause.store(false, Ordering::Release);
+        // The flood is under way (a queue's worth served) before measuring.
+        let d = ctl.done.load(Ordering::Relaxed);
+        while ctl.done.load(Ordering::Relaxed) < d + 2 * depth as u64 {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let (d0, t0) = (ctl.done.load(Ordering::Relaxed), Instant::now());
+        flooded.extend(latencies(&mut b, n / CHUNKS));
+        a_ops += ctl.done.load(Ordering::Relaxed) - d0;
+        a_time += t0.elapsed();
+        ctl.pause.store(true, Ordering::Release);
     }
-    let (d0, t0) = (done.load(Ordering::Relaxed), Instant::now());
-    let flooded = latencies(&mut b, n);
-    let rate = (done.load(Ordering::Relaxed) - d0) as f64 / t0.elapsed().as_secs_f64();
-    stop.store(true, Ordering::Relaxed);
+    ctl.stop.store(true, Ordering::Relaxed);
     t.join().expect("flood");
+    alone.sort();
+    flooded.sort();
     (
         [
             pct(&alone, 50),
@@ -179,7 +216,7 @@ fn measure(loops: usize, n: usize, depth: usize, sched: Sched) -> ([Duration; 4]
             pct(&flooded, 50),
             pct(&flooded, 99),
         ],
-        rate,
+        a_ops as f64 / a_time.as_secs_f64(),
     )
 }
 
