@@ -7,8 +7,8 @@
 //! * `FLEET_FAIRNESS_ROUNDS` (default 5): rounds, fleet and control interleaved;
 //! * `FLEET_FAIRNESS_N` (default 5000): B's GETATTRs per measurement;
 //! * `FLEET_FAIRNESS_DEPTH` (default 128): A's requests in flight;
-//! * `FLEET_FAIRNESS_FLOOD_SCHED` = `idle` (default), `nice` or `normal`: the flooding
-//!   CLIENT's scheduling (`SCHED_IDLE`, nice 19, or as everything else). `idle` and `nice`
+//! * `FLEET_FAIRNESS_FLOOD_SCHED` = `nice` (default), `idle` or `normal`: the flooding
+//!   CLIENT's scheduling (nice 19, `SCHED_IDLE`, or as everything else). `idle` and `nice`
 //!   emulate a guest whose vCPUs have cores of their own, on a machine where the test VMM
 //!   would otherwise take a core from the daemon; the daemon and B's client always run at
 //!   normal priority. Each line reports A's throughput during B's measurement: a starved
@@ -19,6 +19,8 @@
 //! B's measurement alternates chunks alone and under the flood (the flood drained between),
 //! so that load from outside the benchmark weighs on both alike. Prints one line per
 //! measurement and the medians; asserts nothing (timing is not a test).
+//! Without `--bench` (as `cargo test --all-targets` runs it): one small round, the flooding
+//! client at normal priority, as a smoke test.
 
 #[path = "../../tests/vmm/mod.rs"]
 mod vmm;
@@ -189,14 +191,18 @@ fn measure(loops: usize, n: usize, depth: usize, sched: Sched) -> ([Duration; 4]
     let (mut alone, mut flooded) = (Vec::new(), Vec::new());
     let (mut a_ops, mut a_time) = (0, Duration::ZERO);
     for _ in 0..CHUNKS {
+        let deadline = Instant::now() + GUARD;
         while !ctl.paused.load(Ordering::Acquire) {
+            assert!(Instant::now() < deadline, "the flood does not drain");
             std::thread::sleep(Duration::from_micros(200));
         }
         alone.extend(latencies(&mut b, n / CHUNKS));
         ctl.pause.store(false, Ordering::Release);
         // The flood is under way (a queue's worth served) before measuring.
         let d = ctl.done.load(Ordering::Relaxed);
+        let deadline = Instant::now() + GUARD;
         while ctl.done.load(Ordering::Relaxed) < d + 2 * depth as u64 {
+            assert!(Instant::now() < deadline, "the flood makes no progress");
             std::thread::sleep(Duration::from_micros(200));
         }
         let (d0, t0) = (ctl.done.load(Ordering::Relaxed), Instant::now());
@@ -229,14 +235,25 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let rounds = env("FLEET_FAIRNESS_ROUNDS", 5);
-    let n = env("FLEET_FAIRNESS_N", 5000);
+    // Without `--bench` (`cargo test --all-targets`): a smoke run, one small round.
+    let bench = std::env::args().any(|a| a == "--bench");
+    let rounds = if bench {
+        env("FLEET_FAIRNESS_ROUNDS", 5)
+    } else {
+        1
+    };
+    let n = if bench {
+        env("FLEET_FAIRNESS_N", 5000)
+    } else {
+        200
+    };
     let depth = env("FLEET_FAIRNESS_DEPTH", 128);
     let loops = env("FLEET_FAIRNESS_LOOPS", 2);
     let (sched, sched_name) = match std::env::var("FLEET_FAIRNESS_FLOOD_SCHED").as_deref() {
+        _ if !bench => (Sched::Normal, "normal priority"),
         Ok("normal") => (Sched::Normal, "normal priority"),
-        Ok("nice") => (Sched::Nice, "nice 19"),
-        _ => (Sched::Idle, "SCHED_IDLE"),
+        Ok("idle") => (Sched::Idle, "SCHED_IDLE"),
+        _ => (Sched::Nice, "nice 19"),
     };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     eprintln!(
