@@ -304,6 +304,44 @@ fn a_multi_queue_device_leaves_a_loop_to_the_others() {
     );
 }
 
+#[test]
+fn a_device_flooding_slow_requests_leaves_a_worker_to_the_others() {
+    // Pool of two. A sends 8 FSYNCs that block at A's gate; B's FSYNC comes after them. A
+    // has at most one request in the pool, so B's FSYNC gets the other worker and reaches
+    // B's filesystem while A's gate is closed (before: A's FSYNCs took both workers and
+    // queued the rest in front of B's).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = Fleet::builder()
+        .threads(2)
+        .pool_size(2)
+        .build()
+        .expect("fleet");
+    let (gate_a, gate_b) = (Arc::new(Gate::default()), Arc::new(Gate::default()));
+    let _open = OpenOnDrop(vec![gate_a.clone(), gate_b.clone()]);
+    let (a, b) = (sock(&dir, "a"), sock(&dir, "b"));
+    let _ha = gated(&f, &a, &gate_a, 1);
+    let _hb = gated(&f, &b, &gate_b, 1);
+    let mut ca = client(&a);
+    let mut cb = client(&b);
+    let fsync_b = fsync_request(&mut cb, "g");
+    let fsync_a = fsync_request(&mut ca, "f");
+    for _ in 0..8 {
+        ca.vmm.submit(1, &fsync_a);
+    }
+    gate_a.wait_entered(1, HANG_GUARD);
+    cb.vmm.submit(1, &fsync_b);
+    // Bounded by a guard, not a timing assertion: before, B never got there while A's gate
+    // was closed.
+    let b_entered = gate_b.entered_within(1, Duration::from_secs(10));
+    gate_a.open();
+    gate_b.open();
+    for _ in 0..8 {
+        ca.vmm.wait_any(1, HANG_GUARD).expect("a's fsyncs complete");
+    }
+    cb.vmm.wait_any(1, HANG_GUARD).expect("b's fsync completes");
+    assert!(b_entered, "b's slow request waited behind a's in the pool");
+}
+
 /// Keeps `depth` GETATTRs in flight on `vmm` until `stop`; returns how many completions it
 /// reaped.
 fn flood(vmm: Vmm, depth: usize, stop: &AtomicBool) -> u64 {

@@ -15,7 +15,10 @@
 //!   with more waiting kicks itself and goes to the back of the ready list, behind every other
 //!   device's work. A device takes at most all event loops but one for its request queues
 //!   at once (a multi-queue device flooding every queue leaves a loop to the others); its
-//!   other ready queues wait, without spinning, until one of its turns ends.
+//!   other ready queues wait, without spinning, until one of its turns ends. Likewise a
+//!   device has at most all pool workers but one busy with (or queued for) its slow
+//!   requests; the rest wait in its own backlog, not in the pool's queue ahead of the
+//!   other devices' requests.
 //! * Rate limit: a device may have a token bucket of requests per second
 //!   ([`FleetDeviceOptions::ops_per_sec`]); out of tokens, its queues wait for a timer.
 //! * Isolation: a request whose filesystem panics is answered `EIO` and the device keeps
@@ -185,6 +188,8 @@ impl FleetBuilder {
             budget: self.budget,
             // One loop always stays free for the other devices.
             per_device: self.threads.saturating_sub(1).max(1),
+            // And one worker.
+            pool_share: self.pool_size.saturating_sub(1).max(1),
             threads: Mutex::new(Vec::new()),
         });
         for i in 0..self.threads {
@@ -214,6 +219,8 @@ struct Inner {
     budget: usize,
     /// Most event loops serving one device's request queues at once.
     per_device: usize,
+    /// Most of one device's slow requests in the pool (queued or running) at once.
+    pool_share: usize,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -232,7 +239,12 @@ struct Dev {
     limiter: Option<Limiter>,
     /// Which event loops serve the device's request queues.
     turns: Mutex<Turns>,
+    /// The device's slow requests: how many are in the pool, and those waiting for one of
+    /// them to finish.
+    slow: Mutex<(usize, std::collections::VecDeque<SlowJob>)>,
 }
+
+type SlowJob = Box<dyn FnOnce() + Send + 'static>;
 
 /// The device's share of the event loops: a multi-queue device flooding on every queue
 /// takes at most [`Inner::per_device`] loops; its other ready queues wait (their kick
@@ -438,6 +450,7 @@ impl Fleet {
             stopped: AtomicBool::new(false),
             limiter,
             turns: Mutex::new(Turns::default()),
+            slow: Mutex::new((0, std::collections::VecDeque::new())),
         });
         self.inner.devices.write().insert(key, Arc::clone(&dev));
         let mut fds = vec![(dev.listener.as_raw_fd(), KIND_LISTENER)];
@@ -949,14 +962,62 @@ fn dispatch(
 ) {
     match &fleet.pool {
         Some(pool) if q != 0 && request::may_block(&chain, mem) => {
-            let (core, ctx, mem) = (Arc::clone(&dev.core), Arc::clone(ctx), Arc::clone(mem));
+            let (ctx, mem) = (Arc::clone(ctx), Arc::clone(mem));
             dev.core.counters.offloaded.fetch_add(1, Ordering::Relaxed);
-            let job = Box::new(move || serve(&core, &ctx.vrings[q], &mem, chain));
+            let d = Arc::clone(dev);
+            let job: SlowJob = Box::new(move || {
+                // However the request ends, the device's next slow request takes its place.
+                let _next = NextSlow(&d);
+                serve(&d.core, &ctx.vrings[q], &mem, chain);
+            });
+            // A device has at most `pool_share` requests in the pool (one worker always
+            // stays for the others); its further slow requests wait in its own backlog,
+            // not in the pool's queue in front of other devices' requests.
+            {
+                let mut slow = dev.slow.lock();
+                if slow.0 >= fleet.pool_share {
+                    slow.1.push_back(job);
+                    return;
+                }
+                slow.0 += 1;
+            }
             if let Err(job) = pool.submit(job) {
                 job();
             }
         }
         _ => serve(&dev.core, &ctx.vrings[q], mem, chain),
+    }
+}
+
+/// Ends one of the device's slow requests in the pool: submits the next from its backlog
+/// in its place.
+struct NextSlow<'a>(&'a Arc<Dev>);
+
+impl Drop for NextSlow<'_> {
+    fn drop(&mut self) {
+        let next = {
+            let mut slow = self.0.slow.lock();
+            let next = slow.1.pop_front();
+            if next.is_none() {
+                slow.0 = slow.0.saturating_sub(1);
+            }
+            next
+        };
+        if let Some(job) = next {
+            let refused = match fleet_of(self.0).as_ref().and_then(|f| f.pool.as_ref()) {
+                Some(pool) => pool.submit(job).err(),
+                None => Some(job),
+            };
+            // The pool is shutting down: serve it and the rest of the backlog here, one
+            // after the other (their own ends find the backlog empty).
+            if let Some(job) = refused {
+                let rest = std::mem::take(&mut self.0.slow.lock().1);
+                job();
+                for job in rest {
+                    job();
+                }
+            }
+        }
     }
 }
 
