@@ -155,6 +155,193 @@ fn a_misbehaving_vmm_affects_no_other_device() {
     }
 }
 
+/// Opens the gates when the test ends, so a failed test does not hang in the fleet's drop.
+struct OpenOnDrop(Vec<Arc<Gate>>);
+
+impl Drop for OpenOnDrop {
+    fn drop(&mut self) {
+        for g in &self.0 {
+            g.open();
+        }
+    }
+}
+
+/// A device on a [`TestFs`] over MemFs whose FSYNCs wait at `gate`.
+fn gated(fleet: &Fleet, path: &Path, gate: &Arc<Gate>, request_queues: usize) -> FleetDeviceHandle {
+    let fs: Arc<dyn DynFileSystem> = Arc::new(TestFs {
+        inner: memfs(),
+        fsync_gate: Some(gate.clone()),
+    });
+    let dev = FsDevice::builder(fs)
+        .thread_pool_size(0)
+        .request_queues(request_queues)
+        .build()
+        .expect("device");
+    fleet
+        .add(
+            dev,
+            BoundSocket::bind(path).expect("bind"),
+            FleetDeviceOptions::new(),
+        )
+        .expect("add")
+}
+
+/// Creates `name` and returns an FSYNC request for it (to submit on any queue).
+fn fsync_request(c: &mut FuseClient, name: &str) -> Vec<Seg> {
+    let (e, o) = c
+        .create(ROOT_ID, name, 0o100644, libc::O_RDWR as u32)
+        .expect("create");
+    let f = FsyncIn {
+        fh: o.fh,
+        ..Default::default()
+    };
+    let unique = c.next_unique();
+    vec![
+        Seg::R(request(op::FSYNC, unique, e.nodeid, &[f.as_slice()])),
+        Seg::W(64),
+    ]
+}
+
+#[test]
+fn queues_take_turns_of_one_budget() {
+    // One event loop, no pool: every request is served on the loop, in the order the loop
+    // takes the queues. A's FSYNC holds the loop at A's gate while A's queue fills with
+    // GETATTRs and B's FSYNC arrives; once A's gate opens, B's FSYNC must reach B's
+    // filesystem after at most one budget of A's requests (counted: while B's FSYNC holds
+    // the loop at B's gate, A cannot advance).
+    const BUDGET: usize = 32;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = Fleet::builder()
+        .threads(1)
+        .pool_size(0)
+        .budget(BUDGET)
+        .build()
+        .expect("fleet");
+    let (gate_a, gate_b) = (Arc::new(Gate::default()), Arc::new(Gate::default()));
+    let _open = OpenOnDrop(vec![gate_a.clone(), gate_b.clone()]);
+    let (a, b) = (sock(&dir, "a"), sock(&dir, "b"));
+    let ha = gated(&f, &a, &gate_a, 1);
+    let _hb = gated(&f, &b, &gate_b, 1);
+    let mut ca = client(&a);
+    let mut cb = client(&b);
+    let fsync_b = fsync_request(&mut cb, "g");
+    blocked_fsync(&mut ca, &gate_a);
+    // (Two descriptors each: 100 and the FSYNC fit in the queue of 256.)
+    let reqs: Vec<Vec<Seg>> = (0..100)
+        .map(|i| {
+            let g = GetattrIn::default();
+            vec![
+                Seg::R(request(op::GETATTR, 1000 + 2 * i, ROOT_ID, &[g.as_slice()])),
+                Seg::W(256),
+            ]
+        })
+        .collect();
+    ca.vmm.submit_many(1, &reqs);
+    cb.vmm.submit(1, &fsync_b);
+    let before = ha.stats().requests;
+    gate_a.open();
+    gate_b.wait_entered(1, HANG_GUARD);
+    let a_served = ha.stats().requests - before;
+    gate_b.open();
+    for _ in 0..=reqs.len() {
+        ca.vmm
+            .wait_any(1, HANG_GUARD)
+            .expect("a's requests complete");
+    }
+    cb.vmm.wait_any(1, HANG_GUARD).expect("b's fsync completes");
+    assert!(
+        (1..=BUDGET as u64).contains(&a_served),
+        "b was served after {a_served} of a's requests (budget {BUDGET})"
+    );
+}
+
+#[test]
+fn a_multi_queue_device_leaves_a_loop_to_the_others() {
+    // Two event loops, no pool. A (two request queues) blocks one loop with an FSYNC on its
+    // first queue and then has an FSYNC ready on its second; B's FSYNC comes after it. A
+    // takes at most one loop of two, so B's FSYNC reaches B's filesystem while A's first
+    // is still held (before: the second loop took A's second queue and blocked too, and
+    // B waited for A's gate).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = Fleet::builder()
+        .threads(2)
+        .pool_size(0)
+        .build()
+        .expect("fleet");
+    let (gate_a, gate_b) = (Arc::new(Gate::default()), Arc::new(Gate::default()));
+    let _open = OpenOnDrop(vec![gate_a.clone(), gate_b.clone()]);
+    let (a, b) = (sock(&dir, "a"), sock(&dir, "b"));
+    let _ha = gated(&f, &a, &gate_a, 2);
+    let _hb = gated(&f, &b, &gate_b, 1);
+    let cfg = VmmConfig {
+        queues: Some(3),
+        ..VmmConfig::default()
+    };
+    let mut ca = FuseClient::new(Vmm::connect(&a, cfg).expect("connect"));
+    ca.timeout = HANG_GUARD;
+    ca.init().expect("init");
+    let mut cb = client(&b);
+    let fsync_b = fsync_request(&mut cb, "g");
+    let fsync_a2 = fsync_request(&mut ca, "f2");
+    blocked_fsync(&mut ca, &gate_a);
+    ca.vmm.submit(2, &fsync_a2);
+    cb.vmm.submit(1, &fsync_b);
+    // Bounded by a guard, not a timing assertion: before, B never got there while A's gate
+    // was closed.
+    let b_entered = gate_b.entered_within(1, Duration::from_secs(10));
+    gate_b.open();
+    gate_a.open();
+    ca.vmm
+        .wait_any(1, HANG_GUARD)
+        .expect("a's first fsync completes");
+    ca.vmm
+        .wait_any(2, HANG_GUARD)
+        .expect("a's second fsync completes");
+    cb.vmm.wait_any(1, HANG_GUARD).expect("b's fsync completes");
+    assert!(
+        b_entered,
+        "b's request waited for a's gate with a loop taken by a"
+    );
+}
+
+#[test]
+fn a_device_flooding_slow_requests_leaves_a_worker_to_the_others() {
+    // Pool of two. A sends 8 FSYNCs that block at A's gate; B's FSYNC comes after them. A
+    // has at most one request in the pool, so B's FSYNC gets the other worker and reaches
+    // B's filesystem while A's gate is closed (before: A's FSYNCs took both workers and
+    // queued the rest in front of B's).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = Fleet::builder()
+        .threads(2)
+        .pool_size(2)
+        .build()
+        .expect("fleet");
+    let (gate_a, gate_b) = (Arc::new(Gate::default()), Arc::new(Gate::default()));
+    let _open = OpenOnDrop(vec![gate_a.clone(), gate_b.clone()]);
+    let (a, b) = (sock(&dir, "a"), sock(&dir, "b"));
+    let _ha = gated(&f, &a, &gate_a, 1);
+    let _hb = gated(&f, &b, &gate_b, 1);
+    let mut ca = client(&a);
+    let mut cb = client(&b);
+    let fsync_b = fsync_request(&mut cb, "g");
+    let fsync_a = fsync_request(&mut ca, "f");
+    for _ in 0..8 {
+        ca.vmm.submit(1, &fsync_a);
+    }
+    gate_a.wait_entered(1, HANG_GUARD);
+    cb.vmm.submit(1, &fsync_b);
+    // Bounded by a guard, not a timing assertion: before, B never got there while A's gate
+    // was closed.
+    let b_entered = gate_b.entered_within(1, Duration::from_secs(10));
+    gate_a.open();
+    gate_b.open();
+    for _ in 0..8 {
+        ca.vmm.wait_any(1, HANG_GUARD).expect("a's fsyncs complete");
+    }
+    cb.vmm.wait_any(1, HANG_GUARD).expect("b's fsync completes");
+    assert!(b_entered, "b's slow request waited behind a's in the pool");
+}
+
 /// Keeps `depth` GETATTRs in flight on `vmm` until `stop`; returns how many completions it
 /// reaped.
 fn flood(vmm: Vmm, depth: usize, stop: &AtomicBool) -> u64 {

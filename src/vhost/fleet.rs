@@ -13,13 +13,36 @@
 //!   parallel.
 //! * Fairness: a queue is served at most [`FleetBuilder::budget`] requests per turn; a queue
 //!   with more waiting kicks itself and goes to the back of the ready list, behind every other
-//!   device's work.
+//!   device's work. A device takes at most all event loops but one for its request queues
+//!   at once (a multi-queue device flooding every queue leaves a loop to the others); its
+//!   other ready queues wait, without spinning, until one of its turns ends. Likewise a
+//!   device has at most all pool workers but one busy with (or queued for) its slow
+//!   requests; the rest wait in its own backlog, not in the pool's queue ahead of the
+//!   other devices' requests.
 //! * Rate limit: a device may have a token bucket of requests per second
 //!   ([`FleetDeviceOptions::ops_per_sec`]); out of tokens, its queues wait for a timer.
 //! * Isolation: a request whose filesystem panics is answered `EIO` and the device keeps
 //!   serving; a VMM that disconnects, or sends a malformed message, ends its own connection
 //!   only. A frontend message is read with a 1 s receive timeout, so a VMM that sends half a
 //!   message stalls one event-loop thread for at most that long.
+//!
+//! # Ceilings
+//!
+//! Whatever the number of devices and however hard their guests flood them:
+//!
+//! * **Threads:** [`FleetBuilder::threads`] event loops + [`FleetBuilder::pool_size`]
+//!   workers, started by [`FleetBuilder::build`]; adding, connecting, flooding or removing a
+//!   device starts none.
+//! * **Descriptors** the fleet holds for a device: its listening socket and the descriptor of
+//!   the socket's directory (2, from [`Fleet::add`]); with a VMM connected, the connection,
+//!   one per guest memory region and a kick and a call eventfd per virtqueue (a one-region
+//!   guest with one request queue: 6 more); a rate-limit timer if the device has a limit (1).
+//!   On top come the backend's own: none for a MemFs; for a host directory (PassthroughFs) its
+//!   root, at most `fd_cache_size` cached inode descriptors and one per open handle (at most
+//!   `max_handles`); and the few a request being served holds for a moment, per serving thread.
+//!
+//! `boxfsd/tests/fleet_bounds.rs` samples both while four devices are flooded at 40 requests
+//! in flight each.
 //!
 //! The fleet offers what a single device offers, except memory slots
 //! (`CONFIGURE_MEM_SLOTS`: the VMM sends whole memory tables) and the per-device polling
@@ -163,6 +186,10 @@ impl FleetBuilder {
             next_key: AtomicU64::new(1),
             pool,
             budget: self.budget,
+            // One loop always stays free for the other devices.
+            per_device: self.threads.saturating_sub(1).max(1),
+            // And one worker.
+            pool_share: self.pool_size.saturating_sub(1).max(1),
             threads: Mutex::new(Vec::new()),
         });
         for i in 0..self.threads {
@@ -190,6 +217,10 @@ struct Inner {
     next_key: AtomicU64,
     pool: Option<Pool>,
     budget: usize,
+    /// Most event loops serving one device's request queues at once.
+    per_device: usize,
+    /// Most of one device's slow requests in the pool (queued or running) at once.
+    pool_share: usize,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -206,6 +237,24 @@ struct Dev {
     ctx: RwLock<Option<Arc<ConnCtx>>>,
     stopped: AtomicBool,
     limiter: Option<Limiter>,
+    /// Which event loops serve the device's request queues.
+    turns: Mutex<Turns>,
+    /// The device's slow requests: how many are in the pool, and those waiting for one of
+    /// them to finish.
+    slow: Mutex<(usize, std::collections::VecDeque<SlowJob>)>,
+}
+
+type SlowJob = Box<dyn FnOnce() + Send + 'static>;
+
+/// The device's share of the event loops: a multi-queue device flooding on every queue
+/// takes at most [`Inner::per_device`] loops; its other ready queues wait (their kick
+/// descriptors left disarmed, nothing spinning) until one of its turns ends.
+#[derive(Default)]
+struct Turns {
+    /// Request-queue turns running.
+    active: usize,
+    /// Request queues that became ready while the device had its share.
+    deferred: Vec<usize>,
 }
 
 /// Connection state shared by the frontend handler and the event loops.
@@ -400,6 +449,8 @@ impl Fleet {
             ctx: RwLock::new(None),
             stopped: AtomicBool::new(false),
             limiter,
+            turns: Mutex::new(Turns::default()),
+            slow: Mutex::new((0, std::collections::VecDeque::new())),
         });
         self.inner.devices.write().insert(key, Arc::clone(&dev));
         let mut fds = vec![(dev.listener.as_raw_fd(), KIND_LISTENER)];
@@ -573,28 +624,36 @@ fn event_loop(inner: &Weak<Inner>) {
             }
         };
         for ev in &events[..n] {
-            let data = ev.data();
-            if data == STOP_TOKEN {
+            if !handle(&fleet, ev.data(), false) {
                 return;
-            }
-            let dev = fleet.devices.read().get(&(data >> 8)).cloned();
-            let Some(dev) = dev else { continue };
-            let kind = data & 0xff;
-            // Requests catch their own panics; this keeps the loop alive regardless.
-            let r = catch_unwind(AssertUnwindSafe(|| match kind {
-                KIND_LISTENER => accept(&fleet, &dev),
-                KIND_FRONTEND => frontend(&fleet, &dev),
-                KIND_TIMER => timer(&fleet, &dev),
-                k => kick(&fleet, &dev, (k - KIND_KICK) as usize),
-            }));
-            if r.is_err() {
-                tracing::error!(
-                    "fleet: an event handler panicked; device {} goes on",
-                    dev.key
-                );
             }
         }
     }
+}
+
+/// Serves one event; `false` for the stop event. `nested`: called from within a queue's turn
+/// (see [`kick`]).
+fn handle(fleet: &Inner, data: u64, nested: bool) -> bool {
+    if data == STOP_TOKEN {
+        return false;
+    }
+    let dev = fleet.devices.read().get(&(data >> 8)).cloned();
+    let Some(dev) = dev else { return true };
+    let kind = data & 0xff;
+    // Requests catch their own panics; this keeps the loop alive regardless.
+    let r = catch_unwind(AssertUnwindSafe(|| match kind {
+        KIND_LISTENER => accept(fleet, &dev),
+        KIND_FRONTEND => frontend(fleet, &dev),
+        KIND_TIMER => timer(fleet, &dev),
+        k => kick(fleet, &dev, (k - KIND_KICK) as usize, nested),
+    }));
+    if r.is_err() {
+        tracing::error!(
+            "fleet: an event handler panicked; device {} goes on",
+            dev.key
+        );
+    }
+    true
 }
 
 /// Accepts the device's VMM. One connection at a time: the listener stays disarmed while a
@@ -696,7 +755,13 @@ fn timer(fleet: &Inner, dev: &Dev) {
     }
 }
 
-fn kick(fleet: &Inner, dev: &Arc<Dev>, q: usize) {
+/// Serves queue `q` of `dev`, one budget per turn. When a turn ends with requests still
+/// waiting, the fleet's other ready work comes first: one event from the ready list is served
+/// right here (another device's queue gets its own turn of one budget), then the next turn
+/// of `q` follows, on the same thread. (Handing `q` back to the epoll set instead, as a
+/// nested turn does, woke another loop thread every budget and moved the queue between
+/// threads.)
+fn kick(fleet: &Inner, dev: &Arc<Dev>, q: usize, nested: bool) {
     let Some(ctx) = dev.ctx.read().clone() else {
         return;
     };
@@ -704,13 +769,73 @@ fn kick(fleet: &Inner, dev: &Arc<Dev>, q: usize) {
     let Some(k) = v.kick.lock().clone() else {
         return;
     };
+    let _turn = if q == 0 {
+        None
+    } else {
+        match Turn::start(fleet, dev, &ctx, q) {
+            Some(t) => Some(t),
+            None => return,
+        }
+    };
     let mut buf = [0u8; 8];
     let _ = (&*k).read(&mut buf);
-    if process_queue(fleet, dev, &ctx, q) {
-        // Budget spent with more waiting: back of the ready list.
-        let _ = (&*k).write(&1u64.to_ne_bytes());
+    while process_queue(fleet, dev, &ctx, q) {
+        let mut ready = [EpollEvent::default(); 1];
+        let current = |d: &Dev| d.ctx.read().as_ref().is_some_and(|c| Arc::ptr_eq(c, &ctx));
+        let yielded = nested
+            || dev.stopped.load(Ordering::Acquire)
+            || !current(dev)
+            || (matches!(fleet.epoll.wait(0, &mut ready), Ok(1))
+                && !handle(fleet, ready[0].data(), true));
+        if yielded {
+            // Budget spent with more waiting: back of the ready list (a nested turn, a
+            // stopped or reconnected device, a stopping fleet).
+            let _ = (&*k).write(&1u64.to_ne_bytes());
+            break;
+        }
     }
     fleet.rearm(k.as_raw_fd(), token(dev.key, KIND_KICK + q as u64));
+}
+
+/// A request-queue turn of a device, counted in its [`Turns`].
+struct Turn<'a> {
+    fleet: &'a Inner,
+    dev: &'a Dev,
+    ctx: &'a ConnCtx,
+}
+
+impl<'a> Turn<'a> {
+    /// Starts a turn of `q`, or (`None`) defers `q` if the device already has its share of
+    /// the loops: its kick stays unread and its descriptor disarmed until a turn ends.
+    fn start(fleet: &'a Inner, dev: &'a Dev, ctx: &'a ConnCtx, q: usize) -> Option<Turn<'a>> {
+        let mut t = dev.turns.lock();
+        if t.active >= fleet.per_device {
+            if !t.deferred.contains(&q) {
+                t.deferred.push(q);
+            }
+            return None;
+        }
+        t.active += 1;
+        Some(Turn { fleet, dev, ctx })
+    }
+}
+
+impl Drop for Turn<'_> {
+    /// Ends the turn (however it ends): the queues that waited for it go to the back of the
+    /// ready list (their kicks are still pending).
+    fn drop(&mut self) {
+        let deferred = {
+            let mut t = self.dev.turns.lock();
+            t.active = t.active.saturating_sub(1);
+            std::mem::take(&mut t.deferred)
+        };
+        for d in deferred {
+            if let Some(k) = self.ctx.vrings.get(d).and_then(|v| v.kick.lock().clone()) {
+                self.fleet
+                    .rearm(k.as_raw_fd(), token(self.dev.key, KIND_KICK + d as u64));
+            }
+        }
+    }
 }
 
 /// Serves up to one budget of `q`'s requests; `true` if some are left for the next turn.
@@ -837,14 +962,62 @@ fn dispatch(
 ) {
     match &fleet.pool {
         Some(pool) if q != 0 && request::may_block(&chain, mem) => {
-            let (core, ctx, mem) = (Arc::clone(&dev.core), Arc::clone(ctx), Arc::clone(mem));
+            let (ctx, mem) = (Arc::clone(ctx), Arc::clone(mem));
             dev.core.counters.offloaded.fetch_add(1, Ordering::Relaxed);
-            let job = Box::new(move || serve(&core, &ctx.vrings[q], &mem, chain));
+            let d = Arc::clone(dev);
+            let job: SlowJob = Box::new(move || {
+                // However the request ends, the device's next slow request takes its place.
+                let _next = NextSlow(&d);
+                serve(&d.core, &ctx.vrings[q], &mem, chain);
+            });
+            // A device has at most `pool_share` requests in the pool (one worker always
+            // stays for the others); its further slow requests wait in its own backlog,
+            // not in the pool's queue in front of other devices' requests.
+            {
+                let mut slow = dev.slow.lock();
+                if slow.0 >= fleet.pool_share {
+                    slow.1.push_back(job);
+                    return;
+                }
+                slow.0 += 1;
+            }
             if let Err(job) = pool.submit(job) {
                 job();
             }
         }
         _ => serve(&dev.core, &ctx.vrings[q], mem, chain),
+    }
+}
+
+/// Ends one of the device's slow requests in the pool: submits the next from its backlog
+/// in its place.
+struct NextSlow<'a>(&'a Arc<Dev>);
+
+impl Drop for NextSlow<'_> {
+    fn drop(&mut self) {
+        let next = {
+            let mut slow = self.0.slow.lock();
+            let next = slow.1.pop_front();
+            if next.is_none() {
+                slow.0 = slow.0.saturating_sub(1);
+            }
+            next
+        };
+        if let Some(job) = next {
+            let refused = match fleet_of(self.0).as_ref().and_then(|f| f.pool.as_ref()) {
+                Some(pool) => pool.submit(job).err(),
+                None => Some(job),
+            };
+            // The pool is shutting down: serve it and the rest of the backlog here, one
+            // after the other (their own ends find the backlog empty).
+            if let Some(job) = refused {
+                let rest = std::mem::take(&mut self.0.slow.lock().1);
+                job();
+                for job in rest {
+                    job();
+                }
+            }
+        }
     }
 }
 

@@ -45,6 +45,16 @@ impl Gate {
         assert!(s.0 >= n, "fsync never reached the filesystem");
     }
 
+    /// Whether `n` fsyncs entered the filesystem within `timeout` (waits no longer).
+    pub fn entered_within(&self, n: u32, timeout: Duration) -> bool {
+        let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (s, _) = self
+            .cv
+            .wait_timeout_while(s, timeout, |s| s.0 < n)
+            .unwrap_or_else(|e| e.into_inner());
+        s.0 >= n
+    }
+
     /// Lets every waiting and future fsync through.
     pub fn open(&self) {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).1 = true;
