@@ -753,4 +753,10 @@ impl crate::DynFileSystem for MemFs {
     fn load_state(&self, input: &mut dyn io::Read) -> io::Result<()> {
         self.load_state_impl(input)
     }
+
+    /// The entry timeout: only the guest changes a MemFs, and the guest kernel drops a
+    /// cached miss itself when it creates the name.
+    fn negative_timeout(&self) -> Duration {
+        self.entry_timeout
+    }
 }

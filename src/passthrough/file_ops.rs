@@ -13,7 +13,7 @@ use super::handles::{Handle, HandleKind};
 use super::platform;
 use super::resolve::{S_IFDIR, S_IFLNK, S_IFREG};
 use super::PassthroughFs;
-use crate::{errno, Context, OpenOptions, ZeroCopyReader, ZeroCopyWriter};
+use crate::{errno, CachePolicy, Context, OpenOptions, ZeroCopyReader, ZeroCopyWriter};
 
 use crate::abi::{
     FALLOC_FL_COLLAPSE_RANGE, FALLOC_FL_INSERT_RANGE, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE,
@@ -29,6 +29,36 @@ fn borrow_file(f: &File) -> ManuallyDrop<File> {
 }
 
 impl PassthroughFs {
+    /// Open flags for an open of `inode` (host descriptor `fd`): the cache policy's, plus
+    /// under [`CachePolicy::Auto`] `KEEP_CACHE` (and `CACHE_DIR` for a directory) when the
+    /// host file did not change since the guest's previous open (see `page_cache.rs`).
+    pub(crate) fn open_cache_options(
+        &self,
+        inode: &super::inode_store::InodeData,
+        fd: std::os::fd::RawFd,
+        is_dir: bool,
+    ) -> OpenOptions {
+        let opts = self.cfg.cache_policy.open_options(is_dir);
+        if self.cfg.cache_policy != CachePolicy::Auto {
+            return opts;
+        }
+        let keep = match platform::fstat(fd) {
+            Ok(hs) => super::page_cache::keep(&inode.cache_stamp, &hs.st),
+            Err(_) => {
+                inode.cache_stamp.lock().take();
+                false
+            }
+        };
+        match (keep, is_dir) {
+            (false, _) => opts,
+            (true, false) => opts | OpenOptions::KEEP_CACHE,
+            #[cfg(target_os = "linux")]
+            (true, true) => opts | OpenOptions::KEEP_CACHE | OpenOptions::CACHE_DIR,
+            #[cfg(not(target_os = "linux"))]
+            (true, true) => opts | OpenOptions::KEEP_CACHE,
+        }
+    }
+
     /// Host open flags for a guest open: access mode plus the flags that matter for I/O.
     pub(crate) fn io_flags(&self, flags: i32) -> i32 {
         let mut f = flags
@@ -78,12 +108,13 @@ impl PassthroughFs {
         if truncate && ctx.uid != 0 {
             self.kill_priv_of(&inode)?;
         }
+        let opts = self.open_cache_options(&inode, file.as_raw_fd(), false);
         let fh = self.handles.insert(Handle {
             inode,
             kind: HandleKind::File(File::from(file)),
             flags: io_flags,
         });
-        Ok((Some(fh), self.cfg.cache_policy.open_options(false), None))
+        Ok((Some(fh), opts, None))
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -328,4 +328,9 @@ impl crate::DynFileSystem for PassthroughFs {
     fn load_state(&self, input: &mut dyn std::io::Read) -> std::io::Result<()> {
         self.load_state_impl(input)
     }
+
+    /// The entry timeout: a name the host creates shows within it, as a name it removes does.
+    fn negative_timeout(&self) -> Duration {
+        self.cfg.entry_timeout
+    }
 }

@@ -80,6 +80,8 @@ pub(crate) struct InodeData {
     /// With a quota: the charge of a file the guest unlinked while it had it open, credited
     /// when the last reference to this inode (lookup or open handle) goes.
     pub orphan: Mutex<Option<OrphanCharge>>,
+    /// What the guest's last open saw of the host file (see `page_cache.rs`).
+    pub cache_stamp: Mutex<Option<super::page_cache::Stamp>>,
 }
 
 /// Start of the node ids used when the host inode number is taken or unusable.

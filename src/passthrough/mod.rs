@@ -73,6 +73,7 @@ mod inode_store;
 mod metadata;
 mod namespace_ops;
 mod override_stat;
+mod page_cache;
 mod platform;
 mod quota;
 mod resolve;
@@ -337,6 +338,7 @@ impl PassthroughFsBuilder {
             removed: Mutex::new(None),
             resize: RwLock::new(()),
             orphan: Mutex::new(None),
+            cache_stamp: Mutex::new(None),
         });
         let quota = match self.cfg.quota_bytes {
             Some(limit) => {

@@ -302,6 +302,7 @@ impl PassthroughFs {
             removed: Mutex::new(None),
             resize: RwLock::new(()),
             orphan: Mutex::new(None),
+            cache_stamp: Mutex::new(None),
         });
         if let Some(old) = stale {
             // The guest's old inode keeps its number until forgotten; with neither a path

@@ -412,6 +412,7 @@ impl PassthroughFs {
             removed: Mutex::new(None),
             resize: RwLock::new(()),
             orphan: Mutex::new(None),
+            cache_stamp: Mutex::new(None),
         });
         Ok((data, fd))
     }
