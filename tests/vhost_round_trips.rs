@@ -200,3 +200,60 @@ fn passthrough_policies_other_than_auto_are_unchanged() {
         handle.stop().expect("stop");
     }
 }
+
+/// `FUSE_HANDLE_KILLPRIV_V2` (include/uapi/linux/fuse.h).
+const HANDLE_KILLPRIV_V2: u32 = 1 << 28;
+
+/// PassthroughFs takes over clearing setuid/setgid (so the guest kernel stops asking for
+/// `security.capability` before every write): the flag is accepted, and the duties it implies
+/// hold (root's chown and a write flagged `FUSE_WRITE_KILL_SUIDGID` clear setuid).
+#[test]
+fn passthrough_handles_killpriv_v2() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fs = passthrough(dir.path(), CachePolicy::Auto);
+    let (_s, handle, mut c) = serve(fs.clone());
+    let out = c
+        .init_offering(7, 38, vmm::GUEST_INIT_FLAGS | HANDLE_KILLPRIV_V2)
+        .expect("INIT");
+    assert_ne!(
+        out.flags & HANDLE_KILLPRIV_V2,
+        0,
+        "INIT flags {:#x}",
+        out.flags
+    );
+    drop(c);
+    handle.stop().expect("stop");
+
+    use boxfs::{CreateIn, SetattrValid};
+    let ctx = Context::new();
+    let suid = |fs: &PassthroughFs, ino: u64| {
+        let (st, _) = fs.getattr(&ctx, ino, None).expect("getattr");
+        st.st_mode & 0o6000
+    };
+    let args = CreateIn {
+        flags: libc::O_RDWR as u32,
+        mode: 0o6755,
+        umask: 0,
+        fuse_flags: 0,
+    };
+    let (e, fh, _, _) = fs.create(&ctx, ROOT_ID, c"s", args).expect("create");
+    let fh = fh.expect("handle");
+    assert_eq!(suid(&fs, e.inode), 0o6000);
+    // chown by root clears both (group-executable setgid).
+    // SAFETY: `stat64` is a plain C struct for which all-zero bytes are valid.
+    let mut attr: boxfs::stat64 = unsafe { std::mem::zeroed() };
+    attr.st_uid = 1000;
+    fs.setattr(&ctx, e.inode, attr, None, SetattrValid::UID)
+        .expect("chown");
+    assert_eq!(suid(&fs, e.inode), 0);
+    // A write the guest flags FUSE_WRITE_KILL_SUIDGID clears setuid, even by root.
+    attr.st_mode = 0o4755;
+    fs.setattr(&ctx, e.inode, attr, None, SetattrValid::MODE)
+        .expect("chmod");
+    assert_eq!(suid(&fs, e.inode), 0o4000);
+    let mut data = *b"x";
+    let mut r = boxfs::zero_copy::MemReader::new(&mut data);
+    fs.write(&ctx, e.inode, fh, &mut r, 1, 0, None, false, 0, 4)
+        .expect("write");
+    assert_eq!(suid(&fs, e.inode), 0);
+}

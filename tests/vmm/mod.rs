@@ -1123,11 +1123,16 @@ impl FuseClient {
 
     /// FUSE_INIT with the given protocol version.
     pub fn init_version(&mut self, major: u32, minor: u32) -> Result<InitOut, i32> {
+        self.init_offering(major, minor, GUEST_INIT_FLAGS)
+    }
+
+    /// FUSE_INIT with the given protocol version, offering `flags` (low 32 bits).
+    pub fn init_offering(&mut self, major: u32, minor: u32, flags: u32) -> Result<InitOut, i32> {
         let init = InitIn {
             major,
             minor,
             max_readahead: 128 << 10,
-            flags: GUEST_INIT_FLAGS | (1 << 30),
+            flags: flags | (1 << 30),
         };
         let init2 = InitIn2::default();
         let b = self.call(op::INIT, 0, &[init.as_slice(), init2.as_slice()], 256)?;
