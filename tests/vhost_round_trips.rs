@@ -257,3 +257,34 @@ fn passthrough_handles_killpriv_v2() {
         .expect("write");
     assert_eq!(suid(&fs, e.inode), 0);
 }
+
+/// `FOPEN_NOFLUSH` (include/uapi/linux/fuse.h, 7.35).
+const FOPEN_NOFLUSH: u32 = 1 << 5;
+
+/// PassthroughFs file opens need no FLUSH at `close` (writes are written through; POSIX locks
+/// stay in the guest kernel), unless the guest caches writes; directories never get it.
+#[test]
+fn passthrough_opens_need_no_flush_without_writeback() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("f"), b"data").expect("host write");
+    for (writeback, want) in [(false, FOPEN_NOFLUSH), (true, 0)] {
+        let fs = Arc::new(
+            PassthroughFs::builder(dir.path())
+                .writeback(writeback)
+                .build()
+                .expect("passthrough"),
+        );
+        let (_s, handle, mut c) = serve(fs);
+        let f = c.lookup(ROOT_ID, "f").expect("lookup").nodeid;
+        assert_eq!(open_flags(&mut c, f, false) & FOPEN_NOFLUSH, want);
+        assert_eq!(open_flags(&mut c, ROOT_ID, true) & FOPEN_NOFLUSH, 0);
+        let name = format!("new-{writeback}");
+        let (e, o) = c
+            .create(ROOT_ID, &name, 0o644, libc::O_RDWR as u32)
+            .expect("create");
+        assert_eq!(o.open_flags & FOPEN_NOFLUSH, want);
+        c.release(e.nodeid, o.fh).expect("release");
+        drop(c);
+        handle.stop().expect("stop");
+    }
+}

@@ -175,7 +175,7 @@ impl PassthroughFs {
                 Ok((
                     entry,
                     Some(fh),
-                    self.cfg.cache_policy.open_options(false),
+                    self.cfg.cache_policy.open_options(false) | self.no_flush(),
                     None,
                 ))
             }

@@ -29,6 +29,22 @@ fn borrow_file(f: &File) -> ManuallyDrop<File> {
 }
 
 impl PassthroughFs {
+    /// `FOPEN_NOFLUSH` for a file open, unless the guest caches writes: `close` then needs no
+    /// FLUSH round trip. A flush has nothing to do here: without the writeback cache every
+    /// write reached the host file before `write(2)` returned (its errors with it), and the
+    /// guest kernel keeps POSIX locks itself (this backend answers `ENOSYS` to GETLK/SETLK),
+    /// so no lock owner needs releasing. Dirty pages of a shared mapping are written back by
+    /// the guest kernel at `msync`/`munmap` as before.
+    pub(crate) fn no_flush(&self) -> OpenOptions {
+        if self.cfg.writeback || cfg!(not(target_os = "linux")) {
+            return OpenOptions::empty();
+        }
+        // SAFETY: `OpenOptions` is a plain `u32` of FUSE open flags that the server copies
+        // into the reply unchanged; bit 5 is `FOPEN_NOFLUSH` of the FUSE ABI (7.35), which
+        // fuse-backend-rs 0.14 does not name. No invariant rests on the set of named bits.
+        unsafe { OpenOptions::from_bits_unchecked(crate::abi::FOPEN_NOFLUSH) }
+    }
+
     /// Open flags for an open of `inode` (host descriptor `fd`): the cache policy's, plus
     /// under [`CachePolicy::Auto`] `KEEP_CACHE` (and `CACHE_DIR` for a directory) when the
     /// host file did not change since the guest's previous open (see `page_cache.rs`).
@@ -38,7 +54,10 @@ impl PassthroughFs {
         fd: std::os::fd::RawFd,
         is_dir: bool,
     ) -> OpenOptions {
-        let opts = self.cfg.cache_policy.open_options(is_dir);
+        let mut opts = self.cfg.cache_policy.open_options(is_dir);
+        if !is_dir {
+            opts |= self.no_flush();
+        }
         if self.cfg.cache_policy != CachePolicy::Auto {
             return opts;
         }
