@@ -41,6 +41,14 @@ use crate::OpenOptions;
 ///   cache at the next open. Not covered: a host filesystem whose ctime does not move on
 ///   writes, or whose clock is not the daemon's (network filesystems with clock skew); use
 ///   `Never` there.
+/// * **Kept caches of a MemFs.** A MemFs answers `KEEP_CACHE` (`CACHE_DIR` for
+///   directories) under `Auto` as under `Always`: the guest is its only writer, so nothing it
+///   cached can be stale. Its timeouts stay 1 s.
+///
+/// Independent of the policy, PassthroughFs also saves a FLUSH at every `close` of a file
+/// (`FOPEN_NOFLUSH` unless the writeback cache is on: writes are written through, and POSIX
+/// locks stay in the guest kernel) and the guest's `security.capability` GETXATTR before
+/// every write (`FUSE_HANDLE_KILLPRIV_V2`: the daemon clears setuid/setgid itself).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub enum CachePolicy {

@@ -288,3 +288,37 @@ fn passthrough_opens_need_no_flush_without_writeback() {
         handle.stop().expect("stop");
     }
 }
+
+/// A MemFs under `auto` keeps the guest's page and directory caches across opens (the guest
+/// is its only writer); under `never` it still asks for direct I/O.
+#[test]
+fn memfs_auto_keeps_caches() {
+    for (policy, file, dir) in [
+        (
+            CachePolicy::Auto,
+            FOPEN_KEEP_CACHE,
+            FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR,
+        ),
+        (CachePolicy::Never, FOPEN_DIRECT_IO, 0),
+    ] {
+        let fs = Arc::new(
+            MemFs::builder()
+                .capacity(16.mib())
+                .cache_policy(policy)
+                .build()
+                .expect("memfs"),
+        );
+        let (_s, handle, mut c) = serve(fs);
+        let (e, o) = c
+            .create(ROOT_ID, "f", 0o644, libc::O_RDWR as u32)
+            .expect("create");
+        assert_eq!(o.open_flags & (FOPEN_KEEP_CACHE | FOPEN_DIRECT_IO), file);
+        c.release(e.nodeid, o.fh).expect("release");
+        let mask = FOPEN_KEEP_CACHE | FOPEN_DIRECT_IO;
+        assert_eq!(open_flags(&mut c, e.nodeid, false) & mask, file, "{policy}");
+        let mask = FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR;
+        assert_eq!(open_flags(&mut c, ROOT_ID, true) & mask, dir, "{policy}");
+        drop(c);
+        handle.stop().expect("stop");
+    }
+}
