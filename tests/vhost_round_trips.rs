@@ -55,7 +55,7 @@ fn passthrough_miss_is_a_negative_entry_until_the_host_creates_the_name() {
     let (_s, handle, mut c) = serve(fs.clone());
 
     let miss = c
-        .lookup(ROOT_ID, "absent")
+        .lookup_raw(ROOT_ID, "absent")
         .expect("a negative entry, not ENOENT");
     assert_eq!(miss.nodeid, 0);
     assert_eq!((miss.entry_valid, miss.entry_valid_nsec), (1, 0));
@@ -78,7 +78,7 @@ fn passthrough_miss_is_a_negative_entry_until_the_host_creates_the_name() {
 fn passthrough_never_policy_answers_enoent() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (_s, handle, mut c) = serve(passthrough(dir.path(), CachePolicy::Never));
-    assert_eq!(c.lookup(ROOT_ID, "absent").err(), Some(libc::ENOENT));
+    assert_eq!(c.lookup_raw(ROOT_ID, "absent").err(), Some(libc::ENOENT));
     drop(c);
     handle.stop().expect("stop");
 }
@@ -93,7 +93,7 @@ fn memfs_miss_is_a_negative_entry() {
             .expect("memfs"),
     );
     let (_s, handle, mut c) = serve(fs);
-    let miss = c.lookup(ROOT_ID, "absent").expect("a negative entry");
+    let miss = c.lookup_raw(ROOT_ID, "absent").expect("a negative entry");
     assert_eq!(miss.nodeid, 0);
     assert_eq!((miss.entry_valid, miss.entry_valid_nsec), (1, 0));
     // Created by the guest: found.

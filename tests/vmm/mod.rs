@@ -1152,7 +1152,17 @@ impl FuseClient {
         self.call(op::UNLINK, parent, &[&n], 64).map(|_| ())
     }
 
+    /// LOOKUP as the guest kernel takes it: a negative entry (node id 0, which a backend
+    /// answers for a miss it lets the guest cache) is `ENOENT`.
     pub fn lookup(&mut self, parent: u64, name: &str) -> Result<EntryOut, i32> {
+        match self.lookup_raw(parent, name) {
+            Ok(e) if e.nodeid == 0 => Err(libc::ENOENT),
+            r => r,
+        }
+    }
+
+    /// LOOKUP's reply as sent: a negative entry stays an entry with node id 0.
+    pub fn lookup_raw(&mut self, parent: u64, name: &str) -> Result<EntryOut, i32> {
         let n = cstr(name);
         self.call(op::LOOKUP, parent, &[&n], 256).map(|b| obj(&b))
     }
