@@ -10,6 +10,9 @@
 #   --sizes    other sizes, e.g. 500,50,2000,100
 #   --runs N   runs per daemon (default 3), alternating which daemon goes first, medians reported
 #   --out FILE also write the table (markdown) to FILE
+#   --boxfsd PATH   run this boxfsd binary for the share instead of building one (e.g. an
+#              older build, for its request counts)
+#   --only boxfs|virtiofsd   run one daemon only (its raw per-step lines, no ratio)
 #
 # Each run boots the workload guest (root: boxfsd overlay of the Debian userland over memfs:1G,
 # the same for both) with a second device serving a fresh tmpfs directory: boxfsd --shared-dir
@@ -30,13 +33,17 @@ FULL=0
 RUNS=3
 OUT=""
 CUSTOM=""
+SHARE_BOXFSD=""
+ONLY=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --full) FULL=1; shift ;;
         --runs) RUNS="$2"; shift 2 ;;
         --out) OUT="$2"; shift 2 ;;
         --sizes) CUSTOM="$2"; shift 2 ;;
-        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+        --boxfsd) SHARE_BOXFSD="$2"; shift 2 ;;
+        --only) ONLY="$2"; shift 2 ;;
+        -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
         *) echo "bench-workloads.sh: unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -70,6 +77,7 @@ cleanup() {
 }
 trap cleanup EXIT
 cp "$BOXFSD" "$WORK/boxfsd"; chmod 0755 "$WORK/boxfsd"
+cp "${SHARE_BOXFSD:-$BOXFSD}" "$WORK/boxfsd-share"; chmod 0755 "$WORK/boxfsd-share"
 RESULTS="$WORK/results.txt"
 : > "$RESULTS"
 
@@ -102,7 +110,7 @@ one_run() { # DAEMON RUN
     local rpid=$!; PIDS+=("$rpid")
     local spid
     if [ "$daemon" = boxfs ]; then
-        setpriv --reuid 65534 --regid 65534 --clear-groups "$WORK/boxfsd" --socket-path "$dir/pt.sock" \
+        setpriv --reuid 65534 --regid 65534 --clear-groups "$WORK/boxfsd-share" --socket-path "$dir/pt.sock" \
             --shared-dir "$share" --cache auto --tag pt > "$dir/pt.log" 2>&1 &
         spid=$!
     else
@@ -170,10 +178,20 @@ PYEOF
 
 for run in $(seq 1 "$RUNS"); do
     if [ $((run % 2)) = 1 ]; then order=(boxfs virtiofsd); else order=(virtiofsd boxfs); fi
-    for d in "${order[@]}"; do one_run "$d" "$run"; done
+    for d in "${order[@]}"; do
+        [ -z "$ONLY" ] || [ "$ONLY" = "$d" ] || continue
+        one_run "$d" "$run"
+    done
 done
 
 TABLE="$WORK/table.md"
+if [ -n "$ONLY" ]; then
+    cp "$RESULTS" "$TABLE"
+    cat "$TABLE"
+    [ -z "$OUT" ] || cp "$TABLE" "$OUT"
+    echo "bench-workloads: raw results and logs in $WORK" >&2
+    exit 0
+fi
 python3 - "$RESULTS" "$RUNS" "$SIZE_NAME" > "$TABLE" <<'EOF'
 import statistics, sys
 path, runs, sizes = sys.argv[1], int(sys.argv[2]), sys.argv[3]
