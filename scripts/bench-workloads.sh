@@ -43,7 +43,7 @@ while [ $# -gt 0 ]; do
         --sizes) CUSTOM="$2"; shift 2 ;;
         --boxfsd) SHARE_BOXFSD="$2"; shift 2 ;;
         --only) ONLY="$2"; shift 2 ;;
-        -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
         *) echo "bench-workloads.sh: unknown argument: $1" >&2; exit 2 ;;
     esac
 done
