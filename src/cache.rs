@@ -30,8 +30,9 @@ use crate::OpenOptions;
 ///   within it; what the guest creates itself replaces its cached miss at once. Applies to
 ///   what a device serves ([`crate::SharedFs`]) for backends whose
 ///   [`negative_timeout`](crate::DynFileSystem::negative_timeout) is not zero (PassthroughFs
-///   and MemFs: their entry timeout, so none under `Never`); layers nested in another backend
-///   still answer `ENOENT`.
+///   and MemFs: their entry timeout, so none under `Never`; DualFs: its imposed entry
+///   timeout, else the shorter of its layers'; VolumeFs: none); layers nested in another
+///   backend still answer `ENOENT`.
 /// * **Kept page cache of unchanged files** (PassthroughFs). `open` answers `KEEP_CACHE`
 ///   (`opendir`: `KEEP_CACHE | CACHE_DIR`) when the host file's mtime, ctime and size are
 ///   those the guest's previous open of the same inode saw, and that ctime was at least 2 s
