@@ -6,7 +6,7 @@
 #
 #   --full     the sizes: 20,000 files in 2,000 dirs, 2,000 transactions per writer,
 #              100,000-entry directory, 2,000 Python modules (default: the CI sizes of
-#              boxfsd/tests/guest_workloads.rs: 1,000 / 50 / 5,000 / 200)
+#              boxfsd/tests/guest_workloads.rs: 500 / 20 / 2,000 / 100)
 #   --sizes    other sizes, e.g. 500,50,2000,100
 #   --runs N   runs per daemon (default 3), alternating which daemon goes first, medians reported
 #   --out FILE also write the table (markdown) to FILE
@@ -59,8 +59,8 @@ elif [ -n "$CUSTOM" ]; then
     SIZES=(--param wl_files="$f" --param wl_tx="$t" --param wl_bigdir="$b" --param wl_pymods="$p")
     MEM=1536M; TIMEOUT=3600; SIZE_NAME="files=$f tx=$t bigdir=$b pymods=$p"
 else
-    SIZES=(--param wl_files=1000 --param wl_tx=50 --param wl_bigdir=5000 --param wl_pymods=200)
-    MEM=1536M; TIMEOUT=2400; SIZE_NAME="CI (files=1000 tx=50 bigdir=5000 pymods=200)"
+    SIZES=(--param wl_files=500 --param wl_tx=20 --param wl_bigdir=2000 --param wl_pymods=100)
+    MEM=1536M; TIMEOUT=2400; SIZE_NAME="CI (files=500 tx=20 bigdir=2000 pymods=100)"
 fi
 
 echo "bench-workloads: building boxfsd (release) and the userland" >&2
