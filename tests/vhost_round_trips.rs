@@ -322,3 +322,24 @@ fn memfs_auto_keeps_caches() {
         handle.stop().expect("stop");
     }
 }
+
+/// While a handle of the file is open for writing, other opens keep the FLUSH (its
+/// writeback batches a writer's dirty shared-mapping pages); without one they need none.
+#[test]
+fn passthrough_keeps_the_flush_while_a_writer_is_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("f"), b"data").expect("host write");
+    let (_s, handle, mut c) = serve(passthrough(dir.path(), CachePolicy::Auto));
+    let f = c.lookup(ROOT_ID, "f").expect("lookup").nodeid;
+    let w = c.open(f, libc::O_RDWR as u32).expect("open for writing");
+    assert_ne!(w.open_flags & FOPEN_NOFLUSH, 0, "the writer itself");
+    assert_eq!(open_flags(&mut c, f, false) & FOPEN_NOFLUSH, 0, "a reader");
+    c.release(f, w.fh).expect("release the writer");
+    assert_ne!(
+        open_flags(&mut c, f, false) & FOPEN_NOFLUSH,
+        0,
+        "no writer left"
+    );
+    drop(c);
+    handle.stop().expect("stop");
+}

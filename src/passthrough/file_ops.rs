@@ -10,6 +10,7 @@ use std::mem::ManuallyDrop;
 use std::os::fd::{AsRawFd, FromRawFd};
 
 use super::handles::{Handle, HandleKind};
+use super::inode_store::InodeData;
 use super::platform;
 use super::resolve::{S_IFDIR, S_IFLNK, S_IFREG};
 use super::PassthroughFs;
@@ -29,14 +30,20 @@ fn borrow_file(f: &File) -> ManuallyDrop<File> {
 }
 
 impl PassthroughFs {
-    /// `FOPEN_NOFLUSH` for a file open, unless the guest caches writes: `close` then needs no
-    /// FLUSH round trip. A flush has nothing to do here: without the writeback cache every
-    /// write reached the host file before `write(2)` returned (its errors with it), and the
-    /// guest kernel keeps POSIX locks itself (this backend answers `ENOSYS` to GETLK/SETLK),
-    /// so no lock owner needs releasing. Dirty pages of a shared mapping are written back by
-    /// the guest kernel at `msync`/`munmap` as before.
-    pub(crate) fn no_flush(&self) -> OpenOptions {
-        if self.cfg.writeback || cfg!(not(target_os = "linux")) {
+    /// `FOPEN_NOFLUSH` for a file open of `inode`, unless the guest caches writes or another
+    /// handle of the inode is open for writing: `close` then needs no FLUSH round trip. A
+    /// flush has nothing to do here: without the writeback cache every write reached the host
+    /// file before `write(2)` returned (its errors with it), and the guest kernel keeps POSIX
+    /// locks itself (this backend answers `ENOSYS` to GETLK/SETLK), so no lock owner needs
+    /// releasing. Dirty pages of a shared mapping are written back by the guest kernel at
+    /// `msync`/`munmap`; while a writer has the file open, other opens keep the FLUSH, whose
+    /// writeback sends the writer's dirty pages in large WRITEs rather than page by page when
+    /// the next open drops the cache.
+    pub(crate) fn no_flush(&self, inode: &InodeData) -> OpenOptions {
+        if self.cfg.writeback
+            || cfg!(not(target_os = "linux"))
+            || inode.writers.load(std::sync::atomic::Ordering::Relaxed) > 0
+        {
             return OpenOptions::empty();
         }
         // SAFETY: `OpenOptions` is a plain `u32` of FUSE open flags that the server copies
@@ -50,13 +57,13 @@ impl PassthroughFs {
     /// host file did not change since the guest's previous open (see `page_cache.rs`).
     pub(crate) fn open_cache_options(
         &self,
-        inode: &super::inode_store::InodeData,
+        inode: &InodeData,
         fd: std::os::fd::RawFd,
         is_dir: bool,
     ) -> OpenOptions {
         let mut opts = self.cfg.cache_policy.open_options(is_dir);
         if !is_dir {
-            opts |= self.no_flush();
+            opts |= self.no_flush(inode);
         }
         if self.cfg.cache_policy != CachePolicy::Auto {
             return opts;

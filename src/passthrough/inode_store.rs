@@ -67,6 +67,8 @@ pub(crate) struct InodeData {
     pub pinned: Mutex<Option<SharedFd>>,
     /// Open guest handles of this inode (each holds its own descriptor).
     pub open_handles: AtomicU64,
+    /// Those of `open_handles` open for writing.
+    pub writers: AtomicU64,
     /// The last known host attributes of an inode whose name the guest removed and that
     /// keeps no descriptor (removed directories, files without open handles): `getattr`
     /// without a handle is served from them, everything else answers `ENOENT`.

@@ -335,6 +335,7 @@ impl PassthroughFsBuilder {
             pinned: Mutex::new(Some(root_fd.clone())),
             meta: Mutex::new(ovr),
             open_handles: AtomicU64::new(0),
+            writers: AtomicU64::new(0),
             removed: Mutex::new(None),
             resize: RwLock::new(()),
             orphan: Mutex::new(None),

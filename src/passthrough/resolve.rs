@@ -299,6 +299,7 @@ impl PassthroughFs {
             pinned: Mutex::new(None),
             meta: Mutex::new(ovr),
             open_handles: AtomicU64::new(0),
+            writers: AtomicU64::new(0),
             removed: Mutex::new(None),
             resize: RwLock::new(()),
             orphan: Mutex::new(None),
