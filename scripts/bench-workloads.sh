@@ -164,7 +164,8 @@ if daemon == "boxfs" and len(counts) == len(marks):
         if kind == "begin" and kind2 == "end" and step == step2:
             a, b = counts[i], counts[i + 1]
             d = {k: b.get(k, 0) - a.get(k, 0) for k in b}
-            ops = sorted(((v, k) for k, v in d.items() if k != "total" and v > 0), reverse=True)
+            ops = sorted(((v, k) for k, v in d.items() if k not in ("total", "served_us") and v > 0), reverse=True)
+            ops.append((d.get("served_us", 0), "served_us"))
             per_step[step] = (d.get("total", 0), ",".join("%s=%d" % (k, v) for v, k in ops))
 elif daemon == "boxfs":
     print("bench-workloads: %d marks but %d counter lines: no request counts" % (len(marks), len(counts)), file=sys.stderr)

@@ -1,7 +1,8 @@
 //! Request counts of the single-device daemon: on every SIGUSR2 it logs (info level, on
 //! stderr) the requests served so far by FUSE opcode, as one line
-//! `request counts: total=N LOOKUP=N GETATTR=N ...` (names from `metrics`; numbers for
-//! opcodes without one). `scripts/bench-workloads.sh` sends it between the guest's steps to
+//! `request counts: total=N LOOKUP=N GETATTR=N ... served_us=N` (names from `metrics`;
+//! numbers for opcodes without one; `served_us`: the summed time from taking each request to
+//! having its reply written, in microseconds). `scripts/bench-workloads.sh` sends it between the guest's steps to
 //! count each step's round trips. Fleet mode serves the same counters on `GET /metrics`.
 
 use std::sync::{Arc, OnceLock};
@@ -20,10 +21,12 @@ pub(crate) fn counters() -> Arc<RequestMetrics> {
 pub(crate) fn line(m: &RequestMetrics) -> String {
     let by_op = m.requests_by_opcode();
     let total: u64 = by_op.iter().map(|(_, n)| n).sum();
+    let served_us = (m.latency().sum_seconds * 1e6) as u64;
     let mut s = format!("request counts: total={total}");
     for (op, n) in by_op {
         s.push_str(&format!(" {}={n}", crate::metrics::opcode_name(op)));
     }
+    s.push_str(&format!(" served_us={served_us}"));
     s
 }
 
@@ -60,6 +63,6 @@ mod tests {
     #[test]
     fn line_names_opcodes_and_sums_them() {
         let m = RequestMetrics::new();
-        assert_eq!(line(&m), "request counts: total=0");
+        assert_eq!(line(&m), "request counts: total=0 served_us=0");
     }
 }
