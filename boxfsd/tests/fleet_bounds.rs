@@ -246,10 +246,18 @@ fn descriptors_and_threads_stay_bounded_during_a_flood() {
     for s in &socks {
         wait_for(&mut d, s);
     }
+    // A thread takes its name once it runs, which may be after the sockets appear: wait until
+    // the event loops and the pool have all started before taking the baseline.
+    let serving = |names: &[String]| names.iter().filter(|n| n.starts_with("boxfs-")).count();
+    let deadline = Instant::now() + HANG_GUARD;
+    while serving(&thread_names(pid)) < LOOPS + POOL {
+        assert!(Instant::now() < deadline, "boxfsd's threads did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let (fds_listening, threads0) = (count(pid, "fd"), count(pid, "task"));
     let names = thread_names(pid);
     assert_eq!(
-        names.iter().filter(|n| n.starts_with("boxfs-")).count(),
+        serving(&names),
         LOOPS + POOL,
         "the serving threads are the event loops and the pool: {names:?}"
     );
