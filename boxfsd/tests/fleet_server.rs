@@ -575,3 +575,46 @@ fn the_byte_limit_holds_a_write_flood_to_its_bytes_per_second() {
         granted()
     );
 }
+
+/// The count of eventfd `fd` of this process (its kicks not yet taken by the device).
+fn eventfd_count(fd: std::os::fd::RawFd) -> u64 {
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).expect("fdinfo");
+    info.lines()
+        .find_map(|l| l.strip_prefix("eventfd-count:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .expect("an eventfd")
+}
+
+/// Regression (a real guest on a fleet device hung at boot or mid-run, every daemon thread
+/// idle): a kick the guest gives while its ring is still disabled (a VMM enables a ring after
+/// it set its kick descriptor, and the guest may kick in between) is taken without serving
+/// anything, and the guest does not kick again for that request. Enabling the ring must look
+/// at it again.
+#[test]
+fn a_request_kicked_while_its_ring_was_disabled_is_served_once_enabled() {
+    use vhost::vhost_user::VhostUserFrontend;
+    use vhost::VhostBackend;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = sock(&dir, "a.sock");
+    let fleet = fleet(2);
+    let _dev = add(&fleet, memfs(), &path, FleetDeviceOptions::default());
+    let mut vmm = flooder(&path);
+    vmm.frontend().set_vring_enable(1, false).expect("disable");
+    // A reply to a later message: the device has handled the disable before the kick.
+    vmm.frontend().get_features().expect("features");
+    let g = GetattrIn::default();
+    let req = request(op::GETATTR, 7, ROOT_ID, &[g.as_slice()]);
+    let head = vmm.submit(1, &[Seg::R(req), Seg::W(256)]);
+    // The device takes the kick (the eventfd's count drops to 0) and serves nothing.
+    let deadline = Instant::now() + HANG_GUARD;
+    while eventfd_count(vmm.kick_fd(1)) != 0 {
+        assert!(Instant::now() < deadline, "the device never took the kick");
+        std::thread::yield_now();
+    }
+    vmm.frontend().set_vring_enable(1, true).expect("enable");
+    assert!(
+        vmm.wait(1, head, HANG_GUARD).is_some(),
+        "the request kicked while the ring was disabled was never served"
+    );
+}

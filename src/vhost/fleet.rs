@@ -1238,13 +1238,17 @@ impl VhostUserBackendReqHandlerMut for ConnHandler {
             q.set_ready(valid);
         }
         let kick = Arc::new(fd);
-        fleet
-            .register(
-                kick.as_raw_fd(),
-                token(dev.key, KIND_KICK + u64::from(index)),
-            )
-            .map_err(VuError::ReqHandlerError)?;
+        // The vring holds the descriptor before epoll arms it: an event that fires at once
+        // (the guest kicked already) finds it there. (The other way round, a loop took the
+        // event, found no descriptor and left it disarmed: the queue was never served again.)
         *v.kick.lock() = Some(Arc::clone(&kick));
+        if let Err(e) = fleet.register(
+            kick.as_raw_fd(),
+            token(dev.key, KIND_KICK + u64::from(index)),
+        ) {
+            v.kick.lock().take();
+            return Err(VuError::ReqHandlerError(e));
+        }
         // Requests queued before the kick descriptor came are served now.
         let _ = (&*kick).write(&1u64.to_ne_bytes());
         Ok(())
@@ -1277,7 +1281,15 @@ impl VhostUserBackendReqHandlerMut for ConnHandler {
     }
 
     fn set_vring_enable(&mut self, index: u32, enable: bool) -> VuResult<()> {
-        self.vring(index)?.enabled.store(enable, Ordering::Release);
+        let v = self.vring(index)?;
+        v.enabled.store(enable, Ordering::Release);
+        if enable {
+            // A kick taken while the ring was still disabled was consumed without serving
+            // anything, and the guest does not kick twice for one request: look again.
+            if let Some(k) = v.kick.lock().as_ref() {
+                let _ = (&**k).write(&1u64.to_ne_bytes());
+            }
+        }
         Ok(())
     }
 

@@ -500,6 +500,13 @@ impl Vmm {
         &mut self.fe
     }
 
+    /// The kick descriptor of queue `q` (to see whether the device has taken a kick).
+    #[allow(dead_code)]
+    pub fn kick_fd(&self, q: usize) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.queues[q].kick.as_raw_fd()
+    }
+
     /// The tag from the config space, if offered.
     pub fn tag(&self) -> Option<String> {
         let c = self.config.as_ref()?;
