@@ -59,6 +59,9 @@ pub(crate) const XATTR_CREATE: u32 = 1;
 /// `setxattr` flag: fail unless the attribute exists (macOS numbers it 4).
 pub(crate) const XATTR_REPLACE: u32 = 2;
 
+/// `FOPEN_NOFLUSH` in an open reply's flags (FUSE 7.35): `close` sends no FLUSH.
+pub(crate) const FOPEN_NOFLUSH: u32 = 1 << 5;
+
 /// `FUSE_WRITE_KILL_SUIDGID` (`WRITE_KILL_PRIV`) in a FUSE write's flags.
 pub(crate) const WRITE_KILL_PRIV: u32 = 4;
 

@@ -16,6 +16,40 @@ use crate::OpenOptions;
 ///
 /// Use `Never` when the host changes files behind the guest's back, `Always` when the backend
 /// is the only writer (MemFs, an overlay's private upper layer).
+///
+/// # What `Auto` promises, and the round trips it saves
+///
+/// A change made on the host (not through the guest) is seen by the guest within the entry
+/// and attribute timeout (1 s) for names and attributes, and at the next `open` for file
+/// data (close-to-open). Within that promise the served filesystem saves these round trips:
+///
+/// * **Negative entries.** A `LOOKUP` of a missing name is answered with a negative entry
+///   (node id 0) valid for the entry timeout instead of `ENOENT`, so the guest kernel caches
+///   the miss (the many probes of git, Python's import path, shells' `PATH` search). Rule: a
+///   name the host creates shows within the entry timeout, as a name it removes disappears
+///   within it; what the guest creates itself replaces its cached miss at once. Applies to
+///   what a device serves ([`crate::SharedFs`]) for backends whose
+///   [`negative_timeout`](crate::DynFileSystem::negative_timeout) is not zero (PassthroughFs
+///   and MemFs: their entry timeout, so none under `Never`; DualFs: its imposed entry
+///   timeout, else the shorter of its layers'; VolumeFs: none); layers nested in another
+///   backend still answer `ENOENT`.
+/// * **Kept page cache of unchanged files** (PassthroughFs). `open` answers `KEEP_CACHE`
+///   (`opendir`: `KEEP_CACHE | CACHE_DIR`) when the host file's mtime, ctime and size are
+///   those the guest's previous open of the same inode saw, and that ctime was at least 2 s
+///   older than the host clock at that open (so any later change moves it, even with
+///   timestamps as coarse as 2 s). Otherwise the guest drops its cache on open as before.
+///   Rule: unchanged close-to-open consistency: a host-modified file is never read from a kept
+///   cache at the next open. Not covered: a host filesystem whose ctime does not move on
+///   writes, or whose clock is not the daemon's (network filesystems with clock skew); use
+///   `Never` there.
+/// * **Kept caches of a MemFs.** A MemFs answers `KEEP_CACHE` (`CACHE_DIR` for
+///   directories) under `Auto` as under `Always`: the guest is its only writer, so nothing it
+///   cached can be stale. Its timeouts stay 1 s.
+///
+/// Independent of the policy, PassthroughFs also saves a FLUSH at every `close` of a file
+/// (`FOPEN_NOFLUSH` unless the writeback cache is on: writes are written through, and POSIX
+/// locks stay in the guest kernel) and the guest's `security.capability` GETXATTR before
+/// every write (`FUSE_HANDLE_KILLPRIV_V2`: the daemon clears setuid/setgid itself).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub enum CachePolicy {

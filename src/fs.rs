@@ -41,9 +41,25 @@ pub trait DynFileSystem: FileSystem<Inode = u64, Handle = u64> + Send + Sync {
         let _ = input;
         Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP))
     }
+
+    /// How long a guest may cache the absence of a name: when [`SharedFs`] (what a device
+    /// serves) gets `ENOENT` from `lookup`, it answers a negative entry (node id 0) with this
+    /// entry timeout instead, and the guest kernel asks again only once it expired. The
+    /// backend's promise is that a name created behind the guest's back (on the host)
+    /// becomes visible within this time, like its positive entries' timeout.
+    ///
+    /// The default is zero: every miss is a round trip. Layers nested inside another
+    /// backend are always asked with `ENOENT` semantics; only the served filesystem's value
+    /// counts.
+    fn negative_timeout(&self) -> Duration {
+        Duration::ZERO
+    }
 }
 
 impl<T: DynFileSystem> DynFileSystem for Arc<T> {
+    fn negative_timeout(&self) -> Duration {
+        (**self).negative_timeout()
+    }
     fn save_state(&self, out: &mut dyn io::Write) -> io::Result<()> {
         (**self).save_state(out)
     }
@@ -53,6 +69,9 @@ impl<T: DynFileSystem> DynFileSystem for Arc<T> {
 }
 
 impl DynFileSystem for Box<dyn DynFileSystem> {
+    fn negative_timeout(&self) -> Duration {
+        (**self).negative_timeout()
+    }
     fn save_state(&self, out: &mut dyn io::Write) -> io::Result<()> {
         (**self).save_state(out)
     }
@@ -62,6 +81,9 @@ impl DynFileSystem for Box<dyn DynFileSystem> {
 }
 
 impl DynFileSystem for SharedFs {
+    fn negative_timeout(&self) -> Duration {
+        self.0.negative_timeout()
+    }
     fn save_state(&self, out: &mut dyn io::Write) -> io::Result<()> {
         self.0.save_state(out)
     }
@@ -106,7 +128,7 @@ impl From<Arc<dyn DynFileSystem>> for SharedFs {
 /// Implements [`FileSystem`] for a type that dereferences to `dyn DynFileSystem` by forwarding
 /// every operation.
 macro_rules! forward_filesystem {
-    ($ty:ty, $this:ident => $inner:expr) => {
+    ($ty:ty, $this:ident => $inner:expr, lookup => $lookup:path) => {
         impl FileSystem for $ty {
             type Inode = u64;
             type Handle = u64;
@@ -121,7 +143,7 @@ macro_rules! forward_filesystem {
             }
             fn lookup(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {
                 let $this = self;
-                $inner.lookup(ctx, parent, name)
+                $lookup(&$inner, ctx, parent, name)
             }
             fn forget(&self, ctx: &Context, inode: u64, count: u64) {
                 let $this = self;
@@ -513,5 +535,44 @@ macro_rules! forward_filesystem {
     };
 }
 
-forward_filesystem!(SharedFs, this => this.0);
-forward_filesystem!(Box<dyn DynFileSystem>, this => (**this));
+forward_filesystem!(SharedFs, this => (*this.0), lookup => served_lookup);
+forward_filesystem!(Box<dyn DynFileSystem>, this => (**this), lookup => plain_lookup);
+
+/// `lookup` of a filesystem used as a layer: a missing name is `ENOENT`.
+fn plain_lookup(
+    fs: &dyn DynFileSystem,
+    ctx: &Context,
+    parent: u64,
+    name: &CStr,
+) -> io::Result<Entry> {
+    fs.lookup(ctx, parent, name)
+}
+
+/// `lookup` as served to a guest ([`SharedFs`]): a missing name is a negative entry (node id
+/// 0) valid for the filesystem's [`negative_timeout`](DynFileSystem::negative_timeout), so
+/// the guest kernel caches the miss instead of asking again; `ENOENT` when that is zero.
+fn served_lookup(
+    fs: &dyn DynFileSystem,
+    ctx: &Context,
+    parent: u64,
+    name: &CStr,
+) -> io::Result<Entry> {
+    match fs.lookup(ctx, parent, name) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+            let timeout = fs.negative_timeout();
+            if timeout.is_zero() {
+                return Err(e);
+            }
+            Ok(Entry {
+                inode: 0,
+                generation: 0,
+                // SAFETY: `stat64` is a plain C struct for which all-zero bytes are valid.
+                attr: unsafe { std::mem::zeroed() },
+                attr_flags: 0,
+                attr_timeout: Duration::ZERO,
+                entry_timeout: timeout,
+            })
+        }
+        r => r,
+    }
+}

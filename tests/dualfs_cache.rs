@@ -137,3 +137,48 @@ fn writeback_is_offered_or_refused_as_set() {
     let got = on.init(capable - FsOptions::WRITEBACK_CACHE).expect("init");
     assert!(!got.contains(FsOptions::WRITEBACK_CACHE));
 }
+
+/// A miss in the overlay may be cached by the guest for the imposed entry timeout, else for
+/// the shorter of the layers' negative timeouts (zero under `Never`: every miss asks again).
+#[test]
+fn negative_timeout_follows_the_entry_timeout() {
+    let secs = Duration::from_secs;
+    let overlay = |a: CachePolicy, b: CachePolicy, imposed: Option<CachePolicy>| {
+        let mut builder = DualFs::builder().backend_a(layer(a)).backend_b(layer(b));
+        if let Some(p) = imposed {
+            builder = builder.cache_policy(p);
+        }
+        builder.build().unwrap().negative_timeout()
+    };
+    assert_eq!(
+        overlay(CachePolicy::Auto, CachePolicy::Always, None),
+        secs(1)
+    );
+    assert_eq!(
+        overlay(CachePolicy::Always, CachePolicy::Never, None),
+        Duration::ZERO
+    );
+    assert_eq!(
+        overlay(
+            CachePolicy::Always,
+            CachePolicy::Always,
+            Some(CachePolicy::Auto)
+        ),
+        secs(1)
+    );
+    assert_eq!(
+        overlay(
+            CachePolicy::Always,
+            CachePolicy::Always,
+            Some(CachePolicy::Never)
+        ),
+        Duration::ZERO
+    );
+    let fs = DualFs::builder()
+        .backend_a(layer(CachePolicy::Auto))
+        .backend_b(layer(CachePolicy::Auto))
+        .timeouts(secs(7), secs(3))
+        .build()
+        .unwrap();
+    assert_eq!(fs.negative_timeout(), secs(7));
+}

@@ -25,11 +25,14 @@
 //! the script in the guest.
 //!
 //! The daemon exits with status 0 when the VMM disconnects (unless `--keep-serving`), or on
-//! SIGTERM, SIGINT or SIGHUP, after removing its socket file; with status 1 and a message on
+//! SIGTERM, SIGINT or SIGHUP, after removing its socket file (SIGUSR2 logs the requests
+//! served so far by opcode, see `counts`); with status 1 and a message on
 //! stderr when it cannot start.
 
 #[cfg(target_os = "linux")]
 mod api;
+#[cfg(target_os = "linux")]
+mod counts;
 #[cfg(target_os = "linux")]
 mod devices;
 #[cfg(target_os = "linux")]
@@ -63,7 +66,7 @@ mod linux {
 
     use std::ffi::CString;
 
-    use crate::{api, devices, plan, snapshot, spec};
+    use crate::{api, counts, devices, plan, snapshot, spec};
 
     use boxfs::filemount::{default_runtime_dir, FileMount, FileMountOptions, FileMounts};
     use boxfs::memfs::MemFs;
@@ -900,7 +903,8 @@ mod linux {
             .thread_pool_size(args.thread_pool_size)
             .dispatch(args.dispatch)
             .keep_serving(args.keep_serving)
-            .poll(std::time::Duration::from_micros(args.poll_us));
+            .poll(std::time::Duration::from_micros(args.poll_us))
+            .metrics(counts::counters());
         if let Some(tag) = &args.tag {
             builder = builder.tag(tag.clone());
         }
@@ -1220,6 +1224,7 @@ mod linux {
             signal_hook::consts::SIGHUP,
         ]);
         let usr1 = snapshot::signals(args.snapshot_file.is_some());
+        let usr2 = counts::signals();
         let (handle, file_share, table) = match start(&args) {
             Ok((h, share, table)) => (Arc::new(h), share, table),
             Err(e) => {
@@ -1298,6 +1303,7 @@ mod linux {
         }
 
         snapshot::serve_signals(usr1);
+        counts::serve_signals(usr2);
         match signals {
             Ok(mut signals) => {
                 let h = Arc::clone(&handle);

@@ -16,7 +16,7 @@ use crate::devices::{Device, Registry};
 pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// FUSE opcode names (include/uapi/linux/fuse.h), by number.
-fn opcode_name(op: u32) -> std::borrow::Cow<'static, str> {
+pub(crate) fn opcode_name(op: u32) -> std::borrow::Cow<'static, str> {
     const NAMES: [&str; 53] = [
         "UNKNOWN",
         "LOOKUP",

@@ -471,7 +471,9 @@ fn metrics_count_the_requests() {
     for _ in 0..5 {
         c.getattr(ROOT_ID).expect("getattr");
     }
+    // A miss is a negative entry (no error reply); an unlink of it is an ENOENT.
     assert_eq!(c.lookup(ROOT_ID, "missing").err(), Some(libc::ENOENT));
+    assert_eq!(c.unlink(ROOT_ID, "missing").err(), Some(libc::ENOENT));
     write_file(&mut c, "f", &[7u8; 100]);
     let (status, text) = http(&api, "GET", "/metrics", "");
     assert_eq!(status, 200);
@@ -505,14 +507,14 @@ fn metrics_count_the_requests() {
     assert_eq!(get(r#"boxfs_read_bytes_total{device="a"}"#), 100.0);
     assert_eq!(get(r#"boxfs_written_bytes_total{device="a"}"#), 100.0);
     assert_eq!(get(r#"boxfs_written_bytes_total{device="b"}"#), 0.0);
-    // INIT, 5 GETATTR, LOOKUP, CREATE, WRITE, READ, RELEASE.
+    // INIT, 5 GETATTR, LOOKUP, UNLINK, CREATE, WRITE, READ, RELEASE.
     assert_eq!(
         get(r#"boxfs_request_duration_seconds_count{device="a"}"#),
-        11.0
+        12.0
     );
     assert_eq!(
         get(r#"boxfs_request_duration_seconds_bucket{le="inf",device="a"}"#),
-        11.0
+        12.0
     );
     assert!(get(r#"boxfs_memfs_bytes{device="a"}"#) >= 100.0);
     assert_eq!(get(r#"boxfs_connections_total{device="a"}"#), 1.0);

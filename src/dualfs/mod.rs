@@ -302,6 +302,14 @@ impl DualFs {
         (*self.work.lock()).ok_or_else(|| errno(libc::EROFS))
     }
 
+    /// See `DynFileSystem::negative_timeout` for DualFs (in `state.rs`).
+    fn negative_timeout_impl(&self) -> Duration {
+        match self.cache.imposed_timeouts() {
+            Some((entry, _)) => entry,
+            None => self.a().negative_timeout().min(self.b().negative_timeout()),
+        }
+    }
+
     fn a(&self) -> &dyn DynFileSystem {
         &*self.shared.a
     }

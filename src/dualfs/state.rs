@@ -487,4 +487,10 @@ impl crate::DynFileSystem for DualFs {
     fn load_state(&self, input: &mut dyn io::Read) -> io::Result<()> {
         self.load_state_impl(input)
     }
+
+    /// A miss is a miss in both layers (or a whiteout): cached for the imposed entry timeout
+    /// if the overlay sets one, else for the shorter of the layers' own.
+    fn negative_timeout(&self) -> std::time::Duration {
+        self.negative_timeout_impl()
+    }
 }

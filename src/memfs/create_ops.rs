@@ -125,7 +125,7 @@ impl MemFs {
         };
         let entry = self.entry_uncounted(&node);
         let fh = self.new_handle(node, args.flags, false);
-        Ok((entry, Some(fh), self.cache.open_options(false), None))
+        Ok((entry, Some(fh), self.open_options(false), None))
     }
 
     /// `open(O_CREAT)` without `O_EXCL` of a name that exists (another creator won the race):
@@ -280,7 +280,7 @@ impl MemFs {
             }
         }
         let fh = self.new_handle(node, flags, false);
-        Ok((Some(fh), self.cache.open_options(false), None))
+        Ok((Some(fh), self.open_options(false), None))
     }
 
     /// Releases handle `handle` of `inode` (a directory handle when `dir`).

@@ -175,6 +175,10 @@ impl MemFsBuilder {
 
     /// Guest cache policy (default [`CachePolicy::Always`]: memory is authoritative); also
     /// sets the entry and attribute timeouts unless [`timeouts`](Self::timeouts) is called.
+    ///
+    /// Under [`CachePolicy::Auto`] opens answer `KEEP_CACHE` (directories also `CACHE_DIR`)
+    /// as under `Always`: the guest is a MemFs's only writer, so its page cache is never
+    /// stale, and close-to-open holds trivially. The timeouts stay the policy's.
     pub fn cache_policy(mut self, cache: CachePolicy) -> Self {
         self.cache = cache;
         self
@@ -441,6 +445,15 @@ impl MemFs {
         });
     }
 
+    /// Open flags: the policy's, with `Auto` keeping the guest's caches (the guest is the
+    /// only writer, see [`MemFsBuilder::cache_policy`]).
+    pub(crate) fn open_options(&self, is_dir: bool) -> crate::OpenOptions {
+        match self.cache {
+            CachePolicy::Auto => CachePolicy::Always.open_options(is_dir),
+            other => other.open_options(is_dir),
+        }
+    }
+
     fn timeout(&self) -> Duration {
         self.attr_timeout
     }
@@ -686,7 +699,7 @@ impl FileSystem for MemFs {
         let node = self.dir_node(inode)?;
         self.reserve_handle()?;
         let fh = self.new_handle(node, flags, true);
-        Ok((Some(fh), self.cache.open_options(true)))
+        Ok((Some(fh), self.open_options(true)))
     }
 
     fn readdir(
@@ -752,5 +765,11 @@ impl crate::DynFileSystem for MemFs {
     /// inode or handle limits is refused and the MemFs stays as it was.
     fn load_state(&self, input: &mut dyn io::Read) -> io::Result<()> {
         self.load_state_impl(input)
+    }
+
+    /// The entry timeout: only the guest changes a MemFs, and the guest kernel drops a
+    /// cached miss itself when it creates the name.
+    fn negative_timeout(&self) -> Duration {
+        self.entry_timeout
     }
 }

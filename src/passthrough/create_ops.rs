@@ -167,17 +167,13 @@ impl PassthroughFs {
                     let ifd = self.fd_of(&inode)?;
                     self.with_fd_retry(|| platform::reopen(ifd.as_raw_fd(), io_flags))?
                 };
+                let opts = self.cfg.cache_policy.open_options(false) | self.no_flush(&inode);
                 let fh = self.handles.insert(Handle {
                     inode,
                     kind: HandleKind::File(File::from(file)),
                     flags: io_flags,
                 });
-                Ok((
-                    entry,
-                    Some(fh),
-                    self.cfg.cache_policy.open_options(false),
-                    None,
-                ))
+                Ok((entry, Some(fh), opts, None))
             }
             // `open(O_CREAT)` without `O_EXCL` of a name another creator (the host, or a
             // racing guest) made first opens the existing file, as Linux does.

@@ -32,12 +32,13 @@ impl PassthroughFs {
         let fd = self.fd_of(&inode)?;
         let stream =
             self.with_fd_retry(|| DirStream::open(std::os::fd::AsRawFd::as_raw_fd(&*fd)))?;
+        let opts = self.open_cache_options(&inode, std::os::fd::AsRawFd::as_raw_fd(&*fd), true);
         let fh = self.handles.insert(Handle {
             inode,
             kind: HandleKind::Dir(Mutex::new(stream)),
             flags: 0,
         });
-        Ok((Some(fh), self.cfg.cache_policy.open_options(true)))
+        Ok((Some(fh), opts))
     }
 
     fn dir_handle(&self, id: u64, fh: u64) -> io::Result<Arc<Handle>> {

@@ -10,10 +10,11 @@ use std::mem::ManuallyDrop;
 use std::os::fd::{AsRawFd, FromRawFd};
 
 use super::handles::{Handle, HandleKind};
+use super::inode_store::InodeData;
 use super::platform;
 use super::resolve::{S_IFDIR, S_IFLNK, S_IFREG};
 use super::PassthroughFs;
-use crate::{errno, Context, OpenOptions, ZeroCopyReader, ZeroCopyWriter};
+use crate::{errno, CachePolicy, Context, OpenOptions, ZeroCopyReader, ZeroCopyWriter};
 
 use crate::abi::{
     FALLOC_FL_COLLAPSE_RANGE, FALLOC_FL_INSERT_RANGE, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE,
@@ -29,6 +30,61 @@ fn borrow_file(f: &File) -> ManuallyDrop<File> {
 }
 
 impl PassthroughFs {
+    /// `FOPEN_NOFLUSH` for a file open of `inode`, unless the guest caches writes or another
+    /// handle of the inode is open for writing: `close` then needs no FLUSH round trip. A
+    /// flush has nothing to do here: without the writeback cache every write reached the host
+    /// file before `write(2)` returned (its errors with it), and the guest kernel keeps POSIX
+    /// locks itself (this backend answers `ENOSYS` to GETLK/SETLK), so no lock owner needs
+    /// releasing. Dirty pages of a shared mapping are written back by the guest kernel at
+    /// `msync`/`munmap`; while a writer has the file open, other opens keep the FLUSH, whose
+    /// writeback sends the writer's dirty pages in large WRITEs rather than page by page when
+    /// the next open drops the cache.
+    pub(crate) fn no_flush(&self, inode: &InodeData) -> OpenOptions {
+        if self.cfg.writeback
+            || cfg!(not(target_os = "linux"))
+            || inode.writers.load(std::sync::atomic::Ordering::Relaxed) > 0
+        {
+            return OpenOptions::empty();
+        }
+        // SAFETY: `OpenOptions` is a plain `u32` of FUSE open flags that the server copies
+        // into the reply unchanged; bit 5 is `FOPEN_NOFLUSH` of the FUSE ABI (7.35), which
+        // fuse-backend-rs 0.14 does not name. No invariant rests on the set of named bits.
+        unsafe { OpenOptions::from_bits_unchecked(crate::abi::FOPEN_NOFLUSH) }
+    }
+
+    /// Open flags for an open of `inode` (host descriptor `fd`): the cache policy's, plus
+    /// under [`CachePolicy::Auto`] `KEEP_CACHE` (and `CACHE_DIR` for a directory) when the
+    /// host file did not change since the guest's previous open (see `page_cache.rs`).
+    pub(crate) fn open_cache_options(
+        &self,
+        inode: &InodeData,
+        fd: std::os::fd::RawFd,
+        is_dir: bool,
+    ) -> OpenOptions {
+        let mut opts = self.cfg.cache_policy.open_options(is_dir);
+        if !is_dir {
+            opts |= self.no_flush(inode);
+        }
+        if self.cfg.cache_policy != CachePolicy::Auto {
+            return opts;
+        }
+        let keep = match platform::fstat(fd) {
+            Ok(hs) => super::page_cache::keep(&inode.cache_stamp, &hs.st),
+            Err(_) => {
+                inode.cache_stamp.lock().take();
+                false
+            }
+        };
+        match (keep, is_dir) {
+            (false, _) => opts,
+            (true, false) => opts | OpenOptions::KEEP_CACHE,
+            #[cfg(target_os = "linux")]
+            (true, true) => opts | OpenOptions::KEEP_CACHE | OpenOptions::CACHE_DIR,
+            #[cfg(not(target_os = "linux"))]
+            (true, true) => opts | OpenOptions::KEEP_CACHE,
+        }
+    }
+
     /// Host open flags for a guest open: access mode plus the flags that matter for I/O.
     pub(crate) fn io_flags(&self, flags: i32) -> i32 {
         let mut f = flags
@@ -78,12 +134,13 @@ impl PassthroughFs {
         if truncate && ctx.uid != 0 {
             self.kill_priv_of(&inode)?;
         }
+        let opts = self.open_cache_options(&inode, file.as_raw_fd(), false);
         let fh = self.handles.insert(Handle {
             inode,
             kind: HandleKind::File(File::from(file)),
             flags: io_flags,
         });
-        Ok((Some(fh), self.cfg.cache_policy.open_options(false), None))
+        Ok((Some(fh), opts, None))
     }
 
     #[allow(clippy::too_many_arguments)]

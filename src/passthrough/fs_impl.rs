@@ -27,7 +27,14 @@ impl FileSystem for PassthroughFs {
             | FsOptions::BIG_WRITES
             | FsOptions::MAX_PAGES
             | FsOptions::DO_READDIRPLUS
-            | FsOptions::READDIRPLUS_AUTO;
+            | FsOptions::READDIRPLUS_AUTO
+            // The daemon clears setuid/setgid itself on write (`FUSE_WRITE_KILL_SUIDGID`, or
+            // any write by a non-root caller), truncate (`FATTR_KILL_SUIDGID`) and chown, and
+            // the host kernel drops a host file's capabilities when the daemon writes or
+            // truncates it. So the guest kernel need not ask for `security.capability` before
+            // every write (one GETXATTR round trip per write(2) otherwise): it marks the
+            // superblock SB_NOSEC and checks an inode once per attribute refresh.
+            | FsOptions::HANDLE_KILLPRIV_V2;
         // Not ATOMIC_O_TRUNC: with it the guest sends O_TRUNC inside OPEN and the file is
         // emptied before the guest's own checks of that open (ETXTBSY of a running program);
         // without it the guest truncates with SETATTR once the open is allowed.
@@ -327,5 +334,10 @@ impl crate::DynFileSystem for PassthroughFs {
     /// leaves the filesystem as it was.
     fn load_state(&self, input: &mut dyn std::io::Read) -> std::io::Result<()> {
         self.load_state_impl(input)
+    }
+
+    /// The entry timeout: a name the host creates shows within it, as a name it removes does.
+    fn negative_timeout(&self) -> Duration {
+        self.cfg.entry_timeout
     }
 }

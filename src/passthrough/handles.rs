@@ -26,6 +26,25 @@ pub(crate) struct Handle {
     pub flags: i32,
 }
 
+impl Handle {
+    /// Counts this handle in its inode's `open_handles` (and `writers`) by `delta`.
+    fn count(&self, delta: i64) {
+        let add = |c: &std::sync::atomic::AtomicU64| {
+            if delta > 0 {
+                c.fetch_add(1, Ordering::Relaxed);
+            } else {
+                c.fetch_sub(1, Ordering::Relaxed);
+            }
+        };
+        add(&self.inode.open_handles);
+        if matches!(self.kind, HandleKind::File(_))
+            && self.flags & libc::O_ACCMODE != libc::O_RDONLY
+        {
+            add(&self.inode.writers);
+        }
+    }
+}
+
 /// Handle number → handle. The lock is held only to find the handle, never across I/O.
 pub(crate) struct HandleTable {
     map: RwLock<HashMap<u64, Arc<Handle>>>,
@@ -56,7 +75,7 @@ impl HandleTable {
     }
 
     pub fn insert(&self, h: Handle) -> u64 {
-        h.inode.open_handles.fetch_add(1, Ordering::Relaxed);
+        h.count(1);
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         self.map.write().insert(id, Arc::new(h));
         id
@@ -68,7 +87,7 @@ impl HandleTable {
 
     pub fn remove(&self, id: u64) -> Option<Arc<Handle>> {
         let h = self.map.write().remove(&id)?;
-        h.inode.open_handles.fetch_sub(1, Ordering::Relaxed);
+        h.count(-1);
         Some(h)
     }
 
@@ -87,7 +106,7 @@ impl HandleTable {
         *self.dead.lock() = dead.into_iter().collect();
         let mut map = self.map.write();
         for (id, h) in handles {
-            h.inode.open_handles.fetch_add(1, Ordering::Relaxed);
+            h.count(1);
             map.insert(id, Arc::new(h));
         }
         let next = self.next.load(Ordering::Relaxed).max(next);
@@ -130,7 +149,7 @@ impl HandleTable {
         self.dead.lock().clear();
         let all = std::mem::take(&mut *self.map.write());
         for h in all.values() {
-            h.inode.open_handles.fetch_sub(1, Ordering::Relaxed);
+            h.count(-1);
         }
         all
     }

@@ -67,6 +67,8 @@ pub(crate) struct InodeData {
     pub pinned: Mutex<Option<SharedFd>>,
     /// Open guest handles of this inode (each holds its own descriptor).
     pub open_handles: AtomicU64,
+    /// Those of `open_handles` open for writing.
+    pub writers: AtomicU64,
     /// The last known host attributes of an inode whose name the guest removed and that
     /// keeps no descriptor (removed directories, files without open handles): `getattr`
     /// without a handle is served from them, everything else answers `ENOENT`.
@@ -80,6 +82,8 @@ pub(crate) struct InodeData {
     /// With a quota: the charge of a file the guest unlinked while it had it open, credited
     /// when the last reference to this inode (lookup or open handle) goes.
     pub orphan: Mutex<Option<OrphanCharge>>,
+    /// What the guest's last open saw of the host file (see `page_cache.rs`).
+    pub cache_stamp: Mutex<Option<super::page_cache::Stamp>>,
 }
 
 /// Start of the node ids used when the host inode number is taken or unusable.

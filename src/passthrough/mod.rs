@@ -73,6 +73,7 @@ mod inode_store;
 mod metadata;
 mod namespace_ops;
 mod override_stat;
+mod page_cache;
 mod platform;
 mod quota;
 mod resolve;
@@ -334,9 +335,11 @@ impl PassthroughFsBuilder {
             pinned: Mutex::new(Some(root_fd.clone())),
             meta: Mutex::new(ovr),
             open_handles: AtomicU64::new(0),
+            writers: AtomicU64::new(0),
             removed: Mutex::new(None),
             resize: RwLock::new(()),
             orphan: Mutex::new(None),
+            cache_stamp: Mutex::new(None),
         });
         let quota = match self.cfg.quota_bytes {
             Some(limit) => {

@@ -299,9 +299,11 @@ impl PassthroughFs {
             pinned: Mutex::new(None),
             meta: Mutex::new(ovr),
             open_handles: AtomicU64::new(0),
+            writers: AtomicU64::new(0),
             removed: Mutex::new(None),
             resize: RwLock::new(()),
             orphan: Mutex::new(None),
+            cache_stamp: Mutex::new(None),
         });
         if let Some(old) = stale {
             // The guest's old inode keeps its number until forgotten; with neither a path

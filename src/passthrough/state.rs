@@ -409,9 +409,11 @@ impl PassthroughFs {
             pinned: Mutex::new(None),
             meta: Mutex::new(meta),
             open_handles: AtomicU64::new(0),
+            writers: AtomicU64::new(0),
             removed: Mutex::new(None),
             resize: RwLock::new(()),
             orphan: Mutex::new(None),
+            cache_stamp: Mutex::new(None),
         });
         Ok((data, fd))
     }

@@ -655,6 +655,11 @@ impl VolumeFs {
         let on = self.announce && !sub.is_empty() && capable.contains(sub);
         self.submounts.store(on, Ordering::Release);
         let want = self.cache.init(want, capable);
+        // Volumes attached later may not clear privileges themselves (a MemFs keeps a
+        // `security.capability` xattr across writes), and INIT is not negotiated again: the
+        // guest kernel keeps that duty whatever the root backend offers.
+        #[cfg(target_os = "linux")]
+        let want = want - FsOptions::HANDLE_KILLPRIV_V2;
         Ok(if on { want | sub } else { want })
     }
 

@@ -1130,11 +1130,16 @@ impl FuseClient {
 
     /// FUSE_INIT with the given protocol version.
     pub fn init_version(&mut self, major: u32, minor: u32) -> Result<InitOut, i32> {
+        self.init_offering(major, minor, GUEST_INIT_FLAGS)
+    }
+
+    /// FUSE_INIT with the given protocol version, offering `flags` (low 32 bits).
+    pub fn init_offering(&mut self, major: u32, minor: u32, flags: u32) -> Result<InitOut, i32> {
         let init = InitIn {
             major,
             minor,
             max_readahead: 128 << 10,
-            flags: GUEST_INIT_FLAGS | (1 << 30),
+            flags: flags | (1 << 30),
         };
         let init2 = InitIn2::default();
         let b = self.call(op::INIT, 0, &[init.as_slice(), init2.as_slice()], 256)?;
@@ -1154,7 +1159,17 @@ impl FuseClient {
         self.call(op::UNLINK, parent, &[&n], 64).map(|_| ())
     }
 
+    /// LOOKUP as the guest kernel takes it: a negative entry (node id 0, which a backend
+    /// answers for a miss it lets the guest cache) is `ENOENT`.
     pub fn lookup(&mut self, parent: u64, name: &str) -> Result<EntryOut, i32> {
+        match self.lookup_raw(parent, name) {
+            Ok(e) if e.nodeid == 0 => Err(libc::ENOENT),
+            r => r,
+        }
+    }
+
+    /// LOOKUP's reply as sent: a negative entry stays an entry with node id 0.
+    pub fn lookup_raw(&mut self, parent: u64, name: &str) -> Result<EntryOut, i32> {
         let n = cstr(name);
         self.call(op::LOOKUP, parent, &[&n], 256).map(|b| obj(&b))
     }

@@ -12,6 +12,9 @@
 # Other knobs: boxfs.wl_steps=a,b (only these steps: a partial run, the host test rejects it),
 #   boxfs.wl_approx_statfs=NAME,... targets whose statfs may drift (a host directory on a disk
 #   other processes write to): checked within 5% of the tree's size instead of exactly.
+#   boxfs.wl_pause=S: before and after every step print "WL-MARK TARGET begin|end STEP" and
+#   sleep S seconds (outside the step's time), so that the host can read the daemon's request
+#   counters while the share is idle (scripts/bench-workloads.sh: SIGUSR2 to boxfsd).
 #
 # Steps, each checking its result (not only exit status):
 #   py_stdlib     import a stdlib module list (root: the userland's /usr/lib/python3.11, which
@@ -48,6 +51,7 @@ M=${BOXFS_WL_BIGDIR:-2000}
 PYMODS=${BOXFS_WL_PYMODS:-100}
 TARGETS=${BOXFS_WL_TARGETS:-root}
 ONLY=${BOXFS_WL_STEPS:-}
+PAUSE=${BOXFS_WL_PAUSE:-0}
 APPROX=",${BOXFS_WL_APPROX_STATFS:-},"
 EDITS=100
 [ "$N" -ge $((EDITS * 2)) ] || N=$((EDITS * 2))
@@ -77,6 +81,13 @@ irqs() {
     echo 0
 }
 
+# mark begin|end STEP: with wl_pause, a marker line and an idle pause for the host's counters.
+mark() {
+    [ "$PAUSE" = 0 ] && return 0
+    echo "WL-MARK $TGT $1 $2"
+    sleep "$PAUSE"
+}
+
 want_step() { [ -z "$ONLY" ] || [[ ",$ONLY," == *",$1,"* ]]; }
 
 # step NAME FUNCTION: runs FUNCTION in a subshell in $D; it prints its failure detail and
@@ -84,6 +95,7 @@ want_step() { [ -z "$ONLY" ] || [[ ",$ONLY," == *",$1,"* ]]; }
 step() {
     local name=$1 fn=$2 t0 t1 i0 i1 out rc
     want_step "$name" || return 0
+    mark begin "$name"
     i0=$(irqs "$MNT")
     t0=$(now)
     out=$( cd "$D" && set -o pipefail && "$fn" 2>&1 )
@@ -93,6 +105,7 @@ step() {
     local secs
     secs=$(echo "$t1 $t0" | awk '{printf "%.2f", $1 - $2}')
     echo "WL-TIME $TGT $name $secs $((i1 - i0))"
+    mark end "$name"
     if [ "$rc" = 0 ]; then
         echo "PASS wl/$TGT/$name seconds=$secs"
         PASSES=$((PASSES + 1))
