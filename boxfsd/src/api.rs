@@ -89,6 +89,9 @@ pub(crate) struct AttachBody {
     /// Most files and directories open at once.
     #[serde(default)]
     max_handles: Option<u64>,
+    /// Most inode descriptors kept cached (`dir` volumes and directory uppers).
+    #[serde(default)]
+    fd_cache_size: Option<u64>,
 }
 
 /// One row of `GET /volumes`.
@@ -327,6 +330,7 @@ impl Api {
                     .map_err(|e| Error(400, format!("quota: {e}")))?,
                 max_inodes: b.max_inodes.filter(|n| *n > 0),
                 max_handles: b.max_handles.filter(|n| *n > 0),
+                fd_cache_size: b.fd_cache_size.filter(|n| *n > 0),
             },
         };
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());

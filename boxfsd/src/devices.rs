@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 const MAX_ID: usize = 64;
 
 /// A device's own limits (in place of the command line's `--quota`, `--max-inodes`,
-/// `--max-handles`, `--memfs-max-inodes`).
+/// `--max-handles`, `--memfs-max-inodes`, `--fd-cache-size`).
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct DeviceLimits {
@@ -35,6 +35,9 @@ pub(crate) struct DeviceLimits {
     /// Most files and directories open at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_handles: Option<u64>,
+    /// Most inode descriptors a host directory keeps cached (default 1024 per device).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fd_cache_size: Option<u64>,
 }
 
 /// One device's configuration: a `--device`, an entry of `--config`, a `PUT /devices` body.
@@ -187,7 +190,7 @@ impl DeviceSpec {
 }
 
 /// Parses a `--device id=..,socket=..,shared-dir=..` (keys with `-` or `_`; `readonly` or
-/// `ro` alone; limits as `quota=`, `max-inodes=`, `max-handles=`).
+/// `ro` alone; limits as `quota=`, `max-inodes=`, `max-handles=`, `fd-cache-size=`).
 pub(crate) fn parse_device(s: &str) -> Result<DeviceSpec, String> {
     let mut spec = DeviceSpec {
         id: String::new(),
@@ -222,6 +225,7 @@ pub(crate) fn parse_device(s: &str) -> Result<DeviceSpec, String> {
             "quota" => spec.limits.quota = Some(v.into()),
             "max_inodes" => spec.limits.max_inodes = Some(num(v)?),
             "max_handles" => spec.limits.max_handles = Some(num(v)?),
+            "fd_cache_size" => spec.limits.fd_cache_size = Some(num(v)?),
             "ops_per_sec" => spec.ops_per_sec = Some(num(v)?.max(1)),
             "bytes_per_sec" => spec.bytes_per_sec = Some(v.into()),
             _ => return Err(format!("--device: unknown field `{field}`")),
@@ -678,7 +682,7 @@ mod tests {
     fn device_specs_parse() {
         let d = parse_device(
             "id=vm-1,socket=/run/a.sock,shared-dir=/srv/a,tag=root,readonly,quota=1G,\
-             max-inodes=10,max_handles=5,ops-per-sec=100,bytes-per-sec=10M",
+             max-inodes=10,max_handles=5,fd-cache-size=64,ops-per-sec=100,bytes-per-sec=10M",
         )
         .expect("valid");
         assert_eq!(d.id, "vm-1");
@@ -687,8 +691,12 @@ mod tests {
         assert!(d.readonly);
         assert_eq!(d.limits.quota.as_deref(), Some("1G"));
         assert_eq!(
-            (d.limits.max_inodes, d.limits.max_handles),
-            (Some(10), Some(5))
+            (
+                d.limits.max_inodes,
+                d.limits.max_handles,
+                d.limits.fd_cache_size
+            ),
+            (Some(10), Some(5), Some(64))
         );
         assert_eq!(d.ops_per_sec, Some(100));
         assert_eq!(d.bytes_rate(), Ok(Some(10 << 20)));

@@ -223,7 +223,9 @@ mod linux {
               default_value = "private", requires = "dir_backend")]
         host_permissions: HostPermissions,
 
-        /// Most inode descriptors kept open at once (an LRU; evicted inodes are re-opened).
+        /// Most inode descriptors kept open at once, per host directory (an LRU; evicted
+        /// inodes are re-opened). Default: with --shared-dir a quarter of the open-file limit
+        /// (1024 to 65536), otherwise 1024.
         #[arg(long, value_name = "N", requires = "dir_backend")]
         fd_cache_size: Option<usize>,
 
@@ -568,8 +570,11 @@ mod linux {
             .default_owner(args.default_owner.0, args.default_owner.1)
             .symlinks(args.symlinks)
             .host_permissions(args.host_permissions);
-        if let Some(n) = args.fd_cache_size {
-            b = b.fd_cache_size(n);
+        if let Some(n) = limits
+            .fd_cache_size
+            .or(args.fd_cache_size.map(|n| n as u64))
+        {
+            b = b.fd_cache_size(usize::try_from(n).unwrap_or(usize::MAX));
         }
         if let Some(n) = limits.max_inodes.or(args.max_inodes.map(|n| n as u64)) {
             b = b.max_inodes(usize::try_from(n).unwrap_or(usize::MAX));
@@ -581,6 +586,22 @@ mod linux {
             .map_err(|e| format!("{what} {}: {e}", dir.display()))
     }
 
+    /// The descriptor cache of the one host directory a single device serves, unless
+    /// `--fd-cache-size` says otherwise: a quarter of the open-file limit (as raised at start),
+    /// at least the library's 1024 and at most 65,536. An inode whose descriptor is evicted
+    /// costs its next request a re-open (and, for a lookup, a file-handle check), so a guest
+    /// walking more files than the cache holds pays three syscalls per request instead of one.
+    /// Devices of a fleet, volumes and overlay layers keep the library default (they can be
+    /// many in one process); each can set its own `fd-cache-size`.
+    fn default_fd_cache_size() -> u64 {
+        const MIN: u64 = 1024;
+        const MAX: u64 = 65_536;
+        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+            .current
+            .unwrap_or(MAX * 4);
+        (limit / 4).clamp(MIN, MAX)
+    }
+
     fn build_fs(args: &Args) -> Result<Arc<dyn DynFileSystem>, String> {
         if let Some(lower) = &args.lower {
             let upper = args.upper.as_deref().ok_or("--lower needs --upper")?;
@@ -588,12 +609,19 @@ mod linux {
             return build_overlay(args, lower, &upper, &spec::Limits::default());
         }
         if let Some(dir) = &args.shared_dir {
+            let limits = spec::Limits {
+                fd_cache_size: Some(
+                    args.fd_cache_size
+                        .map_or_else(default_fd_cache_size, |n| n as u64),
+                ),
+                ..Default::default()
+            };
             return Ok(Arc::new(passthrough(
                 args,
                 dir,
                 "shared directory",
                 args.readonly,
-                &spec::Limits::default(),
+                &limits,
             )?));
         }
         let size = args.memfs_size.ok_or("no backend given")?;
@@ -981,6 +1009,7 @@ mod linux {
                 .map_err(|e| format!("device {}: quota: {e}", d.id))?,
             max_inodes: d.limits.max_inodes.filter(|n| *n > 0),
             max_handles: d.limits.max_handles.filter(|n| *n > 0),
+            fd_cache_size: d.limits.fd_cache_size.filter(|n| *n > 0),
         };
         let at = |e: String| format!("device {}: {e}", d.id);
         Ok(match d.backend()? {

@@ -56,8 +56,9 @@ impl Kind {
     }
 }
 
-/// A volume's own limits (`quota=`, `max-inodes=`, `max-handles=`), in place of the global
-/// `--quota`, `--max-inodes`/`--memfs-max-inodes` and `--max-handles`. For an overlay they
+/// A volume's own limits (`quota=`, `max-inodes=`, `max-handles=`, `fd-cache-size=`), in place
+/// of the global `--quota`, `--max-inodes`/`--memfs-max-inodes`, `--max-handles` and
+/// `--fd-cache-size`. For an overlay they
 /// apply to its writable upper layer.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Limits {
@@ -67,6 +68,9 @@ pub(crate) struct Limits {
     pub max_inodes: Option<u64>,
     /// Most files and directories open at once.
     pub max_handles: Option<u64>,
+    /// Most inode descriptors a host directory keeps cached (`dir` volumes and directory
+    /// uppers; in place of `--fd-cache-size`).
+    pub fd_cache_size: Option<u64>,
 }
 
 /// One parsed `--volume`.
@@ -235,10 +239,13 @@ pub(crate) fn parse_volume(arg: &str) -> Result<VolumeSpec, String> {
             Some(("quota", q)) => spec.limits.quota = Some(size(q, "quota")?),
             Some(("max-inodes", n)) => spec.limits.max_inodes = Some(count(n, "max-inodes")?),
             Some(("max-handles", n)) => spec.limits.max_handles = Some(count(n, "max-handles")?),
+            Some(("fd-cache-size", n)) => {
+                spec.limits.fd_cache_size = Some(count(n, "fd-cache-size")?)
+            }
             _ => {
                 return Err(format!(
                     "unknown volume option `{opt}`: expected ro, mode=OCTAL, owner=UID:GID, \
-                     hide=PATTERN, quota=SIZE, max-inodes=N or max-handles=N"
+                     hide=PATTERN, quota=SIZE, max-inodes=N, max-handles=N or fd-cache-size=N"
                 ))
             }
         }
@@ -251,7 +258,8 @@ pub(crate) fn parse_volume(arg: &str) -> Result<VolumeSpec, String> {
     }
     if matches!(spec.kind, Kind::File(_) | Kind::Virtual(_)) && spec.limits != Limits::default() {
         return Err(format!(
-            "{}: quota=, max-inodes= and max-handles= apply to dir, memfs and overlay volumes",
+            "{}: quota=, max-inodes=, max-handles= and fd-cache-size= apply to dir, memfs and \
+             overlay volumes",
             spec.kind.name()
         ));
     }

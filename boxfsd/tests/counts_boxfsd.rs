@@ -19,7 +19,7 @@ const HANG_GUARD: Duration = Duration::from_secs(120);
 
 fn wait_for_socket(path: &Path, child: &mut Child) {
     let deadline = Instant::now() + HANG_GUARD;
-    while !path.exists() {
+    while !boxfs::vhost::socket_listening(path) {
         if let Ok(Some(status)) = child.try_wait() {
             panic!("boxfsd exited early: {status}");
         }

@@ -73,7 +73,7 @@ fn thread_names(pid: u32) -> Vec<String> {
 
 fn wait_for(d: &mut Daemon, path: &Path) {
     let deadline = Instant::now() + HANG_GUARD;
-    while !path.exists() {
+    while !boxfs::vhost::socket_listening(path) {
         if let Ok(Some(status)) = d.0.try_wait() {
             panic!("boxfsd exited early: {status}");
         }

@@ -49,7 +49,7 @@ impl Daemon {
     /// Waits until `path` exists (the daemon listens there).
     fn wait_for(&mut self, path: &Path) {
         let deadline = Instant::now() + HANG_GUARD;
-        while !path.exists() {
+        while !boxfs::vhost::socket_listening(path) {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("boxfsd exited early: {status}");
             }

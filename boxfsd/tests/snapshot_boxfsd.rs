@@ -30,7 +30,7 @@ fn spawn(args: &[&str]) -> Child {
 
 fn wait_for(path: &Path, child: &mut Child) {
     let deadline = Instant::now() + HANG_GUARD;
-    while !path.exists() {
+    while !boxfs::vhost::socket_listening(path) {
         if let Ok(Some(status)) = child.try_wait() {
             let mut err = String::new();
             if let Some(e) = child.stderr.as_mut() {

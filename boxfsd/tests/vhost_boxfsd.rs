@@ -44,7 +44,7 @@ fn spawn(args: &[&str]) -> Child {
 
 fn wait_for_socket(path: &Path, child: &mut Child) {
     let deadline = Instant::now() + HANG_GUARD;
-    while !path.exists() {
+    while !boxfs::vhost::socket_listening(path) {
         if let Ok(Some(status)) = child.try_wait() {
             panic!("boxfsd exited early: {status}");
         }
@@ -624,4 +624,68 @@ fn no_user_namespace_is_a_clear_error_naming_the_opt_out() {
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("--sandbox none"), "{err}");
     assert!(!s.exists(), "socket left behind");
+}
+
+/// Descriptors of a process, counted in `/proc`.
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("read /proc/PID/fd")
+        .count()
+}
+
+/// A single device serving a host directory keeps its inodes' descriptors for more files than
+/// the library default of 1024 by default (a quarter of the open-file limit), so a guest walking
+/// a tree of a few thousand files is not served by re-opening every one (an LRU smaller than
+/// the walk misses on every access); `--fd-cache-size` still bounds it.
+#[test]
+fn the_shared_directory_cache_follows_the_open_file_limit() {
+    const FILES: usize = 1500;
+    let dir = tempfile::tempdir().unwrap();
+    let share = dir.path().join("share");
+    std::fs::create_dir(&share).unwrap();
+    for i in 0..FILES {
+        std::fs::write(share.join(format!("f{i}")), b"x").unwrap();
+    }
+    // The daemon raises its soft limit to the hard one it inherits from us.
+    let hard = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .maximum
+        .unwrap_or(u64::MAX);
+    let default = (hard / 4).clamp(1024, 65_536) as usize;
+    let held_after_walk = |extra: &[&str]| {
+        let s = dir.path().join("fd.sock");
+        let share = share.to_str().unwrap();
+        let mut args = vec![
+            "--socket-path",
+            s.to_str().unwrap(),
+            "--shared-dir",
+            share,
+            "--sandbox",
+            "none",
+        ];
+        args.extend_from_slice(extra);
+        let mut child = spawn(&args);
+        wait_for_socket(&s, &mut child);
+        let mut c = FuseClient::connect(&s).expect("connect");
+        let before = fd_count(child.id());
+        for i in 0..FILES {
+            c.lookup(ROOT_ID, &format!("f{i}")).expect("lookup");
+        }
+        let held = fd_count(child.id()) - before;
+        drop(c);
+        assert!(wait_exit(&mut child, HANG_GUARD).success());
+        held
+    };
+    // The cache keeps three quarters of its size for live inodes (a quarter is for removed
+    // files still open).
+    let capacity = |n: usize| n - n / 4;
+    let held = held_after_walk(&[]);
+    assert!(
+        held >= capacity(default).min(FILES) - 16 && held <= default,
+        "default cache ({default} for a hard limit of {hard}): {held} descriptors held"
+    );
+    let held = held_after_walk(&["--fd-cache-size", "1024"]);
+    assert!(
+        held <= capacity(1024),
+        "--fd-cache-size 1024: {held} descriptors held"
+    );
 }

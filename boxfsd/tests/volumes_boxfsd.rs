@@ -43,7 +43,7 @@ fn spawn(args: &[&str]) -> Child {
 
 fn wait_for(path: &Path, child: &mut Child) {
     let deadline = Instant::now() + HANG_GUARD;
-    while !path.exists() {
+    while !boxfs::vhost::socket_listening(path) {
         if let Ok(Some(status)) = child.try_wait() {
             panic!("boxfsd exited early: {status}");
         }

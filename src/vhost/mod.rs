@@ -423,6 +423,22 @@ pub fn socket_in_use(path: impl AsRef<Path>) -> bool {
     conn::listed_as_listening(path) || UnixStream::connect(path).is_ok()
 }
 
+/// Whether `/proc/net/unix` lists a socket bound at `path` (as given, or absolute) that is
+/// listening, without connecting to it. A socket file appears when it is bound, a moment
+/// before it listens, and a connection in between is refused: a runtime (or a test) that
+/// starts a daemon and waits for its socket should wait for this rather than for the file.
+///
+/// ```no_run
+/// # fn main() {
+/// while !boxfs::vhost::socket_listening("/run/vm1/fs.sock") {
+///     std::thread::sleep(std::time::Duration::from_millis(10));
+/// }
+/// # }
+/// ```
+pub fn socket_listening(path: impl AsRef<Path>) -> bool {
+    conn::listed_as_listening(path.as_ref())
+}
+
 struct HandleShared {
     stopping: AtomicBool,
     stop_evt: EventFd,

@@ -100,7 +100,7 @@ pub fn unique_token() -> String {
 pub fn wait_for_socket(daemon: &mut Child, socket: &Path, timeout: Duration) -> Result<(), String> {
     let start = Instant::now();
     loop {
-        if fs::symlink_metadata(socket).is_ok() {
+        if boxfs::vhost::socket_listening(socket) {
             return Ok(());
         }
         if let Ok(Some(status)) = daemon.try_wait() {
