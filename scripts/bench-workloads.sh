@@ -13,6 +13,8 @@
 #   --boxfsd PATH   run this boxfsd binary for the share instead of building one (e.g. an
 #              older build, for its request counts)
 #   --only boxfs|virtiofsd   run one daemon only (its raw per-step lines, no ratio)
+#   --steps a,b  only these steps (boxfs.wl_steps), e.g. the opt-in metadata job
+#              --steps meta_untar,meta_stat,meta_rm with --sizes 20000,20,2000,100
 #
 # Each run boots the workload guest (root: boxfsd overlay of the Debian userland over memfs:1G,
 # the same for both) with a second device serving a fresh tmpfs directory: boxfsd --shared-dir
@@ -35,6 +37,7 @@ OUT=""
 CUSTOM=""
 SHARE_BOXFSD=""
 ONLY=""
+STEPS=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --full) FULL=1; shift ;;
@@ -43,7 +46,8 @@ while [ $# -gt 0 ]; do
         --sizes) CUSTOM="$2"; shift 2 ;;
         --boxfsd) SHARE_BOXFSD="$2"; shift 2 ;;
         --only) ONLY="$2"; shift 2 ;;
-        -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+        --steps) STEPS=(--param wl_steps="$2"); shift 2 ;;
+        -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
         *) echo "bench-workloads.sh: unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -125,7 +129,7 @@ one_run() { # DAEMON RUN
     local pause=(--param wl_pause=1)
     scripts/guest/run-guest.sh --rootfs "$ROOTFS" --socket "$dir/root.sock" --tag root \
         --extra-share "$dir/pt.sock,pt" --scripts workloads --mem "$MEM" --timeout "$TIMEOUT" --quiet \
-        --param wl_targets=passthrough:pt "${SIZES[@]}" "${pause[@]}" --log "$dir/console.log" \
+        --param wl_targets=passthrough:pt "${SIZES[@]}" "${STEPS[@]}" "${pause[@]}" --log "$dir/console.log" \
         2>"$dir/run-guest.err" &
     local gpid=$!
     local wpid=""

@@ -859,13 +859,21 @@ fn boxfsd(
         Serve::Dir | Serve::Volume | Serve::Fleet => {
             let share = dir.path().join("share");
             host_dataset(&share, s);
+            // A volume or a fleet device gets the descriptor cache that `--shared-dir`
+            // sizes for itself (theirs defaults to 1024: a process may serve many), so the
+            // comparisons with the plain daemon measure the mount table and the fleet's event
+            // loops, not a smaller cache.
+            let cache = plain_fd_cache_size();
             if serve == Serve::Volume {
-                args.extend(["--volume".into(), format!("/vol=dir:{}", share.display())]);
+                args.extend([
+                    "--volume".into(),
+                    format!("/vol=dir:{},fd-cache-size={cache}", share.display()),
+                ]);
             } else if serve == Serve::Fleet {
                 args.extend([
                     "--device".into(),
                     format!(
-                        "id=bench,socket={},shared-dir={}",
+                        "id=bench,socket={},shared-dir={},fd-cache-size={cache}",
                         sock.display(),
                         share.display()
                     ),
@@ -894,6 +902,15 @@ fn boxfsd(
         nodes,
         _dir: dir,
     }
+}
+
+/// The descriptor cache `boxfsd --shared-dir` gives itself: a quarter of the open-file limit
+/// (it raises the soft limit to the hard one it inherits), 1024 to 65536.
+fn plain_fd_cache_size() -> u64 {
+    let hard = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .maximum
+        .unwrap_or(u64::MAX);
+    (hard / 4).clamp(1024, 65_536)
 }
 
 fn virtiofsd(program: &Path, s: Sizes, cache: &str) -> Target {

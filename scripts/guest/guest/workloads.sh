@@ -39,6 +39,12 @@
 #                 then a remount (root: drop_caches) shows the data
 #   bigdir        M entries: create, ls -f | wc -l exact, stat all, remove all
 #   rm_rf         rm -rf of everything; statfs and df back to the baseline
+# Opt-in steps (only when wl_steps names them; scripts/bench-workloads.sh --steps), a
+# metadata-heavy job on a tree of wl_files files in wl_files/10 directories, packed into a
+# tarball on the guest's tmpfs before the first of them (outside their times):
+#   meta_untar    tar x of the tarball: file count exact
+#   meta_stat     find -exec stat {} + of every entry: entry count exact
+#   meta_rm       rm -rf of the tree: gone
 #
 # Output: "PASS wl/TARGET/STEP seconds=S" or "FAIL wl/TARGET/STEP detail", one per step,
 # "WL-TIME TARGET STEP SECONDS IRQS" (IRQS: interrupts of the target's virtio-fs request queues
@@ -574,6 +580,34 @@ S_bigdir() {
     cd .. && rmdir big || die_in "rmdir of the emptied directory"
 }
 
+S_meta_untar() {
+    tar -xf "$H/meta.tar" -C . || die_in "tar x failed"
+    local n
+    n=$(find meta -type f | wc -l)
+    [ "$n" = "$(cat "$H/meta.files")" ] || die_in "untarred $n files, the tarball has $(cat "$H/meta.files")"
+}
+
+S_meta_stat() {
+    local n
+    n=$(find meta -exec stat -c '%i %s %Y' {} + | wc -l)
+    [ "$n" = "$(cat "$H/meta.entries")" ] || die_in "stat of $n entries, the tree has $(cat "$H/meta.entries")"
+}
+
+S_meta_rm() {
+    rm -rf meta || die_in "rm -rf failed"
+    [ ! -e meta ] || die_in "meta still exists"
+}
+
+# The opt-in metadata job's tarball, on the guest's tmpfs (not timed).
+meta_prepare() {
+    [ -f "$H/meta.tar" ] && return 0
+    rm -rf "$H/metasrc" && mkdir -p "$H/metasrc" || return 1
+    python3 "$H/gentree.py" "$H/metasrc/meta" "$N" > "$H/meta.files" || return 1
+    find "$H/metasrc/meta" | wc -l > "$H/meta.entries"
+    tar -cf "$H/meta.tar" -C "$H/metasrc" meta || return 1
+    rm -rf "$H/metasrc"
+}
+
 S_rm_rf() {
     cd / || return 1
     rm -rf "$D" || die_in "rm -rf failed"
@@ -639,6 +673,12 @@ for spec in ${TARGETS//,/ }; do
     BASE1=$(statfs_now)
     DF1=$(df -k "$MNT" | awk 'NR == 2 {print $2, $3, $4}')
     mkdir -p "$D"
+    if [[ ",$ONLY," == *",meta_"* ]]; then
+        meta_prepare || echo "FAIL wl/$TGT/meta_prepare"
+        step meta_untar S_meta_untar
+        step meta_stat S_meta_stat
+        step meta_rm S_meta_rm
+    fi
     step create S_create
     step git_commit S_git_commit
     step git_status S_git_status
