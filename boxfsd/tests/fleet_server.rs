@@ -618,3 +618,46 @@ fn a_request_kicked_while_its_ring_was_disabled_is_served_once_enabled() {
         "the request kicked while the ring was disabled was never served"
     );
 }
+
+/// Regression (CI: a VMM that reconnected to a fleet device never had its INIT served): a
+/// queue kicked while its device already has its share of the event loops is deferred until
+/// one of the device's turns ends, and that turn may belong to the previous connection (a
+/// request blocked in the filesystem when its VMM left). Ending it must re-arm the deferred
+/// queue of the device's current connection, not of the connection the turn served.
+#[test]
+fn a_queue_deferred_behind_the_previous_connections_turn_is_served() {
+    use vhost::VhostBackend;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // No pool: the FSYNC blocks inside its queue's turn, on one of the two event loops (a
+    // device's share is one loop).
+    let f = Fleet::builder()
+        .threads(2)
+        .pool_size(0)
+        .build()
+        .expect("fleet");
+    let gate = Arc::new(Gate::default());
+    let _open = OpenOnDrop(vec![gate.clone()]);
+    let fs: Arc<dyn DynFileSystem> = Arc::new(TestFs {
+        inner: memfs(),
+        fsync_gate: Some(gate.clone()),
+    });
+    let (a, b) = (sock(&dir, "a"), sock(&dir, "b"));
+    let _ha = add(&f, fs, &a, FleetDeviceOptions::new());
+    let _hb = add(&f, memfs(), &b, FleetDeviceOptions::new());
+    let mut ca = client(&a);
+    blocked_fsync(&mut ca, &gate);
+    drop(ca);
+    // A new VMM on A. Enabling its ring kicks the queue while the old turn still runs, so the
+    // queue is deferred (a reply to a later message: the device handled the enable).
+    let mut va = Vmm::connect(&a, VmmConfig::default()).expect("connect");
+    va.frontend().get_features().expect("features");
+    // The other loop serves B after A's kick, which was ready first: by B's reply, A's queue
+    // has been deferred.
+    let mut cb = client(&b);
+    cb.getattr(ROOT_ID).expect("b serves");
+    gate.open();
+    let mut ca = FuseClient::new(va);
+    ca.timeout = HANG_GUARD;
+    ca.init().expect("the new VMM's INIT is served");
+    ca.getattr(ROOT_ID).expect("and its requests");
+}

@@ -28,9 +28,17 @@ fn spawn(args: &[&str]) -> Child {
         .expect("spawn boxfsd")
 }
 
+/// Waits for `path`: a socket until it listens (its file exists a moment before), any other
+/// file until it exists.
 fn wait_for(path: &Path, child: &mut Child) {
+    use std::os::unix::fs::FileTypeExt;
+    let ready = |p: &Path| match std::fs::symlink_metadata(p) {
+        Ok(m) if m.file_type().is_socket() => boxfs::vhost::socket_listening(p),
+        Ok(_) => true,
+        Err(_) => false,
+    };
     let deadline = Instant::now() + HANG_GUARD;
-    while !boxfs::vhost::socket_listening(path) {
+    while !ready(path) {
         if let Ok(Some(status)) = child.try_wait() {
             let mut err = String::new();
             if let Some(e) = child.stderr.as_mut() {

@@ -772,7 +772,7 @@ fn kick(fleet: &Inner, dev: &Arc<Dev>, q: usize, nested: bool) {
     let _turn = if q == 0 {
         None
     } else {
-        match Turn::start(fleet, dev, &ctx, q) {
+        match Turn::start(fleet, dev, q) {
             Some(t) => Some(t),
             None => return,
         }
@@ -801,13 +801,12 @@ fn kick(fleet: &Inner, dev: &Arc<Dev>, q: usize, nested: bool) {
 struct Turn<'a> {
     fleet: &'a Inner,
     dev: &'a Dev,
-    ctx: &'a ConnCtx,
 }
 
 impl<'a> Turn<'a> {
     /// Starts a turn of `q`, or (`None`) defers `q` if the device already has its share of
     /// the loops: its kick stays unread and its descriptor disarmed until a turn ends.
-    fn start(fleet: &'a Inner, dev: &'a Dev, ctx: &'a ConnCtx, q: usize) -> Option<Turn<'a>> {
+    fn start(fleet: &'a Inner, dev: &'a Dev, q: usize) -> Option<Turn<'a>> {
         let mut t = dev.turns.lock();
         if t.active >= fleet.per_device {
             if !t.deferred.contains(&q) {
@@ -816,7 +815,7 @@ impl<'a> Turn<'a> {
             return None;
         }
         t.active += 1;
-        Some(Turn { fleet, dev, ctx })
+        Some(Turn { fleet, dev })
     }
 }
 
@@ -829,8 +828,16 @@ impl Drop for Turn<'_> {
             t.active = t.active.saturating_sub(1);
             std::mem::take(&mut t.deferred)
         };
+        // The queues of the device's current connection: this turn may have outlived its
+        // own (a request blocked in the filesystem when its VMM left), and the queues that
+        // waited for it are the next connection's.
+        let ctx = self.dev.ctx.read().clone();
         for d in deferred {
-            if let Some(k) = self.ctx.vrings.get(d).and_then(|v| v.kick.lock().clone()) {
+            let kick = ctx
+                .as_ref()
+                .and_then(|c| c.vrings.get(d))
+                .and_then(|v| v.kick.lock().clone());
+            if let Some(k) = kick {
                 self.fleet
                     .rearm(k.as_raw_fd(), token(self.dev.key, KIND_KICK + d as u64));
             }
