@@ -244,6 +244,9 @@ struct Machine<'a> {
     counter: u64,
     rng: u64,
     payload: &'a [u8],
+    /// Guest address of a copy of `payload` the load generator wrote once (a guest's
+    /// page-cache pages): seqwrite's WRITEs point at it instead of copying 1 MiB per request.
+    payload_at: Option<u64>,
     slots: Vec<Slot>,
 }
 
@@ -258,6 +261,7 @@ impl<'a> Machine<'a> {
             counter: 0,
             rng: self.rng ^ (lane as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
             payload: self.payload,
+            payload_at: None,
             slots: Vec::new(),
         }
     }
@@ -305,15 +309,29 @@ impl<'a> Machine<'a> {
                     size: self.payload.len() as u32,
                     ..Default::default()
                 };
-                vec![
-                    Seg::R(request(
-                        op::WRITE,
-                        u,
-                        self.n.wbig,
-                        &[w.as_slice(), self.payload],
-                    )),
-                    Seg::W(64),
-                ]
+                match self.payload_at {
+                    Some(at) => {
+                        // The header and WriteIn, then the data in a descriptor of its own,
+                        // as a Linux guest lays out a WRITE; `len` counts the data too.
+                        let mut req = request(op::WRITE, u, self.n.wbig, &[w.as_slice()]);
+                        let total = (req.len() + self.payload.len()) as u32;
+                        req[..4].copy_from_slice(&total.to_le_bytes());
+                        vec![
+                            Seg::R(req),
+                            Seg::Guest(at, self.payload.len() as u32),
+                            Seg::W(64),
+                        ]
+                    }
+                    None => vec![
+                        Seg::R(request(
+                            op::WRITE,
+                            u,
+                            self.n.wbig,
+                            &[w.as_slice(), self.payload],
+                        )),
+                        Seg::W(64),
+                    ],
+                }
             }
             4 => {
                 let name = format!("c{}_{slot}_{k}", self.lane);
@@ -519,6 +537,10 @@ struct Run {
 /// client shared by one thread per request queue.
 trait Port {
     fn unique(&mut self) -> u64;
+    /// Writes `data` into guest memory once; its address (see [`Machine::payload_at`]).
+    fn guest_copy(&mut self, data: &[u8]) -> u64;
+    /// Returns memory from [`guest_copy`](Self::guest_copy).
+    fn guest_free(&mut self, at: u64, len: usize);
     fn submit(&mut self, q: usize, segs: &[Seg]) -> u16;
     /// Waits (up to 60 s) for completions on `q` and appends every one reaped to `out`.
     fn completions(&mut self, q: usize, out: &mut Vec<vmm::Completion>);
@@ -529,6 +551,14 @@ trait Port {
 impl Port for FuseClient {
     fn unique(&mut self) -> u64 {
         self.next_unique()
+    }
+    fn guest_copy(&mut self, data: &[u8]) -> u64 {
+        let at = self.vmm.alloc(data.len() as u64);
+        self.vmm.write_mem(at, data);
+        at
+    }
+    fn guest_free(&mut self, at: u64, len: usize) {
+        self.vmm.free(at, len as u64);
     }
     fn submit(&mut self, q: usize, segs: &[Seg]) -> u16 {
         self.vmm.submit(q, segs)
@@ -576,6 +606,12 @@ impl<'a> Shared<'a> {
 impl Port for Shared<'_> {
     fn unique(&mut self) -> u64 {
         self.lock().next_unique()
+    }
+    fn guest_copy(&mut self, data: &[u8]) -> u64 {
+        self.lock().guest_copy(data)
+    }
+    fn guest_free(&mut self, at: u64, len: usize) {
+        self.lock().guest_free(at, len)
     }
     fn submit(&mut self, q: usize, segs: &[Seg]) -> u16 {
         self.lock().vmm.submit(q, segs)
@@ -676,6 +712,10 @@ fn drive<P: Port>(
     max_ops: u64,
 ) -> Run {
     m.slots = vec![Slot::default(); depth];
+    // seqwrite's data is in guest memory once, as a guest's dirty pages are.
+    if m.kind == 3 {
+        m.payload_at = Some(c.guest_copy(m.payload));
+    }
     let mut heads: HashMap<u16, usize> = HashMap::new();
     let mut started = vec![Instant::now(); depth];
     let start = Instant::now();
@@ -739,6 +779,9 @@ fn drive<P: Port>(
         }
     }
     run.secs = start.elapsed().as_secs_f64();
+    if let Some(at) = m.payload_at.take() {
+        c.guest_free(at, m.payload.len());
+    }
     run
 }
 
@@ -804,6 +847,11 @@ fn connect(program: &Path, args: &[String], sock: &Path, queues: usize) -> (Chil
         mem_size: 256 << 20,
         queue_size: 1024,
         queues: Some(1 + queues),
+        // A load generator: it needs each reply's header and small bodies, not the 1 MiB a
+        // READ returns (copying every reply out took longer than the daemon's own copy, so
+        // seqread measured the load generator), and it does not pre-zero reply buffers.
+        reply_cap: 64 << 10,
+        zero_reply_buffers: false,
         ..Default::default()
     };
     let vmm = Vmm::connect(sock, cfg).expect("connect the VMM");
@@ -1416,6 +1464,7 @@ fn main() {
                             counter: 0,
                             rng: 0x2545_f491_4f6c_dd1d,
                             payload: &payload,
+                            payload_at: None,
                             slots: Vec::new(),
                         };
                         let r = drive_queues(&mut t.client, &m, nq, depth, dur, max_ops);

@@ -61,6 +61,13 @@ pub struct VmmConfig {
     pub event_idx: bool,
     /// Ask for REPLY_ACK on every vhost-user message.
     pub reply_ack: bool,
+    /// Most bytes of each reply copied out into its [`Completion`] (the device still writes
+    /// all of it). A load generator reading 1 MiB at a time needs the header, not the data:
+    /// copying every reply out cost more than the daemon's own copy.
+    pub reply_cap: usize,
+    /// Zero every device-writable buffer before submitting it (a test then sees exactly what
+    /// the device wrote); a load generator skips it.
+    pub zero_reply_buffers: bool,
 }
 
 impl Default for VmmConfig {
@@ -71,6 +78,8 @@ impl Default for VmmConfig {
             queues: None,
             event_idx: true,
             reply_ack: true,
+            reply_cap: usize::MAX,
+            zero_reply_buffers: true,
         }
     }
 }
@@ -121,6 +130,10 @@ pub enum Seg {
     R(Vec<u8>),
     /// A device-writable buffer of this many bytes.
     W(u32),
+    /// Device-readable guest memory the caller allocated and filled ([`Vmm::alloc`],
+    /// [`Vmm::write_mem`]) and keeps: it is not freed when the request completes (a guest's
+    /// page-cache pages, written by a load generator once rather than for every request).
+    Guest(u64, u32),
 }
 
 /// A completed request.
@@ -177,6 +190,10 @@ pub struct Vmm {
     /// Kicks sent (a Linux guest, and so this VMM, skips the kick when the device's
     /// `avail_event` says it is still looking at the queue).
     pub kicks: u64,
+    /// [`VmmConfig::reply_cap`].
+    reply_cap: usize,
+    /// [`VmmConfig::zero_reply_buffers`].
+    zero_reply_buffers: bool,
 }
 
 fn memfd(size: u64) -> io::Result<File> {
@@ -344,6 +361,8 @@ impl Vmm {
             device_queues,
             config,
             kicks: 0,
+            reply_cap: cfg.reply_cap,
+            zero_reply_buffers: cfg.zero_reply_buffers,
         })
     }
 
@@ -689,14 +708,17 @@ impl Vmm {
                 }
                 Seg::W(len) => {
                     let a = self.alloc(u64::from(*len));
-                    let zeros = vec![0u8; *len as usize];
-                    self.mem
-                        .write_slice(&zeros, GuestAddress(a))
-                        .expect("zero reply buffer");
+                    if self.zero_reply_buffers {
+                        let zeros = vec![0u8; *len as usize];
+                        self.mem
+                            .write_slice(&zeros, GuestAddress(a))
+                            .expect("zero reply buffer");
+                    }
                     bufs.push((a, u64::from(*len)));
                     writable.push((a, *len));
                     laid.push((a, *len, F_WRITE));
                 }
+                Seg::Guest(a, len) => laid.push((*a, *len, 0u16)),
             }
         }
         let n = laid.len();
@@ -859,7 +881,7 @@ impl Vmm {
             let head = id as u16;
             let mut data = Vec::new();
             if let Some(fl) = self.queues[q].inflight.remove(&head) {
-                let mut left = len as usize;
+                let mut left = (len as usize).min(self.reply_cap);
                 for &(a, l) in &fl.writable {
                     if left == 0 {
                         break;
