@@ -661,3 +661,47 @@ fn a_queue_deferred_behind_the_previous_connections_turn_is_served() {
     ca.init().expect("the new VMM's INIT is served");
     ca.getattr(ROOT_ID).expect("and its requests");
 }
+
+/// Bulk data taken with other requests goes to the pool, as on a single device (copied on the
+/// event loop, seqread at 8 in flight ran 23 % slower in fleet mode): four READs of 128 KiB
+/// made available at once are served, and some by the pool.
+#[test]
+fn bulk_reads_taken_together_are_copied_on_the_pool() {
+    use fuse_backend_rs::abi::fuse_abi::ReadIn;
+    const CHUNK: u32 = 128 << 10;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = fleet(2);
+    let a = sock(&dir, "a");
+    let h = add(&f, memfs(), &a, FleetDeviceOptions::new());
+    let mut c = client(&a);
+    let (e, o) = c
+        .create(ROOT_ID, "big", 0o100644, libc::O_RDWR as u32)
+        .expect("create");
+    let data: Vec<u8> = (0..4 * CHUNK).map(|i| (i % 251) as u8).collect();
+    c.write(e.nodeid, o.fh, 0, &data).expect("write");
+    let before = h.stats().offloaded;
+    let reqs: Vec<Vec<Seg>> = (0..4u64)
+        .map(|i| {
+            let r = ReadIn {
+                fh: o.fh,
+                offset: i * u64::from(CHUNK),
+                size: CHUNK,
+                ..Default::default()
+            };
+            vec![
+                Seg::R(request(op::READ, 100 + i, e.nodeid, &[r.as_slice()])),
+                Seg::W(16 + CHUNK),
+            ]
+        })
+        .collect();
+    let heads = c.vmm.submit_many(1, &reqs);
+    for (i, head) in heads.into_iter().enumerate() {
+        let done = c.vmm.wait(1, head, HANG_GUARD).expect("read served");
+        let at = i * CHUNK as usize;
+        assert_eq!(&done.data[16..], &data[at..at + CHUNK as usize], "read {i}");
+    }
+    assert!(
+        h.stats().offloaded > before,
+        "no bulk read went to the pool"
+    );
+}
